@@ -1,0 +1,552 @@
+// ssepp/emitter.hpp
+// One event stream on one connection: a bounded write queue drained by coalesced gather
+// writes, heartbeats, timeouts, a vanished-peer watch and exactly-once close callbacks.
+// SPDX-License-Identifier: BSL-1.0
+#ifndef SSEPP_EMITTER_HPP
+#define SSEPP_EMITTER_HPP
+
+#include <ssepp/detail/sweeper.hpp>
+#include <ssepp/error.hpp>
+#include <ssepp/event.hpp>
+#include <ssepp/frame.hpp>
+#include <ssepp/response.hpp>
+#include <ssepp/transport.hpp>
+
+#include <asio/error.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/post.hpp>
+
+#include <fmt/format.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <vector>
+
+namespace ssepp {
+
+/// Why a stream ended; each emitter reports exactly one.
+enum class close_reason {
+    /// complete() flushed the queue, or the application closed the stream.
+    completed,
+    /// The peer closed or reset the connection, or a write failed.
+    client_gone,
+    /// The stream lifetime or the write-stall timeout expired.
+    timeout,
+    /// The queue passed max_queued_bytes under overflow_policy::close.
+    overflow,
+    /// Any other failure.
+    error,
+};
+
+/// What happens when a slow consumer's queue passes its bound.
+enum class overflow_policy {
+    /// Close the connection: the client reconnects and resumes from history, losing nothing.
+    close,
+    /// Drop the oldest queued events not yet being written: for lossy feeds (tickers).
+    drop_oldest,
+};
+
+struct emitter_options {
+    /// Write ssepp::response_head(response) first: for raw sockets. A stack that wrote its own
+    /// head sets this to false.
+    bool write_head = true;
+    response_options response{};
+    /// A `retry:` hint sent on open; nullopt sends none.
+    std::optional<std::chrono::milliseconds> retry_hint = std::chrono::milliseconds(5000);
+    /// A comment frame after this long without a write; 0 disables.
+    std::chrono::milliseconds heartbeat = std::chrono::seconds(15);
+    /// The stream ends (close_reason::timeout) this long after start(); 0 = never.
+    std::chrono::milliseconds lifetime{0};
+    /// A write making no progress for this long ends the stream (close_reason::timeout); 0 = never.
+    std::chrono::milliseconds write_timeout = std::chrono::seconds(30);
+    /// Bound on bytes queued or being written for this connection.
+    std::size_t max_queued_bytes = std::size_t(1) << 20;
+    overflow_policy overflow = overflow_policy::close;
+};
+
+/// One server-sent event stream over a transport.
+///
+/// Owned by std::shared_ptr (make_emitter()). send() may be called from any thread and never
+/// blocks: the event is formatted once by the caller, queued, and written by at most one write
+/// in flight that gathers everything queued. Every operation on the transport runs under the
+/// emitter's lock, so a plain socket needs no strand; a layered stream (TLS) whose operations
+/// are themselves composed needs a strand executor when several threads run its context, as
+/// Asio requires.
+///
+/// Callbacks never run inside send() or complete(): they run on the transport's executor, so
+/// a caller may hold its own locks while sending.
+template <transport Transport>
+class basic_emitter : public std::enable_shared_from_this<basic_emitter<Transport>>,
+                      private detail::sweep_target {
+public:
+    using transport_type = Transport;
+    using executor_type = typename Transport::executor_type;
+    using close_handler = std::function<void(close_reason, std::error_code)>;
+
+    /// Prefer make_emitter(). Nothing is written before start().
+    explicit basic_emitter(Transport transport, const emitter_options& options = {})
+        : transport_(std::move(transport))
+        , head_(options.write_head ? make_raw_frame(response_head(options.response)) : nullptr)
+        , prelude_(retry_frame(options.retry_hint))
+        , max_queued_bytes_(options.max_queued_bytes)
+        , heartbeat_ns_(ns(options.heartbeat))
+        , lifetime_ns_(ns(options.lifetime))
+        , write_timeout_ns_(ns(options.write_timeout))
+        , policy_(options.overflow)
+        , chunked_(options.response.framing == body_framing::chunked)
+    {
+    }
+
+    basic_emitter(const basic_emitter&) = delete;
+    basic_emitter& operator=(const basic_emitter&) = delete;
+
+    ~basic_emitter() { detail::sweeper::remove(*this); }
+
+    executor_type get_executor() noexcept { return transport_.get_executor(); }
+
+    /// The transport. Use it only on its executor, and not for writes while the stream is open.
+    Transport& transport() noexcept { return transport_; }
+
+    /// Adds a handler called exactly once when the stream ends, on the transport's executor,
+    /// after the transport is closed. Added after the end, it is posted at once.
+    void on_close(close_handler handler)
+    {
+        std::unique_lock lock(mtx_);
+        if (state_ != state::closed) {
+            handlers_.push_back(std::move(handler));
+            return;
+        }
+        lock.unlock();
+        asio::post(get_executor(), [h = std::move(handler), r = reason_, ec = reason_ec_] { h(r, ec); });
+    }
+
+    /// Writes the response head and retry hint, starts the peer watch and the timers, then
+    /// whatever was queued. Calling it again does nothing.
+    void start()
+    {
+        std::lock_guard lock(mtx_);
+        if (started_ || state_ >= state::aborting)
+            return;
+        started_ = true;
+        const auto now = detail::steady_now_ns();
+        opened_ns_ = now;
+        last_write_ns_.store(now, std::memory_order_relaxed);
+        kick_locked(state_ == state::closing);
+        asio::post(get_executor(), [self = this->shared_from_this()] { self->watch(); });
+        if (heartbeat_ns_ || lifetime_ns_ || write_timeout_ns_) {
+            auto shortest = std::int64_t(1'000'000'000);
+            for (auto d : {heartbeat_ns_, lifetime_ns_, write_timeout_ns_})
+                if (d)
+                    shortest = std::min(shortest, d / 4);
+            auto ex = get_executor();
+            asio::use_service<detail::sweeper>(asio::query(ex, asio::execution::context))
+                .add(*this, ex, std::chrono::nanoseconds(shortest));
+        }
+    }
+
+    /// Queues `e`, formatted once here. Returns at once, from any thread.
+    /// @returns an error of validate(e) (nothing queued), errc::closed once the stream is
+    /// ending, errc::overflow when this event pushed a slow consumer past its bound under
+    /// overflow_policy::close (the stream then closes); empty otherwise.
+    std::error_code send(const event& e)
+    {
+        std::error_code ec;
+        auto frame = make_frame(e, ec);
+        return ec ? ec : send(std::move(frame));
+    }
+
+    /// Queues bytes that are already whole frames (the registry's path: formatted once for all).
+    std::error_code send(shared_frame frame)
+    {
+        std::unique_lock lock(mtx_);
+        if (state_ != state::open)
+            return errc::closed;
+        pending_bytes_ += frame->size();
+        pending_.push_back(std::move(frame));
+        if (pending_bytes_ + inflight_bytes_ > max_queued_bytes_) {
+            if (policy_ == overflow_policy::close) {
+                abort_locked(close_reason::overflow, errc::overflow);
+                return errc::overflow;
+            }
+            drop_oldest_locked();
+        }
+        kick_locked();
+        return {};
+    }
+
+    /// Flushes what is queued, then ends the stream (close_reason::completed).
+    void complete()
+    {
+        std::lock_guard lock(mtx_);
+        if (state_ != state::open)
+            return;
+        state_ = state::closing;
+        kick_locked(true);
+    }
+
+    /// Sends `last` (an error or final event), then completes.
+    std::error_code complete(const event& last)
+    {
+        auto ec = send(last);
+        complete();
+        return ec;
+    }
+
+    /// Ends the stream now, dropping what is queued (close_reason::completed).
+    void close()
+    {
+        std::lock_guard lock(mtx_);
+        if (state_ < state::aborting)
+            abort_locked(close_reason::completed, {});
+    }
+
+    /// False once the stream is ending or ended; sends then report errc::closed.
+    bool is_open() const
+    {
+        std::lock_guard lock(mtx_);
+        return state_ == state::open;
+    }
+
+    /// Bytes queued or being written.
+    std::size_t queued_bytes() const
+    {
+        std::lock_guard lock(mtx_);
+        return pending_bytes_ + inflight_bytes_;
+    }
+
+    /// Events dropped under overflow_policy::drop_oldest.
+    std::uint64_t dropped() const
+    {
+        std::lock_guard lock(mtx_);
+        return dropped_;
+    }
+
+    /// Bytes the transport has accepted so far, head included.
+    std::uint64_t bytes_written() const noexcept { return bytes_written_.load(std::memory_order_relaxed); }
+
+private:
+    enum class state : std::uint8_t { open, closing, aborting, closed };
+    enum class after { nothing, close_completed };
+
+    static std::int64_t ns(std::chrono::milliseconds d) noexcept
+    {
+        return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+    }
+
+    static shared_frame retry_frame(std::optional<std::chrono::milliseconds> hint)
+    {
+        if (!hint)
+            return nullptr;
+        std::error_code ec;
+        auto frame = make_frame(event{.retry = *hint}, ec);
+        if (ec)
+            throw std::invalid_argument("ssepp::basic_emitter: negative retry_hint");
+        return frame;
+    }
+
+    static const shared_frame& heartbeat_frame()
+    {
+        static const shared_frame frame = make_raw_frame(":\n\n");
+        return frame;
+    }
+
+    static const shared_frame& chunk_terminator()
+    {
+        static const shared_frame frame = make_raw_frame("0\r\n\r\n");
+        return frame;
+    }
+
+    // Starts the write loop unless it runs. `force`: run even with nothing queued (to finish).
+    void kick_locked(bool force = false)
+    {
+        if (!started_ || writing_)
+            return;
+        if (!force && pending_.empty() && head_ == nullptr && prelude_ == nullptr)
+            return;
+        writing_ = true;
+        asio::post(get_executor(), [self = this->shared_from_this()] {
+            std::unique_lock lock(self->mtx_);
+            if (self->write_next_locked() == after::close_completed) {
+                lock.unlock();
+                self->close_now(close_reason::completed, {});
+            }
+        });
+    }
+
+    void drop_oldest_locked()
+    {
+        // Keep at least the newest frame so the stream keeps moving.
+        std::size_t n = 0;
+        while (n + 1 < pending_.size() && pending_bytes_ + inflight_bytes_ > max_queued_bytes_)
+            pending_bytes_ -= pending_[n++]->size();
+        pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(n));
+        dropped_ += n;
+    }
+
+    void abort_locked(close_reason reason, std::error_code ec)
+    {
+        state_ = state::aborting;
+        pending_.clear();
+        pending_bytes_ = 0;
+        asio::post(get_executor(),
+                   [self = this->shared_from_this(), reason, ec] { self->close_now(reason, ec); });
+    }
+
+    // The write loop: with mtx_ held and writing_ set, starts the next write_some of the
+    // current batch, or gathers the next batch from the queue.
+    after write_next_locked()
+    {
+        if (state_ == state::closed) {
+            writing_ = false;
+            return after::nothing;
+        }
+        if (buf_pos_ == bufs_.size()) {
+            inflight_.clear();
+            inflight_bytes_ = 0;
+            bufs_.clear();
+            buf_pos_ = 0;
+            if (!gather_locked()) {
+                writing_ = false;
+                write_started_ns_.store(0, std::memory_order_relaxed);
+                return state_ == state::closing ? after::close_completed : after::nothing;
+            }
+        }
+        write_started_ns_.store(detail::steady_now_ns(), std::memory_order_relaxed);
+        // Asio writes at most 64 buffers per call; pass no more than that.
+        const auto rest = std::span<const asio::const_buffer>(bufs_).subspan(buf_pos_);
+        transport_.async_write_some(rest.first(std::min<std::size_t>(rest.size(), 64)),
+                                    [self = this->shared_from_this()](std::error_code ec, std::size_t n) {
+                                        self->on_written(ec, n);
+                                    });
+        return after::nothing;
+    }
+
+    // Moves the queue into one gather batch; false when there is nothing left to write.
+    bool gather_locked()
+    {
+        const bool with_head = head_ != nullptr;
+        if (head_) {
+            inflight_.push_back(std::move(head_));
+            head_ = nullptr;
+        }
+        const bool has_body = prelude_ != nullptr || !pending_.empty();
+        if (has_body) {
+            if (prelude_) {
+                inflight_.push_back(std::move(prelude_));
+                prelude_ = nullptr;
+            }
+            inflight_.insert(inflight_.end(), std::make_move_iterator(pending_.begin()),
+                             std::make_move_iterator(pending_.end()));
+            pending_.clear();
+            inflight_bytes_ = pending_bytes_;
+            pending_bytes_ = 0;
+        } else if (state_ == state::closing && chunked_ && !terminated_) {
+            terminated_ = true;
+            inflight_.push_back(chunk_terminator());
+        }
+        if (inflight_.empty())
+            return false;
+
+        // The head is raw HTTP; with chunked framing the body bytes after it form one chunk.
+        const std::size_t first_body = with_head ? 1 : 0;
+        std::size_t body = 0;
+        for (std::size_t i = first_body; i < inflight_.size(); ++i)
+            body += inflight_[i]->size();
+        const bool wrap = chunked_ && has_body;
+        for (std::size_t i = 0; i < inflight_.size(); ++i) {
+            if (wrap && i == first_body) {
+                const auto n = fmt::format_to_n(chunk_size_.data(), chunk_size_.size(), "{:x}\r\n", body).size;
+                bufs_.emplace_back(chunk_size_.data(), n);
+            }
+            bufs_.emplace_back(inflight_[i]->data(), inflight_[i]->size());
+        }
+        if (wrap)
+            bufs_.emplace_back("\r\n", 2);
+        return true;
+    }
+
+    void on_written(std::error_code ec, std::size_t n)
+    {
+        std::unique_lock lock(mtx_);
+        if (state_ == state::closed) {
+            writing_ = false;
+            return;
+        }
+        if (ec) {
+            lock.unlock();
+            close_now(close_reason::client_gone, ec);
+            return;
+        }
+        bytes_written_.fetch_add(n, std::memory_order_relaxed);
+        last_write_ns_.store(detail::steady_now_ns(), std::memory_order_relaxed);
+        while (n > 0 && buf_pos_ < bufs_.size()) {
+            auto& b = bufs_[buf_pos_];
+            if (n < b.size()) {
+                b += n;
+                break;
+            }
+            n -= b.size();
+            ++buf_pos_;
+        }
+        if (write_next_locked() == after::close_completed) {
+            lock.unlock();
+            close_now(close_reason::completed, {});
+        }
+    }
+
+    // Watches for a vanished peer: readability on a plain socket (no buffer held), or a small
+    // read on a layered stream; bytes the client sends are discarded.
+    void watch()
+    {
+        std::lock_guard lock(mtx_);
+        if (state_ == state::closed)
+            return;
+        if constexpr (detail::is_plain_socket<Transport>) {
+            std::error_code ec;
+            transport_.lowest_layer().non_blocking(true, ec);
+            transport_.lowest_layer().async_wait(
+                asio::socket_base::wait_read,
+                [self = this->shared_from_this()](std::error_code ec) { self->on_readable(ec); });
+        } else if constexpr (detail::has_async_read_some<Transport>) {
+            transport_.async_read_some(asio::buffer(read_sink_),
+                                       [self = this->shared_from_this()](std::error_code ec, std::size_t) {
+                                           if (!ec)
+                                               self->watch();
+                                           else if (ec != asio::error::operation_aborted)
+                                               self->close_now(close_reason::client_gone, ec);
+                                       });
+        }
+    }
+
+    void on_readable(std::error_code ec)
+    {
+        if (ec == asio::error::operation_aborted)
+            return;
+        if (!ec) {
+            if constexpr (detail::is_plain_socket<Transport>) {
+                std::unique_lock lock(mtx_);
+                if (state_ == state::closed)
+                    return;
+                std::array<char, 512> sink;
+                for (;;) {
+                    transport_.read_some(asio::buffer(sink), ec);
+                    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+                        transport_.lowest_layer().async_wait(
+                            asio::socket_base::wait_read,
+                            [self = this->shared_from_this()](std::error_code e) { self->on_readable(e); });
+                        return;
+                    }
+                    if (ec)
+                        break;
+                }
+            }
+        }
+        close_now(close_reason::client_gone, ec);
+    }
+
+    // Runs on the executor: closes the transport and calls the handlers, once.
+    void close_now(close_reason reason, std::error_code ec)
+    {
+        std::vector<close_handler> handlers;
+        {
+            std::lock_guard lock(mtx_);
+            if (state_ == state::closed)
+                return;
+            state_ = state::closed;
+            reason_ = reason;
+            reason_ec_ = ec;
+            pending_.clear();
+            pending_bytes_ = 0;
+            if (reason == close_reason::completed)
+                detail::shutdown_send(transport_);
+            detail::close_transport(transport_);
+            handlers.swap(handlers_);
+        }
+        detail::sweeper::remove(*this);
+        for (auto& h : handlers)
+            h(reason, ec);
+    }
+
+    void sweep(std::int64_t now) noexcept override
+    {
+        const auto started = write_started_ns_.load(std::memory_order_relaxed);
+        const bool expired = lifetime_ns_ && now - opened_ns_ >= lifetime_ns_;
+        const bool stalled = write_timeout_ns_ && started && now - started >= write_timeout_ns_;
+        if (expired || stalled) {
+            if (close_posted_.exchange(true))
+                return;
+            if (auto self = this->weak_from_this().lock())
+                asio::post(get_executor(), [self] { self->close_now(close_reason::timeout, errc::timeout); });
+            return;
+        }
+        if (heartbeat_ns_ && !started
+            && now - last_write_ns_.load(std::memory_order_relaxed) >= heartbeat_ns_) {
+            last_write_ns_.store(now, std::memory_order_relaxed);
+            if (auto self = this->weak_from_this().lock())
+                asio::post(get_executor(), [self] {
+                    std::lock_guard lock(self->mtx_);
+                    if (self->state_ == state::open && self->pending_.empty() && !self->writing_) {
+                        self->pending_.push_back(heartbeat_frame());
+                        self->pending_bytes_ += heartbeat_frame()->size();
+                        self->kick_locked();
+                    }
+                });
+        }
+    }
+
+    Transport transport_;
+    mutable std::mutex mtx_;
+    std::vector<shared_frame> pending_;      // queued, not yet being written
+    std::vector<shared_frame> inflight_;     // the batch being written
+    std::vector<asio::const_buffer> bufs_;   // inflight_ as buffers, consumed as written
+    std::size_t buf_pos_ = 0;
+    std::size_t pending_bytes_ = 0;
+    std::size_t inflight_bytes_ = 0;
+    std::vector<close_handler> handlers_;
+    shared_frame head_;
+    shared_frame prelude_;
+    std::size_t max_queued_bytes_;
+    std::int64_t heartbeat_ns_;
+    std::int64_t lifetime_ns_;
+    std::int64_t write_timeout_ns_;
+    std::int64_t opened_ns_ = 0;
+    std::atomic<std::int64_t> last_write_ns_{0};
+    std::atomic<std::int64_t> write_started_ns_{0};  // 0: no write in flight
+    std::atomic<std::uint64_t> bytes_written_{0};
+    std::atomic<bool> close_posted_{false};
+    std::uint64_t dropped_ = 0;
+    std::error_code reason_ec_;
+    close_reason reason_ = close_reason::completed;
+    overflow_policy policy_;
+    state state_ = state::open;
+    bool chunked_;
+    bool started_ = false;
+    bool writing_ = false;
+    bool terminated_ = false;
+    std::array<char, 20> chunk_size_{};
+    // Only layered transports keep a read outstanding, and so a buffer for it.
+    [[no_unique_address]] std::conditional_t<detail::is_plain_socket<Transport>, std::array<char, 0>,
+                                             std::array<char, 64>> read_sink_{};
+};
+
+/// Makes an emitter over `transport`; call start() on it (or attach it to a registry).
+template <transport Transport>
+std::shared_ptr<basic_emitter<Transport>> make_emitter(Transport transport, const emitter_options& options = {})
+{
+    return std::make_shared<basic_emitter<Transport>>(std::move(transport), options);
+}
+
+/// The emitter of a plain TCP socket.
+using emitter = basic_emitter<asio::ip::tcp::socket>;
+
+} // namespace ssepp
+
+#endif

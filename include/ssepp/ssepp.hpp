@@ -1,0 +1,19 @@
+// ssepp/ssepp.hpp
+// The umbrella header: includes every public header of ssepp (nothing under detail/).
+// SPDX-License-Identifier: BSL-1.0
+#ifndef SSEPP_SSEPP_HPP
+#define SSEPP_SSEPP_HPP
+
+#include <ssepp/emitter.hpp>
+#include <ssepp/error.hpp>
+#include <ssepp/event.hpp>
+#include <ssepp/format.hpp>
+#include <ssepp/frame.hpp>
+#include <ssepp/parser.hpp>
+#include <ssepp/registry.hpp>
+#include <ssepp/request.hpp>
+#include <ssepp/response.hpp>
+#include <ssepp/transport.hpp>
+#include <ssepp/version.hpp>
+
+#endif

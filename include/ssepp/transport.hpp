@@ -1,0 +1,88 @@
+// ssepp/transport.hpp
+// The transport concept: what an emitter needs of a connection. An Asio AsyncWriteStream that
+// can be closed; asio::ip::tcp::socket, asio::ssl::stream<tcp::socket> and
+// asio::local::stream_protocol::socket satisfy it as they are.
+// SPDX-License-Identifier: BSL-1.0
+#ifndef SSEPP_TRANSPORT_HPP
+#define SSEPP_TRANSPORT_HPP
+
+#include <asio/buffer.hpp>
+#include <asio/socket_base.hpp>
+
+#include <cstddef>
+#include <system_error>
+#include <type_traits>
+
+namespace ssepp {
+
+namespace detail {
+struct write_handler_archetype {
+    void operator()(std::error_code, std::size_t) const {}
+};
+} // namespace detail
+
+/// An Asio AsyncWriteStream that can be closed: either `t.close(ec)` or, for layered streams
+/// such as `asio::ssl::stream`, `t.lowest_layer().close(ec)`.
+///
+/// Optional, detected when present:
+/// - `t.lowest_layer()` (or `t` itself) is an Asio socket: the emitter waits for readability on
+///   it to notice a vanished peer promptly, without holding a read buffer.
+/// - otherwise `t.async_read_some(buffer, handler)`: the emitter keeps a small read outstanding.
+/// Without either, a vanished peer is noticed at the next write (heartbeats bound the delay).
+template <class T>
+concept transport = requires(T& t, asio::const_buffer b) {
+    typename T::executor_type;
+    { t.get_executor() } -> std::convertible_to<typename T::executor_type>;
+    t.async_write_some(b, detail::write_handler_archetype{});
+} && (requires(T& t, std::error_code& ec) { t.close(ec); }
+      || requires(T& t, std::error_code& ec) { t.lowest_layer().close(ec); });
+
+namespace detail {
+
+template <class T>
+concept has_lowest_socket = requires(T& t) {
+    t.lowest_layer().async_wait(asio::socket_base::wait_read, [](std::error_code) {});
+    t.lowest_layer().non_blocking(true);
+};
+
+/// True when the transport *is* its lowest layer (a plain socket): bytes on it are the
+/// client's own, so draining them with a non-blocking read is harmless.
+template <class T>
+constexpr bool is_plain_socket = [] {
+    if constexpr (has_lowest_socket<T>)
+        return std::is_base_of_v<std::remove_cvref_t<decltype(std::declval<T&>().lowest_layer())>, T>;
+    else
+        return false;
+}();
+
+template <class T>
+concept has_async_read_some = requires(T& t, asio::mutable_buffer b) {
+    t.async_read_some(b, write_handler_archetype{});
+};
+
+/// Closes the transport (or its lowest layer); cancels its pending operations.
+template <transport T>
+void close_transport(T& t) noexcept
+{
+    std::error_code ec;
+    if constexpr (requires { t.close(ec); })
+        t.close(ec);
+    else
+        t.lowest_layer().close(ec);
+}
+
+/// Sends FIN after the last byte where the transport exposes a socket, so that a
+/// close-delimited body ends cleanly even if the peer has unread bytes in flight.
+template <transport T>
+void shutdown_send(T& t) noexcept
+{
+    if constexpr (has_lowest_socket<T>) {
+        std::error_code ec;
+        t.lowest_layer().shutdown(asio::socket_base::shutdown_send, ec);
+    }
+}
+
+} // namespace detail
+} // namespace ssepp
+
+#endif

@@ -1,0 +1,67 @@
+# Packaging tests (label "packaging"): small projects that use ssepp the three ways a user can,
+# each configured, built and run by `ctest --build-and-test` with this build's compiler and
+# generator. They build one main.cpp each, never ssepp's own tests.
+#   ssepp.consumer_add_subdirectory  tests/consumer_subdir, add_subdirectory() of the source tree
+#   ssepp.install_stage              cmake --install of this build into a fresh <build>/stage
+#   ssepp.consumer_find_package      tests/consumer_find_package against that stage
+#   ssepp.vcpkg_port_install         ports/ssepp/portfile.cmake replayed by hand (this machine
+#                                    cannot run vcpkg) into <build>/packaging/vcpkg/installed
+#   ssepp.consumer_vcpkg             tests/consumer_find_package against that tree
+
+set(_ssepp_pkg "${PROJECT_BINARY_DIR}/packaging")
+set(_ssepp_build_and_test
+  --build-generator "${CMAKE_GENERATOR}"
+  --build-makeprogram "${CMAKE_MAKE_PROGRAM}")
+set(_ssepp_consumer_options "-DCMAKE_CXX_COMPILER=${CMAKE_CXX_COMPILER}")
+if(CMAKE_CXX_COMPILER_LAUNCHER)
+  list(APPEND _ssepp_consumer_options "-DCMAKE_CXX_COMPILER_LAUNCHER=${CMAKE_CXX_COMPILER_LAUNCHER}")
+endif()
+if(CMAKE_VERSION VERSION_GREATER_EQUAL 3.24)
+  # A fresh cache each run: a value cached by an earlier run must not hide a changed default.
+  list(APPEND _ssepp_consumer_options --fresh)
+endif()
+
+# ssepp_consumer_test(<name> <project dir> <build dir> <configure options>...)
+function(ssepp_consumer_test name project_dir build_dir)
+  add_test(NAME ${name}
+    COMMAND "${CMAKE_CTEST_COMMAND}" --build-and-test "${project_dir}" "${build_dir}"
+      ${_ssepp_build_and_test}
+      --build-options ${_ssepp_consumer_options} ${ARGN}
+      --test-command consumer)
+  set_tests_properties(${name} PROPERTIES LABELS packaging)
+endfunction()
+
+ssepp_consumer_test(ssepp.consumer_add_subdirectory
+  "${CMAKE_CURRENT_LIST_DIR}/consumer_subdir" "${_ssepp_pkg}/consumer_subdir"
+  "-DSSEPP_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+
+if(SSEPP_INSTALL)
+  add_test(NAME ssepp.install_stage
+    COMMAND "${CMAKE_COMMAND}" "-DSOURCE_DIR=${PROJECT_SOURCE_DIR}"
+      "-DBUILD_DIR=${PROJECT_BINARY_DIR}" "-DSTAGE_DIR=${PROJECT_BINARY_DIR}/stage"
+      -P "${CMAKE_CURRENT_LIST_DIR}/cmake/install_stage.cmake")
+  set_tests_properties(ssepp.install_stage PROPERTIES
+    LABELS packaging FIXTURES_SETUP ssepp_stage)
+
+  ssepp_consumer_test(ssepp.consumer_find_package
+    "${CMAKE_CURRENT_LIST_DIR}/consumer_find_package" "${_ssepp_pkg}/consumer_find_package"
+    "-DCMAKE_PREFIX_PATH=${PROJECT_BINARY_DIR}/stage"
+    "-DSSEPP_EXPECTED_PREFIX=${PROJECT_BINARY_DIR}/stage")
+  set_tests_properties(ssepp.consumer_find_package PROPERTIES FIXTURES_REQUIRED ssepp_stage)
+
+  add_test(NAME ssepp.vcpkg_port_install
+    COMMAND "${CMAKE_COMMAND}" "-DSOURCE_DIR=${PROJECT_SOURCE_DIR}"
+      "-DBUILD_DIR=${_ssepp_pkg}/vcpkg/build" "-DPREFIX=${_ssepp_pkg}/vcpkg/installed"
+      "-DGENERATOR=${CMAKE_GENERATOR}" "-DMAKE_PROGRAM=${CMAKE_MAKE_PROGRAM}"
+      "-DCXX_COMPILER=${CMAKE_CXX_COMPILER}"
+      -P "${CMAKE_CURRENT_LIST_DIR}/cmake/vcpkg_port_install.cmake")
+  set_tests_properties(ssepp.vcpkg_port_install PROPERTIES
+    LABELS packaging FIXTURES_SETUP ssepp_vcpkg)
+
+  # vcpkg's toolchain puts installed/<triplet> on CMAKE_PREFIX_PATH; so does this test.
+  ssepp_consumer_test(ssepp.consumer_vcpkg
+    "${CMAKE_CURRENT_LIST_DIR}/consumer_find_package" "${_ssepp_pkg}/consumer_vcpkg"
+    "-DCMAKE_PREFIX_PATH=${_ssepp_pkg}/vcpkg/installed"
+    "-DSSEPP_EXPECTED_PREFIX=${_ssepp_pkg}/vcpkg/installed")
+  set_tests_properties(ssepp.consumer_vcpkg PROPERTIES FIXTURES_REQUIRED ssepp_vcpkg)
+endif()
