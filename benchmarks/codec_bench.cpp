@@ -165,10 +165,10 @@ int main(int argc, char** argv)
         // The benchmark is also a check: every event parsed back, byte for byte in size.
         const std::size_t expected_events
             = events_per_stream * passes * static_cast<std::size_t>(runs);
-        if (count.events != expected_events || count.data_bytes != expected_events * s.data.size()) {
+        const std::size_t expected_bytes = expected_events * s.data.size();
+        if (count.events != expected_events || count.data_bytes != expected_bytes) {
             fmt::print(stderr, "{}: parsed {} events / {} data bytes, expected {} / {}\n", s.name,
-                       count.events, count.data_bytes, expected_events,
-                       expected_events * s.data.size());
+                       count.events, count.data_bytes, expected_events, expected_bytes);
             ++failures;
         }
 

@@ -50,7 +50,8 @@ std::ostream& operator<<(std::ostream& os, const transcript& t)
     for (const auto& c : t.comments)
         os << " [" << c << "]";
     os << " last_id: [" << t.last_event_id << "]"
-       << " retry: " << (t.retry ? std::to_string(*t.retry) : "none") << " ec: " << t.ec.message() << "}";
+       << " retry: " << (t.retry ? std::to_string(*t.retry) : "none")
+       << " ec: " << t.ec.message() << "}";
     return os;
 }
 
