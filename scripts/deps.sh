@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(cmake ninja-build g++ ccache pkg-config
       libasio-dev libfmt-dev catch2 libssl-dev
-      libsqlite3-dev node-llhttp libcurl4-openssl-dev)
+      libsqlite3-dev node-llhttp libcurl4-openssl-dev nlohmann-json3-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,31 +4,816 @@
 #include "catch.hpp"
 #include "support/loopback.hpp"
 
+#include <asio/local/connect_pair.hpp>
+#include <asio/local/stream_protocol.hpp>
+
+#include <poll.h>
+
+#include <algorithm>
 #include <atomic>
+#include <future>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
 
 using namespace std::chrono_literals;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+/// How an sse_server makes its emitters.
+struct config {
+    ssepp::emitter_options options{};
+    int threads = 1;
+    bool autostart = true;
+    /// Shrinks the accepted socket's send buffer so a client that stops reading backs the
+    /// writes up after a few KiB instead of megabytes.
+    bool small_send_buffer = false;
+    /// Runs on the I/O thread before start(): queue events, add handlers...
+    std::function<void(ssepp::emitter&)> before_start{};
+};
+
+/// One accepted connection: its emitter, its on_close calls, its request head.
+struct conn {
+    std::shared_ptr<ssepp::emitter> em;
+    test::close_log closes;
+    std::string head;
+};
+
+/// A server whose every connection gets an emitter (started at once unless `autostart` is
+/// false), handed to the test in accept order.
+class sse_server {
+public:
+    explicit sse_server(config cfg = {}) : srv_(cfg.threads)
+    {
+        srv_.serve([this, cfg](tcp::socket s, std::string head) {
+            if (cfg.small_send_buffer)
+                s.set_option(asio::socket_base::send_buffer_size(4096));
+            conn c;
+            c.em = ssepp::make_emitter(std::move(s), cfg.options);
+            c.em->on_close(c.closes.handler());
+            c.head = std::move(head);
+            if (cfg.before_start)
+                cfg.before_start(*c.em);
+            if (cfg.autostart)
+                c.em->start();
+            conns_.push(std::move(c));
+        });
+    }
+
+    conn at(std::size_t i) { return conns_.at(i); }
+    asio::ip::port_type port() const { return srv_.port(); }
+    asio::io_context& io() { return srv_.io(); }
+
+private:
+    test::server srv_;
+    test::collector<conn> conns_;  // after srv_: the emitters go before the io_context does
+};
+
+ssepp::emitter_options quiet()
+{
+    ssepp::emitter_options o;
+    o.heartbeat = 0ms;
+    o.write_timeout = 0ms;
+    return o;
+}
+
+/// The stream of `c` ended once, for `reason`, and stays ended: nothing more is called, a
+/// handler added now is told the same, sends are refused.
+void check_closed_once(sse_server& srv, conn& c, ssepp::close_reason reason)
+{
+    REQUIRE(c.closes.wait(1, 5s));
+    // Twice through the (single) I/O thread: whatever was queued behind the close has run.
+    REQUIRE(test::run_on(srv.io().get_executor(), [] {}));
+    REQUIRE(test::run_on(srv.io().get_executor(), [] {}));
+    CHECK(c.closes.count() == 1);
+    CHECK(c.closes.reason() == reason);
+    CHECK_FALSE(c.em->is_open());
+    CHECK(c.em->queued_bytes() == 0);
+    test::close_log late;
+    c.em->on_close(late.handler());
+    REQUIRE(late.wait(1, 5s));
+    CHECK(late.reason() == reason);
+    CHECK(c.em->send({.data = "after the end"}) == ssepp::errc::closed);
+    CHECK(c.em->send(ssepp::make_raw_frame("data: raw\n\n")) == ssepp::errc::closed);
+    c.em->complete();
+    c.em->close();
+    c.em->start();
+    REQUIRE(test::run_on(srv.io().get_executor(), [] {}));
+    CHECK(c.closes.count() == 1);
+    CHECK(late.count() == 1);
+}
+
+std::string payload(std::size_t n, char fill = 'x') { return std::string(n, fill); }
+
+} // namespace
 
 TEST_CASE("emitter writes head, retry hint and events to a real socket", "[emitter]")
 {
-    std::shared_ptr<ssepp::emitter> em;
-    std::atomic<int> closes{0};
-    test::server srv([&](asio::ip::tcp::socket s, std::string) {
-        em = ssepp::make_emitter(std::move(s));
-        em->on_close([&](ssepp::close_reason r, std::error_code) {
-            CHECK(r == ssepp::close_reason::completed);
-            ++closes;
-        });
-        em->send({.event = "a", .data = "1"});
-        em->start();
-        em->send({.id = "7", .data = "two\nlines"});
-        em->complete();
-    });
+    sse_server srv({.before_start = [](ssepp::emitter& em) { em.send({.event = "a", .data = "1"}); }});
     test::client c(srv.port());
+    auto s = srv.at(0);
+    CHECK(s.head.starts_with("GET /events HTTP/1.1\r\n"));
+    CHECK(s.em->send({.id = "7", .data = "two\nlines"}).value() == 0);
+    s.em->complete();
     REQUIRE(c.read_to_eof());
     CHECK(c.head == "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                     "X-Accel-Buffering: no\r\n\r\n");
     CHECK(c.body == "retry: 5000\n\nevent: a\ndata: 1\n\nid: 7\ndata: two\ndata: lines\n\n");
     REQUIRE(c.events.size() == 2);
+    CHECK(c.events[0] == test::received{"a", "1", ""});
     CHECK(c.events[1] == test::received{"message", "two\nlines", "7"});
-    CHECK(test::eventually([&] { return closes == 1; }));
+    CHECK(c.retries == std::vector{5000ms});
+    CHECK(s.em->bytes_written() == c.raw.size());
+    check_closed_once(srv, s, ssepp::close_reason::completed);
+}
+
+TEST_CASE("the retry hint is configurable and can be left out", "[emitter]")
+{
+    auto custom = quiet();
+    custom.retry_hint = 1234ms;
+    auto none = quiet();
+    none.retry_hint = std::nullopt;
+    for (const auto& [options, expected] :
+         {std::pair{custom, std::string("retry: 1234\n\ndata: x\n\n")}, std::pair{none, std::string("data: x\n\n")}}) {
+        sse_server srv({.options = options});
+        test::client c(srv.port());
+        auto s = srv.at(0);
+        s.em->complete({.data = "x"});
+        REQUIRE(c.read_to_eof());
+        CHECK(c.body == expected);
+    }
+    auto negative = quiet();
+    negative.retry_hint = -1ms;
+    asio::io_context io;
+    CHECK_THROWS_AS(ssepp::make_emitter(tcp::socket(io), negative), std::invalid_argument);
+}
+
+TEST_CASE("an invalid event is refused and leaves no trace on the wire", "[emitter]")
+{
+    sse_server srv({.options = quiet()});
+    test::client c(srv.port());
+    auto s = srv.at(0);
+    REQUIRE(c.read_until([&] { return c.retries.size() == 1; }));
+    const auto before = s.em->queued_bytes();
+    CHECK(s.em->send({.id = "a\nb", .data = "x"}) == ssepp::errc::invalid_id);
+    CHECK(s.em->send({.event = "a\rb", .data = "x"}) == ssepp::errc::invalid_event_name);
+    CHECK(s.em->send({.retry = -5ms}) == ssepp::errc::invalid_retry);
+    CHECK(s.em->send(ssepp::event{}) == ssepp::errc::empty_event);
+    CHECK(s.em->send(ssepp::shared_frame{}).value() == 0);  // nothing to write: nothing queued
+    CHECK(s.em->send(ssepp::make_raw_frame("")).value() == 0);
+    CHECK(s.em->queued_bytes() == before);
+    CHECK(s.em->is_open());
+    s.em->complete({.data = "ok"});
+    REQUIRE(c.read_to_eof());
+    CHECK(c.body == "retry: 5000\n\ndata: ok\n\n");
+    check_closed_once(srv, s, ssepp::close_reason::completed);
+}
+
+TEST_CASE("send() returns at once from another thread while the client reads nothing", "[emitter]")
+{
+    auto options = quiet();
+    options.max_queued_bytes = 64 << 20;
+    sse_server srv({.options = options, .small_send_buffer = true});
+    test::client c(srv.port(), "/events", "", 4096);  // and it reads nothing for a while
+    auto s = srv.at(0);
+    constexpr int n = 2000;
+    const auto frame = payload(4096);
+    std::atomic<int> sent{0};
+    std::atomic<bool> all_ok{true};
+    std::thread sender([&] {
+        for (int i = 0; i < n; ++i) {
+            if (s.em->send({.data = frame}))
+                all_ok = false;
+            ++sent;
+        }
+    });
+    // 8 MiB cannot fit in the socket buffers: a send() that waited for the wire never returns.
+    const bool finished = test::eventually([&] { return sent == n; }, 5s);
+    CHECK(finished);
+    CHECK(all_ok);
+    CHECK(s.em->queued_bytes() > (4u << 20));  // most of it is still queued: the client stalls
+    s.em->close();  // (also unblocks a send() that waited on the wire, so the join is bounded)
+    sender.join();
+    check_closed_once(srv, s, ssepp::close_reason::completed);
+}
+
+TEST_CASE("events queued before start() go out in order, coalesced, one write at a time", "[emitter]")
+{
+    auto stats = std::make_shared<test::write_stats>();
+    test::server srv;
+    test::collector<std::shared_ptr<ssepp::basic_emitter<test::counting_transport>>> ems;
+    srv.serve([&](tcp::socket s, std::string) {
+        auto em = ssepp::make_emitter(test::counting_transport(std::move(s), stats), quiet());
+        for (int i = 0; i < 1000; ++i)
+            em->send({.data = std::to_string(i)});
+        em->start();
+        em->complete();
+        ems.push(em);
+    });
+    test::client c(srv.port());
+    REQUIRE(c.read_to_eof());
+    REQUIRE(c.events.size() == 1000);
+    for (int i = 0; i < 1000; ++i)
+        REQUIRE(c.events[static_cast<std::size_t>(i)].data == std::to_string(i));
+    // 1002 buffers (head, retry hint, 1000 frames) at most 64 to a write: 16 writes, plus a
+    // few if the kernel took a batch in parts; one write per event would be 1000.
+    CHECK(stats->calls >= 16);
+    CHECK(stats->calls <= 40);
+    CHECK(stats->max_in_flight == 1);
+    CHECK(stats->bytes == c.raw.size());
+    CHECK(ems.at(0)->bytes_written() == c.raw.size());
+}
+
+TEST_CASE("an idle stream gets heartbeat comments; none when disabled", "[emitter]")
+{
+    auto beating = quiet();
+    beating.heartbeat = 50ms;
+    sse_server srv({.options = beating});
+    test::client c(srv.port());
+    const auto t0 = test::clock::now();
+    REQUIRE(c.read_until([&] { return c.comments.size() >= 3; }, 3s));
+    CHECK(test::clock::now() - t0 >= 100ms);  // paced, not a burst
+    CHECK(std::all_of(c.comments.begin(), c.comments.end(), [](auto& s) { return s.empty(); }));
+    CHECK(c.body.starts_with("retry: 5000\n\n:\n\n"));
+    CHECK(c.events.empty());
+    // Events still flow between heartbeats.
+    auto s = srv.at(0);
+    s.em->send({.data = "between"});
+    REQUIRE(c.read_events(1));
+    CHECK(c.events[0].data == "between");
+
+    sse_server silent({.options = quiet()});
+    test::client d(silent.port());
+    REQUIRE(d.read_until([&] { return d.retries.size() == 1; }));
+    CHECK_FALSE(d.read_until([&] { return !d.comments.empty(); }, 300ms));
+}
+
+TEST_CASE("the stream lifetime ends it with close_reason::timeout", "[emitter]")
+{
+    auto options = quiet();
+    options.lifetime = 100ms;
+    sse_server srv({.options = options});
+    const auto t0 = test::clock::now();
+    test::client c(srv.port());
+    auto s = srv.at(0);
+    REQUIRE(c.read_to_eof(3s));
+    CHECK(test::clock::now() - t0 >= 100ms);
+    check_closed_once(srv, s, ssepp::close_reason::timeout);
+    CHECK(s.closes.at(0).ec == ssepp::errc::timeout);
+}
+
+TEST_CASE("a write making no progress ends the stream (write-stall timeout)", "[emitter]")
+{
+    auto options = quiet();
+    options.write_timeout = 150ms;
+    options.max_queued_bytes = 64 << 20;
+    sse_server srv({.options = options, .small_send_buffer = true});
+    test::client c(srv.port(), "/events", "", 4096);  // and it reads nothing for a while
+    auto s = srv.at(0);
+    const auto frame = payload(16384);
+    for (int i = 0; i < 256 && s.em->is_open(); ++i)
+        REQUIRE(s.em->send({.data = frame}).value() == 0);
+    CHECK(s.em->queued_bytes() > (1u << 20));
+    check_closed_once(srv, s, ssepp::close_reason::timeout);
+    CHECK(s.closes.at(0).ec == ssepp::errc::timeout);
+}
+
+TEST_CASE("a steady reader is not timed out by the write-stall timeout", "[emitter]")
+{
+    auto options = quiet();
+    options.write_timeout = 100ms;
+    sse_server srv({.options = options});
+    test::client c(srv.port());
+    auto s = srv.at(0);
+    // Each write completes, so no single write stalls for 100 ms even though the stream lives
+    // for several times that.
+    const auto t0 = test::clock::now();
+    int i = 0;
+    while (test::clock::now() - t0 < 400ms && i < 10000) {
+        REQUIRE(s.em->send({.data = std::to_string(i)}).value() == 0);
+        ++i;
+        REQUIRE(c.read_events(static_cast<std::size_t>(i)));
+    }
+    CHECK(s.em->is_open());
+    CHECK(s.closes.count() == 0);
+}
+
+TEST_CASE("complete() flushes everything queued then closes; complete(event) sends it last", "[emitter]")
+{
+    sse_server srv({.options = quiet()});
+    test::client c(srv.port());
+    auto s = srv.at(0);
+    for (int i = 0; i < 200; ++i)
+        s.em->send({.id = std::to_string(i), .data = payload(1000)});
+    CHECK(s.em->complete({.event = "end", .data = "bye"}).value() == 0);
+    CHECK_FALSE(s.em->is_open());
+    CHECK(s.em->send({.data = "too late"}) == ssepp::errc::closed);
+    REQUIRE(c.read_to_eof());
+    REQUIRE(c.events.size() == 201);
+    for (std::size_t i = 0; i < 200; ++i)
+        CHECK(c.events[i].id == std::to_string(i));
+    CHECK(c.events.back() == test::received{"end", "bye", "199"});
+    CHECK(c.body.ends_with("event: end\ndata: bye\n\n"));
+    check_closed_once(srv, s, ssepp::close_reason::completed);
+}
+
+TEST_CASE("complete() before start() writes the head and queue, then closes", "[emitter]")
+{
+    sse_server srv({.options = quiet(), .autostart = false, .before_start = [](ssepp::emitter& em) {
+                        em.send({.data = "early"});
+                        em.complete();
+                    }});
+    test::client c(srv.port());
+    auto s = srv.at(0);
+    CHECK(s.closes.count() == 0);  // nothing happens before start()
+    s.em->start();
+    REQUIRE(c.read_to_eof());
+    CHECK(c.head.starts_with("HTTP/1.1 200 OK\r\n"));
+    REQUIRE(c.events.size() == 1);
+    CHECK(c.events[0].data == "early");
+    check_closed_once(srv, s, ssepp::close_reason::completed);
+}
+
+TEST_CASE("close() ends the stream at once, dropping the queue", "[emitter]")
+{
+    auto options = quiet();
+    options.max_queued_bytes = 64 << 20;
+    sse_server srv({.options = options, .small_send_buffer = true});
+    test::client c(srv.port(), "/events", "", 4096);  // and it reads nothing for a while
+    auto s = srv.at(0);
+    for (int i = 0; i < 200; ++i)
+        s.em->send({.data = payload(16384)});
+    s.em->close();
+    CHECK_FALSE(s.em->is_open());
+    check_closed_once(srv, s, ssepp::close_reason::completed);
+    REQUIRE(c.read_to_eof());
+    CHECK(c.raw.size() < 200u * 16384);
+}
+
+TEST_CASE("a client that closes or resets is noticed without any send", "[emitter]")
+{
+    sse_server srv({.options = quiet()});  // no heartbeat, no write timeout: only the peer watch
+    test::client fin(srv.port());
+    test::client rst(srv.port());
+    REQUIRE(fin.read_until([&] { return fin.retries.size() == 1; }));
+    REQUIRE(rst.read_until([&] { return rst.retries.size() == 1; }));
+    auto a = srv.at(0);
+    auto b = srv.at(1);
+    fin.close();
+    rst.reset();
+    check_closed_once(srv, a, ssepp::close_reason::client_gone);
+    check_closed_once(srv, b, ssepp::close_reason::client_gone);
+}
+
+TEST_CASE("bytes a client sends after its request are discarded, not mistaken for a close", "[emitter]")
+{
+    sse_server srv({.options = quiet()});
+    test::client c(srv.port());
+    REQUIRE(c.read_until([&] { return c.retries.size() == 1; }));
+    auto s = srv.at(0);
+    const std::string junk(100000, 'j');
+    asio::write(c.socket(), asio::buffer(junk));
+    // Once the server has drained it all, the watch has run several times.
+    s.em->send({.data = "still here"});
+    REQUIRE(c.read_events(1));
+    CHECK(c.events[0].data == "still here");
+    CHECK(s.em->is_open());
+    CHECK(s.closes.count() == 0);
+    s.em->complete();
+    REQUIRE(c.read_to_eof());
+    check_closed_once(srv, s, ssepp::close_reason::completed);
+}
+
+TEST_CASE("slow consumer, overflow_policy::close: closes with overflow, memory bounded", "[emitter]")
+{
+    auto options = quiet();
+    options.max_queued_bytes = 64 << 10;
+    sse_server srv({.options = options, .small_send_buffer = true});
+    test::client c(srv.port(), "/events", "", 4096);  // and it reads nothing for a while
+    auto s = srv.at(0);
+    std::error_code last;
+    std::size_t most = 0;
+    int sends = 0;
+    for (; sends < 20000 && !last; ++sends) {
+        last = s.em->send({.data = payload(1000)});
+        if (!last)
+            most = std::max(most, s.em->queued_bytes());
+    }
+    CHECK(last == ssepp::errc::overflow);
+    CHECK(most <= options.max_queued_bytes);
+    CHECK(sends < 20000);
+    check_closed_once(srv, s, ssepp::close_reason::overflow);
+    CHECK(s.closes.at(0).ec == ssepp::errc::overflow);
+}
+
+TEST_CASE("slow consumer, overflow_policy::drop_oldest: stays open, bounded, newest delivered", "[emitter]")
+{
+    auto options = quiet();
+    options.max_queued_bytes = 64 << 10;
+    options.overflow = ssepp::overflow_policy::drop_oldest;
+    sse_server srv({.options = options, .small_send_buffer = true});
+    test::client c(srv.port(), "/events", "", 4096);  // and it reads nothing for a while
+    auto s = srv.at(0);
+    constexpr int n = 3000;
+    const auto filler = payload(1000);
+    std::size_t most = 0;
+    std::size_t biggest_frame = 0;
+    for (int i = 0; i < n; ++i) {
+        const ssepp::event e{.id = std::to_string(i), .data = filler};
+        biggest_frame = std::max(biggest_frame, ssepp::format(e).size());
+        REQUIRE(s.em->send(e).value() == 0);
+        most = std::max(most, s.em->queued_bytes());
+    }
+    CHECK(s.em->is_open());
+    CHECK(s.em->dropped() > 0);
+    // The bound, passed by at most the newest event while a write is stuck.
+    CHECK(most <= options.max_queued_bytes + biggest_frame);
+    // The client reads again: what was not dropped arrives, in order, ending with the newest.
+    s.em->complete();
+    REQUIRE(c.read_to_eof());
+    REQUIRE(!c.events.empty());
+    CHECK(c.events.back().id == std::to_string(n - 1));
+    bool increasing = true;
+    for (std::size_t i = 1; i < c.events.size(); ++i)
+        increasing = increasing && std::stoi(c.events[i - 1].id) < std::stoi(c.events[i].id);
+    CHECK(increasing);
+    // Every event was either delivered or counted as dropped: nothing else is lost.
+    CHECK(c.events.size() + s.em->dropped() == n);
+    check_closed_once(srv, s, ssepp::close_reason::completed);
+}
+
+TEST_CASE("one slow client never slows or blocks the others", "[emitter]")
+{
+    auto options = quiet();
+    options.max_queued_bytes = 64 << 20;  // the slow one stays open, its queue growing
+    sse_server srv({.options = options, .small_send_buffer = true});  // one I/O thread for both
+    test::client slow(srv.port(), "/events", "", 4096);  // reads nothing
+    auto a = srv.at(0);
+    test::client fast(srv.port());
+    auto b = srv.at(1);
+    constexpr int n = 2000;
+    const auto filler = payload(1000);
+    std::thread publisher([&] {
+        for (int i = 0; i < n; ++i) {
+            a.em->send({.id = std::to_string(i), .data = filler});
+            b.em->send({.id = std::to_string(i), .data = filler});
+        }
+    });
+    const bool all = fast.read_events(n, 5s);
+    publisher.join();
+    REQUIRE(all);
+    for (std::size_t i = 0; i < n; ++i)
+        REQUIRE(fast.events[i].id == std::to_string(i));
+    CHECK(a.em->is_open());
+    CHECK(a.em->queued_bytes() > (1u << 20));  // the slow one really is stuck
+    a.em->close();
+    b.em->close();
+    check_closed_once(srv, a, ssepp::close_reason::completed);
+    check_closed_once(srv, b, ssepp::close_reason::completed);
+}
+
+TEST_CASE("a client vanishing mid-write causes no use-after-free", "[emitter]")
+{
+    // Run under AddressSanitizer: large writes are in flight and sends keep coming from another
+    // thread when the client resets the connection.
+    for (int round = 0; round < 12; ++round) {
+        auto options = quiet();
+        options.max_queued_bytes = 64 << 20;
+        sse_server srv({.options = options, .threads = 1 + round % 2});
+        test::client c(srv.port());
+        auto s = srv.at(0);
+        std::atomic<bool> stop{false};
+        std::thread sender([&] {
+            const auto big = payload(256 << 10);
+            for (int i = 0; i < 64 && !stop; ++i)
+                if (s.em->send({.data = big}) == ssepp::errc::closed)
+                    break;
+        });
+        // Read a varying amount first, so the reset lands at different points of the writes.
+        const auto want = static_cast<std::size_t>(round) * (96 << 10);
+        const bool read = c.read_until([&] { return c.raw.size() >= want; });
+        c.reset();
+        const bool closed = s.closes.wait(1, 5s);
+        stop = true;
+        sender.join();
+        REQUIRE(read);
+        REQUIRE(closed);
+        CHECK(s.closes.count() == 1);
+        CHECK(s.closes.reason() == ssepp::close_reason::client_gone);
+        CHECK(s.em->send({.data = "x"}) == ssepp::errc::closed);
+    }
+}
+
+TEST_CASE("two I/O threads, four senders: every event exactly once, in per-thread order", "[emitter]")
+{
+    sse_server srv({.options = quiet(), .threads = 2});
+    test::client c(srv.port());
+    auto s = srv.at(0);
+    constexpr int senders = 4, per = 500;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < senders; ++t)
+        threads.emplace_back([&, t] {
+            for (int i = 0; i < per; ++i)
+                s.em->send({.data = std::to_string(t) + ":" + std::to_string(i)});
+        });
+    const bool all = c.read_events(senders * per, 10s);
+    for (auto& t : threads)
+        t.join();
+    REQUIRE(all);
+    std::map<int, int> next;
+    for (const auto& e : c.events) {
+        const auto colon = e.data.find(':');
+        const int t = std::stoi(e.data.substr(0, colon));
+        const int i = std::stoi(e.data.substr(colon + 1));
+        REQUIRE(i == next[t]);  // exactly once and in order: each thread's next expected one
+        ++next[t];
+    }
+    for (int t = 0; t < senders; ++t)
+        CHECK(next[t] == per);
+    s.em->complete();
+    REQUIRE(c.read_to_eof());
+    CHECK(c.events.size() == senders * per);
+    REQUIRE(s.closes.wait(1, 5s));
+    CHECK(s.closes.reason() == ssepp::close_reason::completed);
+}
+
+TEST_CASE("two I/O threads, four senders: at most one write in flight", "[emitter]")
+{
+    auto stats = std::make_shared<test::write_stats>();
+    test::server srv(2);
+    test::collector<std::shared_ptr<ssepp::basic_emitter<test::counting_transport>>> ems;
+    srv.serve([&](tcp::socket s, std::string) {
+        auto em = ssepp::make_emitter(test::counting_transport(std::move(s), stats), quiet());
+        em->start();
+        ems.push(em);
+    });
+    test::client c(srv.port());
+    auto em = ems.at(0);
+    constexpr int senders = 4, per = 500;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < senders; ++t)
+        threads.emplace_back([&] {
+            for (int i = 0; i < per; ++i)
+                em->send({.data = payload(100)});
+        });
+    for (auto& t : threads)
+        t.join();
+    em->complete();
+    REQUIRE(c.read_to_eof());
+    CHECK(c.events.size() == senders * per);
+    CHECK(stats->max_in_flight == 1);
+    CHECK(stats->bytes == c.raw.size());
+}
+
+TEST_CASE("idle emitters share one sweeper, which empties as they close; run() then returns", "[emitter]")
+{
+    using local = asio::local::stream_protocol::socket;
+    asio::io_context io;
+    asio::io_context peers_io;  // never run: the peers are read synchronously
+    constexpr std::size_t n = 200;
+    std::vector<local> peers;
+    std::vector<std::shared_ptr<ssepp::basic_emitter<local>>> ems;
+    std::vector<test::close_log> logs(n);
+    auto options = quiet();
+    options.heartbeat = 50ms;
+    for (std::size_t i = 0; i < n; ++i) {
+        local mine(io);
+        peers.emplace_back(peers_io);
+        asio::local::connect_pair(mine, peers.back());
+        ems.push_back(ssepp::make_emitter(std::move(mine), options));
+        ems.back()->on_close(logs[i].handler());
+        ems.back()->start();
+    }
+    auto& sweeper = asio::use_service<ssepp::detail::sweeper>(io);
+    CHECK(sweeper.size() == n);
+    auto ran = std::async(std::launch::async, [&] { io.run(); });
+    struct stop_on_exit {
+        asio::io_context& io;
+        ~stop_on_exit() { io.stop(); }  // a failed check must not leave `ran` waiting forever
+    } guard{io};
+
+    // Heartbeats reach the first and the last: the one shared timer drives them all.
+    const auto read_heartbeat = [](local& p) {
+        std::string got;
+        const auto deadline = test::clock::now() + 3s;
+        while (got.find(":\n\n") == std::string::npos && test::clock::now() < deadline) {
+            pollfd fd{p.native_handle(), POLLIN, 0};
+            if (::poll(&fd, 1, 100) <= 0)
+                continue;
+            char buf[4096];
+            std::error_code ec;
+            const auto k = p.read_some(asio::buffer(buf), ec);
+            if (ec)
+                break;
+            got.append(buf, k);
+        }
+        return got.find(":\n\n") != std::string::npos;
+    };
+    CHECK(read_heartbeat(peers.front()));
+    CHECK(read_heartbeat(peers.back()));
+    CHECK(sweeper.size() == n);
+
+    // Half close from this side, half because the peer went away.
+    for (std::size_t i = 0; i < n; i += 2)
+        ems[i]->close();
+    for (std::size_t i = 1; i < n; i += 2)
+        peers[i].close();
+    CHECK(test::eventually([&] { return sweeper.size() == 0; }, 5s));
+    // Nothing is left to run: no per-connection timer, and the shared one stops.
+    REQUIRE(ran.wait_for(3s) == std::future_status::ready);
+    for (std::size_t i = 0; i < n; ++i) {
+        REQUIRE(logs[i].count() == 1);
+        CHECK(logs[i].reason()
+              == (i % 2 == 0 ? ssepp::close_reason::completed : ssepp::close_reason::client_gone));
+    }
+}
+
+TEST_CASE("an idle emitter costs little memory", "[emitter]")
+{
+    // The aim is about 1 KiB of user-space memory per idle connection, everything
+    // included (Asio's per-socket state and the one pending wait come on top of this).
+    CHECK(sizeof(ssepp::emitter) <= 512);
+}
+
+namespace {
+
+/// A transport driven by hand: each async_write_some is held until the test completes it,
+/// with the error and byte count it chooses. Run its io_context with poll() on the test thread.
+struct manual_state {
+    std::function<void(std::error_code, std::size_t)> handler;  // the write in flight, if any
+    std::size_t offered = 0;  // bytes offered to that write
+    std::string written;      // bytes the test let through
+    std::vector<asio::const_buffer> buffers;
+    int calls = 0;
+    bool closed = false;
+};
+
+class manual_transport {
+public:
+    using executor_type = asio::io_context::executor_type;
+
+    manual_transport(asio::io_context& io, std::shared_ptr<manual_state> s) : ex_(io.get_executor()), s_(std::move(s)) {}
+
+    executor_type get_executor() { return ex_; }
+
+    template <class ConstBuffers, class Handler>
+    void async_write_some(const ConstBuffers& buffers, Handler&& handler)
+    {
+        ++s_->calls;
+        s_->buffers.assign(asio::buffer_sequence_begin(buffers), asio::buffer_sequence_end(buffers));
+        s_->offered = asio::buffer_size(buffers);
+        s_->handler = std::forward<Handler>(handler);
+    }
+
+    void close(std::error_code&) { s_->closed = true; }
+
+private:
+    executor_type ex_;
+    std::shared_ptr<manual_state> s_;
+};
+
+/// Runs what is ready on `io` (again: poll() leaves it stopped once it runs out of work).
+void pump(asio::io_context& io)
+{
+    io.restart();
+    io.poll();
+}
+
+/// Lets the first `n` offered bytes through and completes the write in flight.
+void complete_write(manual_state& s, std::size_t n, std::error_code ec = {})
+{
+    REQUIRE(s.handler);
+    std::size_t left = n;
+    for (const auto& b : s.buffers) {
+        const auto k = std::min(left, b.size());
+        s.written.append(static_cast<const char*>(b.data()), k);
+        left -= k;
+    }
+    auto h = std::move(s.handler);
+    s.handler = nullptr;
+    h(ec, n);
+}
+
+} // namespace
+
+TEST_CASE("a write failing before the posted close does not change the close reason", "[emitter]")
+{
+    for (const bool overflow : {true, false}) {
+        asio::io_context io;
+        auto st = std::make_shared<manual_state>();
+        auto options = quiet();
+        options.max_queued_bytes = 4096;
+        auto em = ssepp::make_emitter(manual_transport(io, st), options);
+        test::close_log closes;
+        em->on_close(closes.handler());
+        em->start();
+        pump(io);
+        REQUIRE(st->handler);  // the head is being written
+        if (overflow)
+            CHECK(em->send({.data = payload(8192)}) == ssepp::errc::overflow);
+        else
+            em->close();
+        // The write fails now, before the close posted by send()/close() has run.
+        complete_write(*st, 0, asio::error::connection_reset);
+        pump(io);
+        REQUIRE(closes.count() == 1);
+        CHECK(closes.reason() == (overflow ? ssepp::close_reason::overflow : ssepp::close_reason::completed));
+        CHECK(st->closed);
+    }
+}
+
+TEST_CASE("one write at a time; queued_bytes counts what is not yet written; written frames are freed", "[emitter]")
+{
+    asio::io_context io;
+    auto st = std::make_shared<manual_state>();
+    auto options = quiet();
+    options.write_head = false;
+    options.retry_hint = std::nullopt;
+    auto em = ssepp::make_emitter(manual_transport(io, st), options);
+    em->start();
+    pump(io);
+    CHECK(st->calls == 0);  // nothing to write yet
+    auto a = ssepp::make_raw_frame("data: a\n\n");
+    auto b = ssepp::make_raw_frame("data: bb\n\n");
+    em->send(a);
+    em->send(b);
+    pump(io);
+    REQUIRE(st->calls == 1);  // a and b in one gather write
+    CHECK(st->buffers.size() == 2);
+    CHECK(em->queued_bytes() == a->size() + b->size());
+    // The transport takes a only: a is released at once, b is still being written.
+    complete_write(*st, a->size());
+    CHECK(a.use_count() == 1);
+    CHECK(b.use_count() == 2);
+    REQUIRE(st->calls == 2);
+    CHECK(st->offered == b->size());
+    em->send({.data = "c"});  // 9 bytes
+    pump(io);
+    CHECK(st->calls == 2);  // the write in flight is not joined by another
+    CHECK(em->queued_bytes() == b->size() + 9);
+    complete_write(*st, 3);
+    CHECK(em->queued_bytes() == b->size() - 3 + 9);
+    REQUIRE(st->calls == 3);
+    CHECK(st->offered == b->size() - 3);  // the rest of the batch first
+    complete_write(*st, st->offered);
+    CHECK(b.use_count() == 1);
+    REQUIRE(st->calls == 4);
+    CHECK(st->offered == 9);
+    complete_write(*st, 9);
+    CHECK(em->queued_bytes() == 0);
+    CHECK(st->written == "data: a\n\ndata: bb\n\ndata: c\n\n");
+    CHECK(em->bytes_written() == st->written.size());
+    CHECK(st->calls == 4);
+    CHECK_FALSE(st->handler);
+}
+
+TEST_CASE("drop_oldest drops only what is not being written, keeps the newest", "[emitter]")
+{
+    asio::io_context io;
+    auto st = std::make_shared<manual_state>();
+    auto options = quiet();
+    options.write_head = false;
+    options.retry_hint = std::nullopt;
+    options.max_queued_bytes = 100;
+    options.overflow = ssepp::overflow_policy::drop_oldest;
+    auto em = ssepp::make_emitter(manual_transport(io, st), options);
+    em->start();
+    em->send({.id = "0", .data = payload(40)});  // 52 bytes, written at once: stuck in flight
+    pump(io);
+    REQUIRE(st->handler);
+    for (int i = 1; i <= 10; ++i) {
+        CHECK(em->send({.id = std::to_string(i), .data = payload(40)}).value() == 0);
+        CHECK(em->queued_bytes() <= 100 + 52);
+    }
+    CHECK(em->dropped() == 9);  // 1..9 went; 0 is being written, 10 is the newest
+    CHECK(em->is_open());
+    complete_write(*st, st->offered);
+    pump(io);
+    complete_write(*st, st->offered);
+    pump(io);
+    CHECK(st->written == ssepp::format({.id = "0", .data = payload(40)})
+                             + ssepp::format({.id = "10", .data = payload(40)}));
+}
+
+TEST_CASE("run() returns promptly once the last emitter is gone, whatever the heartbeat", "[emitter]")
+{
+    using local = asio::local::stream_protocol::socket;
+    asio::io_context io;
+    asio::io_context peer_io;
+    local mine(io), peer(peer_io);
+    asio::local::connect_pair(mine, peer);
+    auto em = ssepp::make_emitter(std::move(mine));  // default: 15 s heartbeat, 30 s write timeout
+    em->start();
+    REQUIRE(asio::use_service<ssepp::detail::sweeper>(io).size() == 1);
+    auto ran = std::async(std::launch::async, [&] { io.run(); });
+    struct stop_on_exit {
+        asio::io_context& io;
+        ~stop_on_exit() { io.stop(); }
+    } guard{io};
+    REQUIRE(ran.wait_for(50ms) == std::future_status::timeout);  // the stream keeps it running
+    em->close();
+    // The sweeper's timer (armed for up to a second) is cancelled with its last target.
+    CHECK(ran.wait_for(500ms) == std::future_status::ready);
 }

@@ -28,6 +28,7 @@
 #include <optional>
 #include <span>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 namespace ssepp {
@@ -67,7 +68,9 @@ struct emitter_options {
     std::chrono::milliseconds lifetime{0};
     /// A write making no progress for this long ends the stream (close_reason::timeout); 0 = never.
     std::chrono::milliseconds write_timeout = std::chrono::seconds(30);
-    /// Bound on bytes queued or being written for this connection.
+    /// Bound on bytes queued or being written (not yet accepted by the transport) for this
+    /// connection. Under overflow_policy::drop_oldest the newest event is always kept, so the
+    /// queue may pass the bound by at most that one event while a write is stuck.
     std::size_t max_queued_bytes = std::size_t(1) << 20;
     overflow_policy overflow = overflow_policy::close;
 };
@@ -169,6 +172,8 @@ public:
         std::unique_lock lock(mtx_);
         if (state_ != state::open)
             return errc::closed;
+        if (!frame || frame->empty())
+            return {};
         pending_bytes_ += frame->size();
         pending_.push_back(std::move(frame));
         if (pending_bytes_ + inflight_bytes_ > max_queued_bytes_) {
@@ -291,9 +296,13 @@ private:
         dropped_ += n;
     }
 
+    // Ends the stream from under the lock: the reason is recorded now, so that a write failing
+    // before the posted close runs cannot report another one.
     void abort_locked(close_reason reason, std::error_code ec)
     {
         state_ = state::aborting;
+        reason_ = reason;
+        reason_ec_ = ec;
         pending_.clear();
         pending_bytes_ = 0;
         asio::post(get_executor(),
@@ -309,10 +318,10 @@ private:
             return after::nothing;
         }
         if (buf_pos_ == bufs_.size()) {
-            inflight_.clear();
-            inflight_bytes_ = 0;
             bufs_.clear();
+            owners_.clear();
             buf_pos_ = 0;
+            inflight_bytes_ = 0;
             if (!gather_locked()) {
                 writing_ = false;
                 write_started_ns_.store(0, std::memory_order_relaxed);
@@ -329,48 +338,47 @@ private:
         return after::nothing;
     }
 
+    // Appends one buffer to the batch; `owner` keeps its bytes alive until they are written.
+    void push_buffer_locked(asio::const_buffer b, shared_frame owner)
+    {
+        if (b.size() == 0)
+            return;
+        bufs_.push_back(b);
+        owners_.push_back(std::move(owner));
+        inflight_bytes_ += b.size();
+    }
+
+    void push_frame_locked(shared_frame f)
+    {
+        const asio::const_buffer b(f->data(), f->size());
+        push_buffer_locked(b, std::move(f));
+    }
+
     // Moves the queue into one gather batch; false when there is nothing left to write.
     bool gather_locked()
     {
-        const bool with_head = head_ != nullptr;
-        if (head_) {
-            inflight_.push_back(std::move(head_));
-            head_ = nullptr;
-        }
-        const bool has_body = prelude_ != nullptr || !pending_.empty();
-        if (has_body) {
-            if (prelude_) {
-                inflight_.push_back(std::move(prelude_));
-                prelude_ = nullptr;
+        // The head is raw HTTP; with chunked framing the body bytes after it form one chunk.
+        if (head_)
+            push_frame_locked(std::exchange(head_, nullptr));
+        if (prelude_ != nullptr || !pending_.empty()) {
+            const std::size_t body = pending_bytes_ + (prelude_ ? prelude_->size() : 0);
+            if (chunked_) {
+                const auto n = fmt::format_to_n(chunk_size_.data(), chunk_size_.size(), "{:x}\r\n", body).size;
+                push_buffer_locked(asio::const_buffer(chunk_size_.data(), n), nullptr);
             }
-            inflight_.insert(inflight_.end(), std::make_move_iterator(pending_.begin()),
-                             std::make_move_iterator(pending_.end()));
+            if (prelude_)
+                push_frame_locked(std::exchange(prelude_, nullptr));
+            for (auto& f : pending_)
+                push_frame_locked(std::move(f));
             pending_.clear();
-            inflight_bytes_ = pending_bytes_;
             pending_bytes_ = 0;
+            if (chunked_)
+                push_buffer_locked(asio::const_buffer("\r\n", 2), nullptr);
         } else if (state_ == state::closing && chunked_ && !terminated_) {
             terminated_ = true;
-            inflight_.push_back(chunk_terminator());
+            push_frame_locked(chunk_terminator());
         }
-        if (inflight_.empty())
-            return false;
-
-        // The head is raw HTTP; with chunked framing the body bytes after it form one chunk.
-        const std::size_t first_body = with_head ? 1 : 0;
-        std::size_t body = 0;
-        for (std::size_t i = first_body; i < inflight_.size(); ++i)
-            body += inflight_[i]->size();
-        const bool wrap = chunked_ && has_body;
-        for (std::size_t i = 0; i < inflight_.size(); ++i) {
-            if (wrap && i == first_body) {
-                const auto n = fmt::format_to_n(chunk_size_.data(), chunk_size_.size(), "{:x}\r\n", body).size;
-                bufs_.emplace_back(chunk_size_.data(), n);
-            }
-            bufs_.emplace_back(inflight_[i]->data(), inflight_[i]->size());
-        }
-        if (wrap)
-            bufs_.emplace_back("\r\n", 2);
-        return true;
+        return !bufs_.empty();
     }
 
     void on_written(std::error_code ec, std::size_t n)
@@ -387,6 +395,7 @@ private:
         }
         bytes_written_.fetch_add(n, std::memory_order_relaxed);
         last_write_ns_.store(detail::steady_now_ns(), std::memory_order_relaxed);
+        inflight_bytes_ -= std::min(n, inflight_bytes_);
         while (n > 0 && buf_pos_ < bufs_.size()) {
             auto& b = bufs_[buf_pos_];
             if (n < b.size()) {
@@ -394,6 +403,7 @@ private:
                 break;
             }
             n -= b.size();
+            owners_[buf_pos_].reset();  // written: free it now, not at the end of the batch
             ++buf_pos_;
         }
         if (write_next_locked() == after::close_completed) {
@@ -460,11 +470,17 @@ private:
             std::lock_guard lock(mtx_);
             if (state_ == state::closed)
                 return;
+            if (state_ == state::aborting) {
+                // abort_locked() recorded why; a failure racing with its close does not count.
+                reason = reason_;
+                ec = reason_ec_;
+            }
             state_ = state::closed;
             reason_ = reason;
             reason_ec_ = ec;
             pending_.clear();
             pending_bytes_ = 0;
+            inflight_bytes_ = 0;  // the batch is abandoned (its buffers live until the write ends)
             if (reason == close_reason::completed)
                 detail::shutdown_send(transport_);
             detail::close_transport(transport_);
@@ -505,11 +521,11 @@ private:
     Transport transport_;
     mutable std::mutex mtx_;
     std::vector<shared_frame> pending_;      // queued, not yet being written
-    std::vector<shared_frame> inflight_;     // the batch being written
-    std::vector<asio::const_buffer> bufs_;   // inflight_ as buffers, consumed as written
+    std::vector<asio::const_buffer> bufs_;   // the batch being written, consumed as written
+    std::vector<shared_frame> owners_;       // what each of bufs_ points into (null: framing)
     std::size_t buf_pos_ = 0;
     std::size_t pending_bytes_ = 0;
-    std::size_t inflight_bytes_ = 0;
+    std::size_t inflight_bytes_ = 0;         // bytes of the batch not yet written
     std::vector<close_handler> handlers_;
     shared_frame head_;
     shared_frame prelude_;

@@ -8,6 +8,7 @@
 #include <ssepp/emitter.hpp>
 #include <ssepp/error.hpp>
 #include <ssepp/event.hpp>
+#include <ssepp/format.hpp>
 #include <ssepp/frame.hpp>
 
 #include <fmt/format.h>
@@ -16,6 +17,8 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -43,8 +46,9 @@ struct attach_options {
     /// event after it is replayed, whatever `otherwise` says.
     std::optional<std::string> last_event_id{};
     replay otherwise = replay::all;
-    /// Queued first when `last_event_id` is not retained (so the client can reset its state),
-    /// before the whole retained history.
+    /// Queued first whenever attach_result::gap is set (so the client can reset its state):
+    /// before the whole retained history when `last_event_id` is not retained, before the
+    /// replay otherwise. Dropped if invalid.
     std::optional<event> on_gap{};
 };
 
@@ -54,7 +58,8 @@ struct attach_result {
     /// last_event_id was found: the replay starts right after it.
     bool resumed = false;
     /// The client may have missed events: its last_event_id is no longer (or never was)
-    /// retained, or events after it were evicted.
+    /// retained, or events after it were evicted; under replay::undelivered, an event of one
+    /// of its keys was evicted before any connection of that key was sent it.
     bool gap = false;
     /// Every key was finished: the stream was completed after the replay.
     bool finished = false;
@@ -96,7 +101,8 @@ struct send_result {
 /// in the order), and queued to each emitter without copying.
 ///
 /// @tparam Emitter basic_emitter<T> or anything with start(), send(shared_frame), complete()
-/// and on_close(handler).
+/// and on_close(handler), none of which may call back into the registry (close handlers run
+/// later, on the emitter's executor).
 template <class Key = std::string, class Emitter = emitter>
 class basic_registry {
 public:
@@ -112,7 +118,9 @@ public:
     basic_registry(const basic_registry&) = delete;
     basic_registry& operator=(const basic_registry&) = delete;
 
-    /// Completes every connection; they leave as they close.
+    /// Completes every connection; they leave as they close. The connections may outlive the
+    /// registry (their close handlers then find it gone and do nothing), but not their
+    /// execution context: destroy the registry before the io_context its emitters use.
     ~basic_registry() { complete_all(); }
 
     /// Adds `em` under `key`; see the other overload.
@@ -121,67 +129,92 @@ public:
         return attach(std::span<const Key>(&key, 1), std::move(em), options);
     }
 
-    /// Adds `em` under every key of `keys`, queues its replay (see attach_options), starts it,
-    /// and from then on queues to it every event sent to one of its keys. It leaves the registry
-    /// by itself when it closes.
+    /// Adds `em` under every key of `keys` (a key given twice counts once), queues its replay
+    /// (see attach_options), starts it, and from then on queues to it every event sent to one
+    /// of its keys and every broadcast. It leaves the registry by itself when it closes.
+    ///
+    /// Without last_event_id, replay::undelivered replays, per key, the key's retained events
+    /// after the last one that was sent to a live connection of that key, and the retained
+    /// broadcasts after the last one sent to a connection of any of the keys; `gap` is set when
+    /// such an undelivered event of a key was already evicted.
     attach_result attach(std::span<const Key> keys, emitter_ptr em, const attach_options& options = {})
     {
         attach_result result;
         auto& s = *state_;
-        std::unique_lock lock(s.mtx);
+        std::lock_guard lock(s.mtx);
         s.purge_locked();
-        auto* m = new member{em, std::vector<Key>(keys.begin(), keys.end()), s.all.size()};
+        auto owned = std::make_unique<member>();
+        auto* m = owned.get();
+        m->em = std::move(em);
+        for (const auto& k : keys)
+            if (std::find(m->keys.begin(), m->keys.end(), k) == m->keys.end())
+                m->keys.push_back(k);
+        for (const auto& k : m->keys) {
+            auto* c = &s.keys[k];
+            s.activate_locked(*c);
+            m->channels.push_back(c);
+            if (!c->finished)
+                ++m->unfinished;
+        }
+        // channels[0] holds the broadcasts; the others are the member's keys.
         std::vector<channel*> channels{&s.everyone};
-        for (const auto& k : m->keys)
-            channels.push_back(&s.keys[k]);
+        channels.insert(channels.end(), m->channels.begin(), m->channels.end());
 
-        // Where the replay starts.
-        std::uint64_t after = 0;
-        bool whole = true;
+        // Per channel, the position after which retained events are replayed.
+        std::vector<std::uint64_t> after(channels.size(), 0);
+        bool mark_delivered = true;
         if (options.last_event_id) {
             if (auto seq = find_locked(channels, *options.last_event_id)) {
-                after = *seq;
-                whole = false;
+                std::fill(after.begin(), after.end(), *seq);
                 result.resumed = true;
                 for (auto* c : channels)
-                    result.gap |= c->evicted_through > after;
+                    result.gap |= c->evicted_through > *seq;
             } else {
-                result.gap = true;
+                result.gap = true;  // unknown or evicted: the whole retained history follows
             }
         } else if (options.otherwise == replay::none) {
-            after = s.next_seq;
-            whole = false;
+            std::fill(after.begin(), after.end(), s.next_seq);
+            mark_delivered = false;
         } else if (options.otherwise == replay::undelivered) {
-            whole = false;
-            for (std::size_t i = 1; i < channels.size(); ++i)
-                after = std::max(after, channels[i]->delivered_through);
+            for (std::size_t i = 1; i < channels.size(); ++i) {
+                after[i] = channels[i]->delivered_through;
+                after[0] = std::max(after[0], channels[i]->broadcast_delivered_through);
+                result.gap |= channels[i]->evicted_through > channels[i]->delivered_through;
+            }
         }
 
-        if (result.gap && options.on_gap)
-            em->send(*options.on_gap);
+        auto& e = *m->em;
+        if (result.gap && options.on_gap) {
+            std::error_code ec;
+            if (auto frame = make_frame(*options.on_gap, ec))
+                e.send(std::move(frame));
+        }
         std::vector<const record*> replay;
-        for (auto* c : channels)
-            for (const auto& r : c->history)
-                if (whole || r.seq > after)
+        for (std::size_t i = 0; i < channels.size(); ++i)
+            for (const auto& r : channels[i]->history)
+                if (r.seq > after[i])
                     replay.push_back(&r);
         std::sort(replay.begin(), replay.end(), [](auto* a, auto* b) { return a->seq < b->seq; });
-        em->start();
+        e.start();
         for (const auto* r : replay)
-            em->send(r->frame);
+            e.send(r->frame);
         result.replayed = replay.size();
 
-        s.all.push_back(m);
-        result.finished = channels.size() > 1;
-        for (std::size_t i = 1; i < channels.size(); ++i) {
-            channels[i]->members.push_back(m);
-            channels[i]->delivered_through = s.next_seq;
-            result.finished &= channels[i]->finished;
+        for (auto* c : m->channels) {
+            c->members.push_back(m);
+            if (mark_delivered) {
+                c->delivered_through = std::max(c->delivered_through, s.next_seq);
+                c->broadcast_delivered_through = std::max(c->broadcast_delivered_through, s.next_seq);
+            }
         }
+        result.finished = !m->keys.empty() && m->unfinished == 0;
         if (result.finished)
-            em->complete();
-        em->on_close([w = std::weak_ptr<state>(state_), m](close_reason, std::error_code) {
-            if (auto s = w.lock())
-                s->detach(m);
+            e.complete();
+        m->index = s.all.size();
+        s.all.push_back(owned.release());
+        e.on_close([w = std::weak_ptr<state>(state_), m](close_reason, std::error_code) {
+            if (auto st = w.lock())
+                st->detach(m);
         });
         return result;
     }
@@ -193,10 +226,13 @@ public:
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
         s.purge_locked();
-        auto& c = s.keys[key];
-        if (c.finished)
+        auto it = s.keys.try_emplace(key).first;
+        if (it->second.finished)
             return {.error = errc::closed};
-        return s.deliver_locked(c, std::move(e));
+        s.activate_locked(it->second);
+        auto result = s.deliver_locked(it->second, std::move(e));
+        s.erase_if_unused_locked(it);
+        return result;
     }
 
     /// Sends `e` to every live connection, and retains it for every connection's replay.
@@ -209,23 +245,30 @@ public:
     }
 
     /// Sends `last` to `key` (a job's `complete` or `error`), completes the key's connections
-    /// once it is written, and keeps the key's history for history_options::finished_linger, so
-    /// that a client attaching later replays the outcome and is completed too.
+    /// once it is written (a connection under several keys: once all its keys are finished),
+    /// and keeps the key's history, `last` always included, for
+    /// history_options::finished_linger, so that a client attaching later replays the outcome
+    /// and is completed too. After the linger the key is forgotten.
     send_result finish(const Key& key, event last)
     {
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
         s.purge_locked();
-        auto& c = s.keys[key];
+        auto it = s.keys.try_emplace(key).first;
+        auto& c = it->second;
         if (c.finished)
             return {.error = errc::closed};
-        auto result = s.deliver_locked(c, std::move(last));
-        if (!result)
+        s.activate_locked(c);
+        auto result = s.deliver_locked(c, std::move(last), true);
+        if (!result) {
+            s.erase_if_unused_locked(it);
             return result;
+        }
         c.finished = true;
-        s.lingering.emplace_back(std::chrono::steady_clock::now() + s.options.finished_linger, key);
+        c.linger_until = std::chrono::steady_clock::now() + s.options.finished_linger;
+        s.lingering.emplace_back(c.linger_until, key);
         for (auto* m : c.members)
-            if (std::all_of(m->keys.begin(), m->keys.end(), [&](const Key& k) { return s.keys[k].finished; }))
+            if (--m->unfinished == 0)
                 m->em->complete();
         return result;
     }
@@ -244,7 +287,7 @@ public:
         return it->second.members.size();
     }
 
-    /// Completes `key`'s connections and forgets its history.
+    /// Completes `key`'s connections and forgets its history (and that it was finished).
     void erase(const Key& key)
     {
         auto& s = *state_;
@@ -256,7 +299,8 @@ public:
             m->em->complete();
         it->second.history.clear();
         it->second.history_bytes = 0;
-        s.erase_if_unused_locked(it);
+        it->second.finished = false;
+        s.erase_if_unused_locked(it, true);
     }
 
     /// Completes every connection (for shutdown); they leave as they close.
@@ -268,7 +312,7 @@ public:
             m->em->complete();
     }
 
-    /// Live connections.
+    /// Live connections (a closed one counts until its close handler has run).
     std::size_t size() const
     {
         std::lock_guard lock(state_->mtx);
@@ -289,7 +333,8 @@ public:
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
         s.purge_locked();
-        return s.keys.contains(key);
+        auto it = s.keys.find(key);
+        return it != s.keys.end() && !it->second.unused();
     }
 
     /// Whether `key` was finished and still lingers.
@@ -307,6 +352,7 @@ public:
     {
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
+        s.purge_locked();
         auto it = s.keys.find(key);
         if (it == s.keys.end() || it->second.history.empty())
             return std::nullopt;
@@ -314,29 +360,42 @@ public:
     }
 
 private:
-    struct member {
-        emitter_ptr em;
-        std::vector<Key> keys;
-        std::size_t index;  // in state::all
-    };
-
     struct record {
         std::uint64_t seq;
         std::string id;
         shared_frame frame;
     };
 
+    struct member;
+
     struct channel {
         std::vector<member*> members;
         std::deque<record> history;
         std::size_t history_bytes = 0;
-        std::uint64_t evicted_through = 0;    // last position dropped from history
-        std::uint64_t delivered_through = 0;  // last position sent to a live connection
+        std::uint64_t evicted_through = 0;              // last position dropped from history
+        std::uint64_t delivered_through = 0;            // last own event sent to a live connection
+        std::uint64_t broadcast_delivered_through = 0;  // last broadcast sent to a live connection
+        std::chrono::steady_clock::time_point linger_until{};
         bool finished = false;
+        // Kept only for broadcast_delivered_through (see state::idle): its place there.
+        std::optional<typename std::multimap<std::uint64_t, Key>::iterator> idle;
+
+        bool unused() const noexcept { return members.empty() && history.empty() && !finished; }
+    };
+
+    struct member {
+        emitter_ptr em;
+        std::vector<Key> keys;           // distinct
+        std::vector<channel*> channels;  // keys' channels: stable, a channel with members stays
+        std::size_t index = 0;           // in state::all
+        std::size_t unfinished = 0;      // keys not finished yet
     };
 
     struct state {
         explicit state(history_options o) : options(o) {}
+
+        state(const state&) = delete;
+        state& operator=(const state&) = delete;
 
         ~state()
         {
@@ -345,8 +404,12 @@ private:
         }
 
         // Fixes the event's place in the order, formats it once, retains it, queues it.
-        send_result deliver_locked(channel& c, event e)
+        // `keep`: retain it even when history_options keep nothing (a terminal event).
+        send_result deliver_locked(channel& c, event e, bool keep = false)
         {
+            // Validated as given: the id added below must not turn an empty event into one.
+            if (auto ec = validate(e))
+                return {.error = ec};
             const auto seq = next_seq + 1;
             if (!e.id)
                 e.id = fmt::format_int(seq).str();
@@ -355,29 +418,39 @@ private:
             if (ec)
                 return {.error = ec};
             next_seq = seq;
-            retain_locked(c, record{seq, *e.id, frame});
-            const auto& targets = &c == &everyone ? all : c.members;
+            retain_locked(c, record{seq, *e.id, frame}, keep);
+            const bool everyone_ = &c == &everyone;
+            const auto& targets = everyone_ ? all : c.members;
             for (auto* m : targets)
                 m->em->send(frame);
-            if (!targets.empty())
+            if (everyone_) {
+                for (auto* m : all)
+                    for (auto* k : m->channels)
+                        k->broadcast_delivered_through = seq;
+            } else if (!targets.empty()) {
                 c.delivered_through = seq;
+            }
             return {.connections = targets.size(), .id = std::move(*e.id)};
         }
 
-        void retain_locked(channel& c, record r)
+        void retain_locked(channel& c, record r, bool keep)
         {
-            if (options.max_events == 0) {
+            const auto cap = std::max<std::size_t>(options.max_events, keep ? 1 : 0);
+            if (cap == 0) {
                 c.evicted_through = r.seq;
                 return;
             }
             c.history_bytes += r.frame->size();
             c.history.push_back(std::move(r));
-            while (c.history.size() > 1
-                   && (c.history.size() > options.max_events || c.history_bytes > options.max_bytes)) {
+            bool evicted = false;
+            while (c.history.size() > 1 && (c.history.size() > cap || c.history_bytes > options.max_bytes)) {
                 c.history_bytes -= c.history.front().frame->size();
                 c.evicted_through = c.history.front().seq;
                 c.history.pop_front();
+                evicted = true;
             }
+            if (evicted && &c == &everyone)
+                drop_idle_locked();
         }
 
         void detach(member* m)
@@ -400,10 +473,45 @@ private:
             delete m;
         }
 
-        void erase_if_unused_locked(typename std::unordered_map<Key, channel>::iterator it)
+        // Erases a key with no connections, no history and no finish to remember, unless
+        // replay::undelivered still needs to know which retained broadcasts its connections
+        // were sent (then it waits in `idle` until those broadcasts are evicted). `forget`:
+        // erase it regardless.
+        void erase_if_unused_locked(typename std::unordered_map<Key, channel>::iterator it, bool forget = false)
         {
-            if (it->second.members.empty() && it->second.history.empty() && !it->second.finished)
+            auto& c = it->second;
+            if (!c.unused())
+                return;
+            if (!forget && !everyone.history.empty()
+                && everyone.history.front().seq <= c.broadcast_delivered_through) {
+                if (!c.idle)
+                    c.idle = idle.emplace(c.broadcast_delivered_through, it->first);
+                return;
+            }
+            activate_locked(c);
+            keys.erase(it);
+        }
+
+        // The key is in use again: it leaves `idle`.
+        void activate_locked(channel& c)
+        {
+            if (c.idle) {
+                idle.erase(*c.idle);
+                c.idle.reset();
+            }
+        }
+
+        // Erases the idle keys whose watermark is older than every retained broadcast.
+        void drop_idle_locked()
+        {
+            const auto oldest = everyone.history.empty() ? std::numeric_limits<std::uint64_t>::max()
+                                                         : everyone.history.front().seq;
+            while (!idle.empty() && idle.begin()->first < oldest) {
+                auto it = keys.find(idle.begin()->second);
+                idle.erase(idle.begin());
+                it->second.idle.reset();
                 keys.erase(it);
+            }
         }
 
         // Forgets finished keys whose linger is over.
@@ -415,7 +523,8 @@ private:
             while (!lingering.empty() && lingering.front().first <= now) {
                 auto it = keys.find(lingering.front().second);
                 lingering.pop_front();
-                if (it == keys.end() || !it->second.finished)
+                // Skip a key erased, or erased and finished again since (its own entry follows).
+                if (it == keys.end() || !it->second.finished || it->second.linger_until > now)
                     continue;
                 it->second.history.clear();
                 it->second.history_bytes = 0;
@@ -429,19 +538,25 @@ private:
         std::unordered_map<Key, channel> keys;
         channel everyone;
         std::vector<member*> all;
+        // Keys kept only for their broadcast watermark, by that watermark.
+        std::multimap<std::uint64_t, Key> idle;
         std::deque<std::pair<std::chrono::steady_clock::time_point, Key>> lingering;
         std::uint64_t next_seq = 0;
     };
 
-    // The position of the retained event whose id is `id`, in any of `channels`.
+    // The position of the newest retained event whose id is `id`, in any of `channels`.
     static std::optional<std::uint64_t> find_locked(const std::vector<channel*>& channels,
                                                     std::string_view id)
     {
+        std::optional<std::uint64_t> found;
         for (auto* c : channels)
             for (auto it = c->history.rbegin(); it != c->history.rend(); ++it)
-                if (it->id == id)
-                    return it->seq;
-        return std::nullopt;
+                if (it->id == id) {
+                    if (!found || it->seq > *found)
+                        found = it->seq;
+                    break;
+                }
+        return found;
     }
 
     std::shared_ptr<state> state_;

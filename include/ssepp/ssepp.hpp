@@ -7,6 +7,7 @@
 #include <ssepp/emitter.hpp>
 #include <ssepp/error.hpp>
 #include <ssepp/event.hpp>
+#include <ssepp/event_source.hpp>
 #include <ssepp/format.hpp>
 #include <ssepp/frame.hpp>
 #include <ssepp/parser.hpp>

@@ -59,11 +59,15 @@ public:
         target.sweeper_ = this;
         target.sweep_index_ = static_cast<std::uint32_t>(targets_.size());
         targets_.push_back(&target);
-        period_ = std::min(period_, std::clamp<std::chrono::nanoseconds>(
-                                        period, std::chrono::milliseconds(5), std::chrono::seconds(1)));
+        const auto clamped = std::clamp<std::chrono::nanoseconds>(period, std::chrono::milliseconds(5),
+                                                                  std::chrono::seconds(1));
+        const bool sooner = clamped < period_;
+        period_ = std::min(period_, clamped);
         if (!timer_)
             timer_.emplace(ex);
-        if (!armed_)
+        // A shorter period re-arms at once, so that a target with a short heartbeat is not
+        // first swept at the pace of the ones before it.
+        if (!armed_ || sooner)
             arm();
     }
 
@@ -91,10 +95,18 @@ private:
         targets_[i]->sweep_index_ = i;
         targets_.pop_back();
         target.sweeper_ = nullptr;
-        // The timer stays armed until its next tick finds nothing, then stops, so that
-        // io_context::run() can return once every connection is gone.
+        if (targets_.empty()) {
+            // Nothing left to sweep: stop now, so that io_context::run() can return once every
+            // connection is gone, and start again at the slowest pace.
+            period_ = std::chrono::seconds(1);
+            if (armed_ && timer_) {
+                armed_ = false;
+                timer_->cancel();
+            }
+        }
     }
 
+    // Arms (or re-arms: expires_after cancels a pending wait, whose handler then does nothing).
     void arm()
     {
         armed_ = true;

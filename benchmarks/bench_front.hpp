@@ -1,0 +1,198 @@
+// benchmarks/bench_front.hpp
+// What fanout_server and ideal_server share, so that they differ only in how they deliver:
+// flags, the minimal HTTP front (GET /events subscribes, POST /publish broadcasts its body),
+// and the publisher that stamps each event with its CLOCK_MONOTONIC publish time.
+#pragma once
+
+#include "common/cli.hpp"
+
+#include <asio.hpp>
+#include <fmt/format.h>
+
+#include <atomic>
+#include <charconv>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace bench {
+
+struct options {
+    std::string host = "127.0.0.1";
+    std::uint16_t port = 0;
+    int threads = 1;
+    std::string rate = "0";  // events/s, "max", or 0 (publish only on POST /publish)
+    std::size_t payload = 64;
+
+    void parse(const char* program, int argc, char** argv)
+    {
+        common::cli(program)
+            .flag("--host", host, "address to listen on (loopback)")
+            .flag("--port", port, "port; 0 picks a free one and prints it")
+            .flag("--threads", threads, "I/O threads")
+            .flag("--rate", rate, "events/s to broadcast; max = as fast as the server takes them; 0 = none")
+            .flag("--payload", payload, "data bytes per event (timestamp, space, padding)")
+            .parse(argc, argv);
+    }
+};
+
+inline std::int64_t now_ns()
+{
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+/// Event data: publish time in decimal ns, a space, padding up to `payload` bytes.
+inline std::string stamped_payload(std::size_t payload)
+{
+    auto s = fmt::format("{} ", now_ns());
+    if (s.size() < payload)
+        s.append(payload - s.size(), 'x');
+    return s;
+}
+
+/// The HTTP front: each accepted socket's request head is read (up to 8 KiB); `GET /events`
+/// hands the socket to `subscribe`, `POST /publish` reads a Content-Length body, passes it to
+/// `publish` and answers 204 on a kept-alive connection; anything else gets 404.
+class front {
+public:
+    using subscribe_fn = std::function<void(asio::ip::tcp::socket)>;
+    using publish_fn = std::function<void(std::string)>;
+
+    front(asio::io_context& io, const options& o, subscribe_fn s, publish_fn p)
+        : io_(io), acceptor_(io, {asio::ip::make_address(o.host), o.port}), subscribe_(std::move(s)),
+          publish_(std::move(p))
+    {
+        accept();
+    }
+
+    std::uint16_t port() const { return acceptor_.local_endpoint().port(); }
+
+private:
+    struct conn {
+        explicit conn(asio::ip::tcp::socket s) : socket(std::move(s)) {}
+        asio::ip::tcp::socket socket;
+        std::string buf;
+    };
+
+    void accept()
+    {
+        acceptor_.async_accept(asio::make_strand(io_), [this](std::error_code ec, asio::ip::tcp::socket s) {
+            if (!ec) {
+                s.set_option(asio::ip::tcp::no_delay(true));
+                read_head(std::make_shared<conn>(std::move(s)));
+            }
+            accept();
+        });
+    }
+
+    void read_head(std::shared_ptr<conn> c)
+    {
+        asio::async_read_until(c->socket, asio::dynamic_buffer(c->buf, 8192), "\r\n\r\n",
+                               [this, c](std::error_code ec, std::size_t n) {
+                                   if (!ec)
+                                       on_head(c, n);
+                               });
+    }
+
+    void on_head(std::shared_ptr<conn> c, std::size_t n)
+    {
+        const std::string head = c->buf.substr(0, n);
+        c->buf.erase(0, n);
+        if (head.starts_with("GET /events")) {
+            subscribe_(std::move(c->socket));
+            return;
+        }
+        if (!head.starts_with("POST /publish")) {
+            asio::async_write(c->socket, asio::buffer("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", 45),
+                              [c](std::error_code, std::size_t) {});
+            return;
+        }
+        std::size_t length = 0;
+        for (auto name : {"Content-Length: ", "content-length: "})
+            if (auto at = head.find(name); at != std::string::npos)
+                std::from_chars(head.data() + at + 16, head.data() + head.size(), length);
+        const auto missing = length > c->buf.size() ? length - c->buf.size() : 0;
+        asio::async_read(c->socket, asio::dynamic_buffer(c->buf), asio::transfer_exactly(missing),
+                         [this, c, length](std::error_code ec, std::size_t) {
+                             if (ec)
+                                 return;
+                             publish_(c->buf.substr(0, length));
+                             c->buf.erase(0, length);
+                             static constexpr std::string_view ok = "HTTP/1.1 204 No Content\r\n\r\n";
+                             asio::async_write(c->socket, asio::buffer(ok), [this, c](std::error_code ec, std::size_t) {
+                                 if (!ec)
+                                     read_head(c);
+                             });
+                         });
+    }
+
+    asio::io_context& io_;
+    asio::ip::tcp::acceptor acceptor_;
+    subscribe_fn subscribe_;
+    publish_fn publish_;
+};
+
+/// Broadcasts stamped events from its own thread: `rate` per second, or with "max" as fast as
+/// `backlog()` (unwritten bytes per subscriber, on average) stays under a high-water mark.
+class publisher {
+public:
+    publisher(const options& o, std::function<void(std::string)> publish, std::function<std::size_t()> backlog)
+        : publish_(std::move(publish)), backlog_(std::move(backlog)), payload_(o.payload)
+    {
+        if (o.rate == "0")
+            return;
+        if (o.rate == "max") {
+            thread_ = std::jthread([this](std::stop_token st) { run_max(st); });
+            return;
+        }
+        rate_ = std::stod(o.rate);
+        thread_ = std::jthread([this](std::stop_token st) { run_rate(st); });
+    }
+
+private:
+    void run_rate(std::stop_token st)
+    {
+        const auto start = std::chrono::steady_clock::now();
+        for (std::uint64_t i = 0; !st.stop_requested(); ++i) {
+            std::this_thread::sleep_until(start + std::chrono::nanoseconds(static_cast<std::int64_t>(1e9 * double(i) / rate_)));
+            publish_(stamped_payload(payload_));
+        }
+    }
+
+    void run_max(std::stop_token st)
+    {
+        constexpr std::size_t high_water = 256 * 1024;
+        for (std::uint64_t i = 0; !st.stop_requested(); ++i) {
+            // Checking every subscriber is not free: do it once every 16 events.
+            if (i % 16 == 0)
+                while (backlog_() > high_water && !st.stop_requested())
+                    std::this_thread::sleep_for(std::chrono::microseconds(50));
+            publish_(stamped_payload(payload_));
+        }
+    }
+
+    std::function<void(std::string)> publish_;
+    std::function<std::size_t()> backlog_;
+    std::size_t payload_;
+    double rate_ = 0;
+    std::jthread thread_;
+};
+
+/// Runs `io` on `threads` threads until SIGINT/SIGTERM.
+inline void run(asio::io_context& io, int threads)
+{
+    asio::signal_set signals(io, SIGINT, SIGTERM);
+    signals.async_wait([&](std::error_code, int) { io.stop(); });
+    std::vector<std::thread> pool;
+    for (int i = 1; i < std::max(1, threads); ++i)
+        pool.emplace_back([&] { io.run(); });
+    io.run();
+    for (auto& t : pool)
+        t.join();
+}
+
+} // namespace bench

@@ -1,0 +1,387 @@
+// sse_load: opens N event streams at a bounded connect rate, parses every one with
+// ssepp::parser, and prints one JSON object: connected, failed, events/s delivered,
+// publish-to-receive latency percentiles (from the CLOCK_MONOTONIC stamp that starts each
+// event's data) and duration. Loopback only; bounded in connections and time.
+// With --publish-url it also POSTs stamped events (for servers published to over HTTP: nchan).
+#include "bench_front.hpp"
+
+#include <ssepp/parser.hpp>
+
+#include <array>
+#include <bit>
+#include <cmath>
+#include <mutex>
+
+namespace {
+
+// Latency histogram: exact below 64 ns, then 64 buckets per power of two (error < 1.6 %).
+struct histogram {
+    static constexpr int sub_bits = 6;
+    std::array<std::uint64_t, 64 * 58> counts{};
+    std::int64_t max = 0;
+
+    static std::size_t index(std::uint64_t v)
+    {
+        if (v < 64)
+            return v;
+        const int e = 63 - std::countl_zero(v);  // >= 6
+        return static_cast<std::size_t>((e - sub_bits + 1) * 64) + ((v >> (e - sub_bits)) & 63);
+    }
+    static std::uint64_t value(std::size_t i)
+    {
+        if (i < 64)
+            return i;
+        const auto e = static_cast<int>(i / 64) + sub_bits - 1;
+        return (std::uint64_t(64 + i % 64)) << (e - sub_bits);
+    }
+    void add(std::int64_t ns)
+    {
+        const auto v = static_cast<std::uint64_t>(std::max<std::int64_t>(0, ns));
+        ++counts[std::min(index(v), counts.size() - 1)];
+        max = std::max(max, ns);
+    }
+    void merge(const histogram& o)
+    {
+        for (std::size_t i = 0; i < counts.size(); ++i)
+            counts[i] += o.counts[i];
+        max = std::max(max, o.max);
+    }
+    double percentile_us(double q) const
+    {
+        std::uint64_t total = 0;
+        for (auto c : counts)
+            total += c;
+        if (total == 0)
+            return 0;
+        const auto rank = static_cast<std::uint64_t>(std::ceil(q * double(total)));
+        std::uint64_t seen = 0;
+        for (std::size_t i = 0; i < counts.size(); ++i)
+            if ((seen += counts[i]) >= rank)
+                return double(value(i)) / 1000.0;
+        return double(max) / 1000.0;
+    }
+};
+
+struct settings {
+    std::string url = "http://127.0.0.1:8080/events";
+    std::size_t connections = 1000;
+    std::size_t connect_rate = 2000;
+    int duration_s = 10;
+    int threads = 1;
+    std::size_t stall = 0;
+    int connect_timeout_s = 60;
+    std::uint16_t source_port_base = 20000;
+    std::string publish_url;
+    std::string publish_rate = "100";
+    std::size_t payload = 64;
+};
+
+struct url_parts {
+    std::string host;
+    std::uint16_t port = 80;
+    std::string path = "/";
+};
+
+url_parts parse_url(std::string_view url)
+{
+    url_parts u;
+    if (url.starts_with("http://"))
+        url.remove_prefix(7);
+    const auto slash = url.find('/');
+    auto authority = url.substr(0, slash);
+    if (slash != std::string_view::npos)
+        u.path = std::string(url.substr(slash));
+    const auto colon = authority.find(':');
+    u.host = std::string(authority.substr(0, colon));
+    if (colon != std::string_view::npos)
+        u.port = static_cast<std::uint16_t>(std::stoi(std::string(authority.substr(colon + 1))));
+    return u;
+}
+
+std::atomic<bool> in_window{false};
+std::atomic<std::size_t> connected{0}, failed{0}, closed_early{0};
+
+class worker {
+public:
+    worker(const settings& s, const url_parts& u, std::size_t first, std::size_t count)
+        : s_(s), endpoint_(asio::ip::make_address(u.host), u.port), first_(first), count_(count),
+          request_("GET " + u.path + " HTTP/1.1\r\nHost: " + u.host + "\r\nAccept: text/event-stream\r\n\r\n"),
+          timer_(io_)
+    {
+    }
+
+    void start()
+    {
+        tick();
+        thread_ = std::thread([this] {
+            auto guard = asio::make_work_guard(io_);
+            io_.run();
+        });
+    }
+    void stop()
+    {
+        io_.stop();
+        if (thread_.joinable())
+            thread_.join();
+    }
+
+    histogram latency;
+    std::uint64_t events = 0;  // in the window
+
+private:
+    struct conn {
+        explicit conn(asio::io_context& io) : socket(io) {}
+        asio::ip::tcp::socket socket;
+        ssepp::parser parser;
+        std::string head;
+        std::string chunk_line;
+        std::size_t chunk_left = 0;  // body bytes left in the current chunk, + 2 for its CRLF
+        bool head_done = false, chunked = false, stalled = false;
+    };
+
+    // Connects this worker's share at its share of the connect rate, 10 ms at a time.
+    void tick()
+    {
+        const auto per_tick = std::max<std::size_t>(1, s_.connect_rate / std::size_t(std::max(1, s_.threads)) / 100);
+        for (std::size_t i = 0; i < per_tick && next_ < count_; ++i, ++next_)
+            connect(first_ + next_);
+        if (next_ < count_) {
+            timer_.expires_after(std::chrono::milliseconds(10));
+            timer_.async_wait([this](std::error_code ec) {
+                if (!ec)
+                    tick();
+            });
+        }
+    }
+
+    void connect(std::size_t index)
+    {
+        auto& c = *conns_.emplace_back(std::make_unique<conn>(io_));
+        c.stalled = index < s_.stall;
+        std::error_code ec;
+        c.socket.open(asio::ip::tcp::v4(), ec);
+        c.socket.set_option(asio::socket_base::reuse_address(true), ec);
+        if (c.stalled)
+            c.socket.set_option(asio::socket_base::receive_buffer_size(4096), ec);
+        // Past ~14k connections from one address, the kernel's ephemeral port search makes
+        // connect() crawl: give each connection its own source port.
+        const auto port = s_.source_port_base + index;
+        if (s_.source_port_base && port < 65535)
+            c.socket.bind({endpoint_.address(), static_cast<std::uint16_t>(port)}, ec);
+        c.socket.async_connect(endpoint_, [this, &c](std::error_code ec) {
+            if (ec) {
+                ++failed;
+                return;
+            }
+            asio::async_write(c.socket, asio::buffer(request_), [this, &c](std::error_code ec, std::size_t) {
+                if (ec) {
+                    ++failed;
+                    return;
+                }
+                ++connected;
+                c.socket.non_blocking(true, ec);
+                wait(c);
+            });
+        });
+    }
+
+    void wait(conn& c)
+    {
+        c.socket.async_wait(asio::socket_base::wait_read, [this, &c](std::error_code ec) {
+            if (!ec)
+                readable(c);
+        });
+    }
+
+    void readable(conn& c)
+    {
+        static thread_local std::array<char, 65536> buf;
+        for (;;) {
+            std::error_code ec;
+            const auto n = c.socket.read_some(asio::buffer(buf), ec);
+            if (ec == asio::error::would_block)
+                break;
+            if (ec) {
+                ++closed_early;
+                return;
+            }
+            received(c, std::string_view(buf.data(), n));
+            if (c.stalled && c.head_done)
+                return;  // a slow consumer: reads its head, then nothing more
+        }
+        wait(c);
+    }
+
+    void received(conn& c, std::string_view bytes)
+    {
+        if (!c.head_done) {
+            c.head.append(bytes);
+            const auto end = c.head.find("\r\n\r\n");
+            if (end == std::string::npos)
+                return;
+            c.head_done = true;
+            c.chunked = c.head.find("chunked") != std::string::npos;
+            const std::string rest = c.head.substr(end + 4);
+            c.head.clear();
+            c.head.shrink_to_fit();
+            if (!rest.empty())
+                received(c, rest);
+            return;
+        }
+        if (!c.chunked) {
+            body(c, bytes);
+            return;
+        }
+        while (!bytes.empty()) {
+            if (c.chunk_left == 0) {
+                const auto eol = bytes.find('\n');
+                c.chunk_line.append(bytes.substr(0, eol));
+                if (eol == std::string_view::npos)
+                    return;
+                bytes.remove_prefix(eol + 1);
+                c.chunk_left = std::stoul(c.chunk_line, nullptr, 16) + 2;
+                c.chunk_line.clear();
+            }
+            const auto n = std::min(c.chunk_left, bytes.size());
+            const auto data = c.chunk_left > 2 ? std::min(n, c.chunk_left - 2) : 0;
+            body(c, bytes.substr(0, data));
+            bytes.remove_prefix(n);
+            c.chunk_left -= n;
+        }
+    }
+
+    void body(conn& c, std::string_view bytes)
+    {
+        const auto now = bench::now_ns();
+        const bool counting = in_window.load(std::memory_order_relaxed);
+        (void)c.parser.feed(bytes, [&](const ssepp::message& m) {
+            if (!counting)
+                return;
+            std::int64_t stamp = 0;
+            const auto [p, ec] = std::from_chars(m.data.data(), m.data.data() + m.data.size(), stamp);
+            if (ec != std::errc() || p == m.data.data())
+                return;
+            ++events;
+            latency.add(now - stamp);
+        });
+    }
+
+    const settings& s_;
+    asio::ip::tcp::endpoint endpoint_;
+    std::size_t first_, count_, next_ = 0;
+    std::string request_;
+    asio::io_context io_{1};
+    asio::steady_timer timer_;
+    std::vector<std::unique_ptr<conn>> conns_;
+    std::thread thread_;
+};
+
+// POSTs stamped events over one kept-alive connection until stopped.
+void publish_loop(const settings& s, std::stop_token st)
+{
+    const auto u = parse_url(s.publish_url);
+    asio::io_context io;
+    asio::ip::tcp::socket sock(io);
+    sock.connect({asio::ip::make_address(u.host), u.port});
+    sock.set_option(asio::ip::tcp::no_delay(true));
+    const bool max = s.publish_rate == "max";
+    const double rate = max ? 0 : std::stod(s.publish_rate);
+    const auto start = std::chrono::steady_clock::now();
+    std::string in;
+    for (std::uint64_t i = 0; !st.stop_requested(); ++i) {
+        if (!max)
+            std::this_thread::sleep_until(start + std::chrono::nanoseconds(static_cast<std::int64_t>(1e9 * double(i) / rate)));
+        const auto body = bench::stamped_payload(s.payload);
+        const auto req = fmt::format("POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{}",
+                                     u.path, u.host, body.size(), body);
+        asio::write(sock, asio::buffer(req));
+        // Read one response: head, then Content-Length bytes.
+        std::size_t end;
+        while ((end = in.find("\r\n\r\n")) == std::string::npos) {
+            char buf[4096];
+            in.append(buf, sock.read_some(asio::buffer(buf)));
+        }
+        std::size_t length = 0;
+        for (auto name : {"Content-Length: ", "content-length: "})
+            if (auto at = in.find(name); at != std::string::npos && at < end)
+                std::from_chars(in.data() + at + 16, in.data() + end, length);
+        while (in.size() < end + 4 + length) {
+            char buf[4096];
+            in.append(buf, sock.read_some(asio::buffer(buf)));
+        }
+        in.erase(0, end + 4 + length);
+    }
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    settings s;
+    common::cli("sse_load")
+        .flag("--url", s.url, "event stream URL (loopback)")
+        .flag("--connections", s.connections, "streams to open")
+        .flag("--connect-rate", s.connect_rate, "connections opened per second")
+        .flag("--duration", s.duration_s, "seconds of measurement after the connect phase")
+        .flag("--threads", s.threads, "client threads")
+        .flag("--stall", s.stall, "how many of the streams stop reading after the head (slow consumers)")
+        .flag("--connect-timeout", s.connect_timeout_s, "seconds the connect phase may take")
+        .flag("--source-port-base", s.source_port_base, "bind connection i to this + i (0: ephemeral)")
+        .flag("--publish-url", s.publish_url, "also POST stamped events here (e.g. nchan's publisher)")
+        .flag("--publish-rate", s.publish_rate, "events/s to POST, or max")
+        .flag("--payload", s.payload, "data bytes of each POSTed event")
+        .parse(argc, argv);
+    const auto u = parse_url(s.url);
+    if (u.host != "127.0.0.1" && u.host != "localhost") {
+        fmt::print(stderr, "sse_load: loopback only (got host '{}')\n", u.host);
+        return 2;
+    }
+
+    const auto t = static_cast<std::size_t>(std::max(1, s.threads));
+    std::vector<std::unique_ptr<worker>> workers;
+    for (std::size_t i = 0; i < t; ++i) {
+        const auto first = s.connections * i / t, last = s.connections * (i + 1) / t;
+        workers.push_back(std::make_unique<worker>(s, u, first, last - first));
+    }
+    const auto connect_start = std::chrono::steady_clock::now();
+    for (auto& w : workers)
+        w->start();
+    const auto deadline = connect_start + std::chrono::seconds(s.connect_timeout_s);
+    while (connected + failed < s.connections && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    const auto connect_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - connect_start).count();
+
+    std::jthread publisher;
+    if (!s.publish_url.empty())
+        publisher = std::jthread([&](std::stop_token st) {
+            try {
+                publish_loop(s, st);
+            } catch (const std::exception& e) {
+                fmt::print(stderr, "sse_load: publisher: {}\n", e.what());
+            }
+        });
+    in_window = true;
+    const auto window_start = std::chrono::steady_clock::now();
+    std::this_thread::sleep_for(std::chrono::seconds(s.duration_s));
+    in_window = false;
+    const auto window_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
+    if (publisher.joinable()) {
+        publisher.request_stop();
+        publisher.join();
+    }
+    for (auto& w : workers)
+        w->stop();
+
+    histogram all;
+    std::uint64_t events = 0;
+    for (auto& w : workers) {
+        all.merge(w->latency);
+        events += w->events;
+    }
+    fmt::print("{{\"connections\": {}, \"connected\": {}, \"failed\": {}, \"closed_early\": {}, \"connect_s\": {:.3f}, "
+               "\"duration_s\": {:.3f}, \"events\": {}, \"events_per_s\": {:.0f}, \"latency_us\": {{\"p50\": {:.1f}, "
+               "\"p90\": {:.1f}, \"p99\": {:.1f}, \"max\": {:.1f}}}}}\n",
+               s.connections, connected.load(), failed.load(), closed_early.load(), connect_s, window_s, events,
+               double(events) / window_s, all.percentile_us(0.50), all.percentile_us(0.90), all.percentile_us(0.99),
+               double(all.max) / 1000.0);
+}

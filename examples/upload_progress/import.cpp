@@ -1,0 +1,582 @@
+// examples/upload_progress/import.cpp
+// SPDX-License-Identifier: BSL-1.0
+#include "upload_progress/import.hpp"
+
+#include "upload_progress/csv.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <charconv>
+#include <cstdio>
+#include <ctime>
+#include <deque>
+#include <limits>
+#include <memory>
+#include <span>
+
+namespace upload {
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+namespace sqlite = common::sqlite;
+
+constexpr std::array<std::string_view, 4> required_columns{"sku", "name", "price", "quantity"};
+
+// Progress: at least this far apart (but the first and the last call)...
+constexpr auto progress_interval = std::chrono::milliseconds(100);
+// ...and the clock is read (and the cancelled hook polled) after this many rows or bytes,
+// whichever comes first, so the gap stays well under 250 ms whatever the row sizes.
+constexpr std::uint64_t check_every_rows = 64;
+constexpr std::size_t check_every_bytes = 64 * 1024;
+constexpr std::uint32_t check_every_compares = 1024; // while sorting the good rows
+
+constexpr std::size_t max_reported_sku = 64;
+
+std::string_view trim(std::string_view s) noexcept
+{
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+        s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+        s.remove_suffix(1);
+    return s;
+}
+
+bool iequals(std::string_view a, std::string_view b) noexcept
+{
+    return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](char x, char y) {
+        const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
+        return lower(x) == lower(y);
+    });
+}
+
+bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
+
+// Well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF).
+bool valid_utf8(std::string_view s) noexcept
+{
+    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+    const auto* const end = p + s.size();
+    while (p != end) {
+        const unsigned char c = *p;
+        if (c < 0x80) {
+            ++p;
+            continue;
+        }
+        int extra = 0;
+        unsigned char lo = 0x80;
+        unsigned char hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) {
+            extra = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            extra = 2;
+            if (c == 0xE0)
+                lo = 0xA0;
+            else if (c == 0xED)
+                hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            extra = 3;
+            if (c == 0xF0)
+                lo = 0x90;
+            else if (c == 0xF4)
+                hi = 0x8F;
+        } else {
+            return false;
+        }
+        if (end - p <= extra || p[1] < lo || p[1] > hi)
+            return false;
+        for (int i = 2; i <= extra; ++i)
+            if ((p[i] & 0xC0) != 0x80)
+                return false;
+        p += extra + 1;
+    }
+    return true;
+}
+
+// `12`, `12.5`, `12.50` -> cents; no sign, no exponent, at most two decimals, fits in int64.
+bool parse_price(std::string_view s, std::int64_t& cents) noexcept
+{
+    const std::size_t dot = s.find('.');
+    const std::string_view whole = s.substr(0, dot);
+    const std::string_view frac = dot == std::string_view::npos ? std::string_view{} : s.substr(dot + 1);
+    if (whole.empty() || (dot != std::string_view::npos && (frac.empty() || frac.size() > 2)))
+        return false;
+    if (!std::all_of(whole.begin(), whole.end(), is_digit)
+        || !std::all_of(frac.begin(), frac.end(), is_digit))
+        return false;
+    std::int64_t units = 0;
+    const auto [end, ec] = std::from_chars(whole.data(), whole.data() + whole.size(), units);
+    if (ec != std::errc{} || end != whole.data() + whole.size())
+        return false;
+    std::int64_t hundredths = 0;
+    for (std::size_t i = 0; i < 2; ++i)
+        hundredths = hundredths * 10 + (i < frac.size() ? frac[i] - '0' : 0);
+    constexpr auto max = std::numeric_limits<std::int64_t>::max();
+    if (units > (max - hundredths) / 100)
+        return false;
+    cents = units * 100 + hundredths;
+    return true;
+}
+
+bool parse_quantity(std::string_view s, std::int64_t& quantity) noexcept
+{
+    if (s.empty() || !is_digit(s.front()))
+        return false;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), quantity);
+    return ec == std::errc{} && end == s.data() + s.size();
+}
+
+struct columns {
+    std::array<std::size_t, 4> index; // sku, name, price, quantity
+    std::size_t needed;               // fields a row needs: the largest index + 1
+};
+
+std::optional<std::string> map_header(std::span<const std::string_view> fields, columns& out)
+{
+    constexpr std::size_t none = std::numeric_limits<std::size_t>::max();
+    out.index.fill(none);
+    for (std::size_t i = 0; i < fields.size(); ++i) {
+        const std::string_view name = trim(fields[i]);
+        for (std::size_t c = 0; c < required_columns.size(); ++c) {
+            if (!iequals(name, required_columns[c]))
+                continue;
+            if (out.index[c] != none)
+                return "duplicate column: " + std::string(required_columns[c]);
+            out.index[c] = i;
+        }
+    }
+    std::string missing;
+    for (std::size_t c = 0; c < required_columns.size(); ++c) {
+        if (out.index[c] != none)
+            continue;
+        missing.append(missing.empty() ? "" : ", ").append(required_columns[c]);
+    }
+    if (!missing.empty())
+        return "missing required columns: " + missing;
+    out.needed = *std::max_element(out.index.begin(), out.index.end()) + 1;
+    return std::nullopt;
+}
+
+// Reads the header record into `cols`; an error message if it is not usable.
+std::optional<std::string> read_header(csv::reader& reader, columns& cols)
+{
+    csv::record header;
+    if (!reader.next(header))
+        return "empty file";
+    if (header.malformed)
+        return "malformed quotes in header row";
+    return map_header(header.fields, cols);
+}
+
+// Copies of the few values the reader unescaped into its reused buffer (fields with doubled
+// quotes), kept for the whole import in a handful of chunks: the views stay valid.
+class arena {
+public:
+    std::string_view keep(std::string_view s)
+    {
+        if (s.size() > chunk_size / 4)
+            return big_.emplace_back(s);
+        if (chunks_.empty() || chunk_size - used_ < s.size()) {
+            chunks_.push_back(std::make_unique<char[]>(chunk_size));
+            used_ = 0;
+        }
+        char* at = chunks_.back().get() + used_;
+        std::copy(s.begin(), s.end(), at);
+        used_ += s.size();
+        return {at, s.size()};
+    }
+
+private:
+    static constexpr std::size_t chunk_size = 256 * 1024;
+    std::vector<std::unique_ptr<char[]>> chunks_;
+    std::size_t used_ = 0;
+    std::deque<std::string> big_;
+};
+
+// Skus seen so far and the line of each one's first row: open addressing with linear probing
+// over 8-byte slots (a hash tag and an index into the keys, which are appended in order), so a
+// million skus take 16 MB of table that is probed once per row; no allocation per row.
+// Keys are views: the caller keeps their bytes alive.
+class sku_index {
+public:
+    explicit sku_index(std::uint64_t expected)
+    {
+        keys_.reserve(expected);
+        slots_.resize(std::bit_ceil(std::max<std::size_t>(16, expected + expected / 2 + 1)));
+    }
+
+    // 0 if `sku` is new (now recorded at `line`), else the line it was first seen at.
+    std::uint64_t insert(std::string_view sku, std::uint64_t line)
+    {
+        if ((keys_.size() + 1) * 4 > slots_.size() * 3)
+            grow();
+        const std::uint64_t hash = std::hash<std::string_view>{}(sku);
+        const auto tag = static_cast<std::uint32_t>(hash >> 32);
+        const std::size_t mask = slots_.size() - 1;
+        for (std::size_t i = hash & mask;; i = (i + 1) & mask) {
+            slot& s = slots_[i];
+            if (s.key == 0) {
+                keys_.push_back({sku, line});
+                s = {tag, static_cast<std::uint32_t>(keys_.size())};
+                return 0;
+            }
+            if (s.tag == tag && keys_[s.key - 1].sku == sku)
+                return keys_[s.key - 1].line;
+        }
+    }
+
+private:
+    struct slot {
+        std::uint32_t tag = 0;
+        std::uint32_t key = 0; // index in keys_ + 1; 0: empty
+    };
+    struct key {
+        std::string_view sku;
+        std::uint64_t line;
+    };
+
+    void grow()
+    {
+        if (keys_.size() >= std::numeric_limits<std::uint32_t>::max() - 1)
+            throw import_error("too many rows");
+        std::vector<slot> bigger(slots_.size() * 2);
+        const std::size_t mask = bigger.size() - 1;
+        for (std::size_t k = 0; k < keys_.size(); ++k) {
+            const std::uint64_t hash = std::hash<std::string_view>{}(keys_[k].sku);
+            std::size_t i = hash & mask;
+            while (bigger[i].key != 0)
+                i = (i + 1) & mask;
+            bigger[i] = {static_cast<std::uint32_t>(hash >> 32), static_cast<std::uint32_t>(k + 1)};
+        }
+        slots_.swap(bigger);
+    }
+
+    std::vector<slot> slots_;
+    std::vector<key> keys_;
+};
+
+// For row_error::sku: valid UTF-8, at most max_reported_sku bytes, cut between characters.
+std::string reported_sku(std::string_view sku)
+{
+    if (!valid_utf8(sku))
+        return {};
+    if (sku.size() > max_reported_sku) {
+        std::size_t cut = max_reported_sku;
+        while (cut > 0 && (static_cast<unsigned char>(sku[cut]) & 0xC0) == 0x80)
+            --cut;
+        sku = sku.substr(0, cut);
+    }
+    return std::string(sku);
+}
+
+std::string utc_now_iso8601()
+{
+    const auto now = std::chrono::system_clock::now();
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch());
+    const std::time_t seconds = static_cast<std::time_t>(ms.count() / 1000);
+    std::tm tm{};
+    gmtime_r(&seconds, &tm);
+    char buf[32];
+    const std::size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+    std::snprintf(buf + n, sizeof buf - n, ".%03dZ", static_cast<int>(ms.count() % 1000));
+    return buf;
+}
+
+std::uint64_t count_products(sqlite::statement& count)
+{
+    count.step();
+    const auto n = static_cast<std::uint64_t>(count.column_int64(0));
+    count.reset();
+    return n;
+}
+
+// The work of import_csv inside its transaction, in two passes over the rows:
+// 1. read and validate them in file order: bad rows are counted and reported as they come,
+//    good ones kept (as views into the upload) for pass 2;
+// 2. sort the good rows by sku and upsert them in that order. Writing in key order touches
+//    the B-tree page by page instead of at random: about three times faster than file order
+//    when the file is not sorted by sku already.
+// rows_done counts rows whose fate is settled: bad rows in pass 1, good rows once written.
+class importer {
+public:
+    importer(const import_hooks& hooks, std::uint64_t rows_total)
+        : hooks_(hooks), total_(rows_total), skus_(rows_total)
+    {
+        good_.reserve(rows_total);
+        order_.reserve(rows_total);
+    }
+
+    void run(std::string_view text, sqlite::statement& upsert)
+    {
+        csv::reader reader(text);
+        columns cols{};
+        if (auto problem = read_header(reader, cols))
+            throw import_error(*problem); // check_header passed, so this cannot happen
+        text_ = text;
+        last_progress_ = clock_type::now();
+        emit();
+
+        std::uint64_t rows_read = 0;
+        std::size_t offset_at_tick = reader.offset();
+        csv::record rec;
+        while (reader.next(rec)) {
+            validate(rec, cols);
+            if (++rows_read % check_every_rows == 0
+                || reader.offset() - offset_at_tick >= check_every_bytes) {
+                offset_at_tick = reader.offset();
+                tick();
+            }
+        }
+
+        // Sorted by sku through small entries holding the sku's first 16 bytes as integers
+        // (most comparisons never touch the rows). Skus are unique here (duplicates were
+        // rejected), so the order is total. The comparator ticks too: sorting a million rows
+        // takes a while.
+        std::uint32_t compares = 0;
+        std::sort(order_.begin(), order_.end(), [&](const sort_entry& a, const sort_entry& b) {
+            if (++compares % check_every_compares == 0)
+                tick();
+            if (a.head != b.head)
+                return a.head < b.head;
+            if (a.tail != b.tail)
+                return a.tail < b.tail;
+            return good_[a.row].sku < good_[b.row].sku;
+        });
+
+        for (std::size_t i = 0; i < order_.size(); ++i) {
+            const good_row& g = good_[order_[i].row];
+            upsert.bind_static(1, g.sku).bind_static(2, g.name).bind(3, g.cents).bind(4, g.quantity);
+            upsert.step();
+            upsert.reset();
+            ++done_;
+            if ((i + 1) % check_every_rows == 0)
+                tick();
+        }
+        if (hooks_.cancelled && hooks_.cancelled())
+            throw import_cancelled();
+        emit();
+    }
+
+    [[nodiscard]] std::uint64_t done() const noexcept { return done_; }
+    [[nodiscard]] std::uint64_t errors() const noexcept { return errors_; }
+    [[nodiscard]] std::uint64_t good() const noexcept { return good_.size(); }
+
+private:
+    struct good_row {
+        std::string_view sku;
+        std::string_view name;
+        std::int64_t cents;
+        std::int64_t quantity;
+    };
+
+    // Byte order of the first 16 bytes (zero-padded) is the order of two big-endian integers.
+    struct sort_entry {
+        std::uint64_t head;
+        std::uint64_t tail;
+        std::size_t row;
+
+        static sort_entry of(std::string_view sku, std::size_t row) noexcept
+        {
+            std::array<unsigned char, 16> bytes{};
+            std::copy_n(sku.begin(), std::min(sku.size(), bytes.size()), bytes.begin());
+            std::uint64_t head = 0;
+            std::uint64_t tail = 0;
+            for (std::size_t i = 0; i < 8; ++i) {
+                head = head << 8 | bytes[i];
+                tail = tail << 8 | bytes[i + 8];
+            }
+            return {head, tail, row};
+        }
+    };
+
+    // Between rows: cancelled?, and progress if 100 ms have passed since the last call.
+    void tick()
+    {
+        if (hooks_.cancelled && hooks_.cancelled())
+            throw import_cancelled();
+        const auto now = clock_type::now();
+        if (now - last_progress_ >= progress_interval) {
+            last_progress_ = now;
+            emit();
+        }
+    }
+
+    void emit() const
+    {
+        if (hooks_.on_progress)
+            hooks_.on_progress(progress{done_, total_, errors_});
+    }
+
+    template <class Reason>
+    void reject(std::uint64_t line, std::string_view sku, Reason&& reason)
+    {
+        ++errors_;
+        ++done_;
+        if (errors_ > hooks_.max_reported_errors || !hooks_.on_row_error)
+            return;
+        hooks_.on_row_error(row_error{line, reported_sku(sku), std::string(reason())});
+    }
+
+    // A view that outlives the record: the upload's own bytes, or a copy of what the reader
+    // unescaped into its buffer.
+    std::string_view keep(std::string_view s)
+    {
+        if (s.data() >= text_.data() && s.data() < text_.data() + text_.size())
+            return s;
+        return s.empty() ? std::string_view{} : copies_.keep(s);
+    }
+
+    void validate(const csv::record& rec, const columns& cols)
+    {
+        const auto field = [&](std::size_t c) {
+            const std::size_t i = cols.index[c];
+            return i < rec.fields.size() ? trim(rec.fields[i]) : std::string_view{};
+        };
+        const auto fixed = [](std::string_view r) { return [r] { return r; }; };
+        std::string_view sku = field(0);
+        if (rec.malformed)
+            return reject(rec.line, sku, fixed("malformed quotes"));
+        if (rec.fields.size() < cols.needed)
+            return reject(rec.line, sku, fixed("missing fields"));
+        if (sku.empty())
+            return reject(rec.line, sku, fixed("missing sku"));
+        if (!valid_utf8(sku))
+            return reject(rec.line, sku, fixed("invalid UTF-8 in sku"));
+        sku = keep(sku);
+        if (const std::uint64_t first = skus_.insert(sku, rec.line); first != 0) {
+            return reject(rec.line, sku, [first] {
+                return "duplicate sku (first at line " + std::to_string(first) + ")";
+            });
+        }
+        const std::string_view name = field(1);
+        if (name.empty())
+            return reject(rec.line, sku, fixed("missing name"));
+        if (!valid_utf8(name))
+            return reject(rec.line, sku, fixed("invalid UTF-8 in name"));
+        std::int64_t cents = 0;
+        if (!parse_price(field(2), cents))
+            return reject(rec.line, sku, fixed("bad price"));
+        std::int64_t quantity = 0;
+        if (!parse_quantity(field(3), quantity))
+            return reject(rec.line, sku, fixed("bad quantity"));
+        order_.push_back(sort_entry::of(sku, good_.size()));
+        good_.push_back({sku, keep(name), cents, quantity});
+    }
+
+    const import_hooks& hooks_;
+    std::uint64_t total_;
+    std::string_view text_;
+    clock_type::time_point last_progress_;
+    std::uint64_t done_ = 0;
+    std::uint64_t errors_ = 0;
+    sku_index skus_;
+    std::vector<good_row> good_;
+    std::vector<sort_entry> order_;
+    arena copies_;
+};
+
+} // namespace
+
+std::optional<std::string> check_header(std::string_view csv)
+{
+    try {
+        csv::reader reader(csv);
+        columns cols{};
+        return read_header(reader, cols);
+    } catch (const csv::error& e) {
+        return e.what();
+    }
+}
+
+void ensure_schema(sqlite::db& db)
+{
+    db.exec("PRAGMA journal_mode=WAL;"
+            "CREATE TABLE IF NOT EXISTS products("
+            " sku TEXT PRIMARY KEY,"
+            " name TEXT NOT NULL,"
+            " price_cents INTEGER NOT NULL CHECK (price_cents >= 0),"
+            " quantity INTEGER NOT NULL CHECK (quantity >= 0),"
+            " updated_at TEXT NOT NULL"
+            ") WITHOUT ROWID");
+}
+
+summary import_csv(sqlite::db& db, std::string_view csv, const import_hooks& hooks)
+{
+    const auto started = clock_type::now();
+    if (auto problem = check_header(csv))
+        throw import_error(*problem);
+    std::uint64_t records = 0;
+    try {
+        records = csv::count_records(csv);
+    } catch (const csv::error& e) {
+        throw import_error(e.what());
+    }
+    if (hooks.cancelled && hooks.cancelled())
+        throw import_cancelled();
+
+    importer job(hooks, records - 1); // the header is a record
+    std::uint64_t before = 0;
+    std::uint64_t after = 0;
+    try {
+        db.exec("PRAGMA synchronous=NORMAL; PRAGMA cache_size=-262144");
+        sqlite::transaction tx(db);
+        auto count = db.prepare("SELECT count(*) FROM products");
+        before = count_products(count);
+        auto upsert = db.prepare(
+            "INSERT INTO products(sku, name, price_cents, quantity, updated_at)"
+            " VALUES(?1, ?2, ?3, ?4, ?5)"
+            " ON CONFLICT(sku) DO UPDATE SET name = excluded.name,"
+            " price_cents = excluded.price_cents, quantity = excluded.quantity,"
+            " updated_at = excluded.updated_at");
+        upsert.bind(5, utc_now_iso8601());
+        job.run(csv, upsert);
+        after = count_products(count);
+        tx.commit();
+    } catch (const sqlite::error& e) {
+        throw import_error(std::string("database error: ") + e.what());
+    } catch (const csv::error& e) {
+        throw import_error(e.what());
+    }
+    const std::uint64_t inserted = after - before;
+    return summary{job.done(), inserted, job.good() - inserted, job.errors(),
+                   std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - started)};
+}
+
+product_page list_products(sqlite::db& db, std::uint64_t limit, std::uint64_t offset)
+{
+    constexpr auto max_sql = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+    product_page page{0, {}};
+    sqlite::transaction tx(db, sqlite::transaction::mode::deferred);
+    auto count = db.prepare("SELECT count(*) FROM products");
+    page.total = count_products(count);
+    auto select = db.prepare("SELECT sku, name, price_cents, quantity, updated_at FROM products"
+                             " ORDER BY sku LIMIT ?1 OFFSET ?2");
+    select.bind(1, static_cast<std::int64_t>(std::min(limit, max_page_size)));
+    select.bind(2, static_cast<std::int64_t>(std::min(offset, max_sql)));
+    while (select.step()) {
+        page.products.push_back(product{std::string(select.column_text(0)),
+                                        std::string(select.column_text(1)), select.column_int64(2),
+                                        select.column_int64(3), std::string(select.column_text(4))});
+    }
+    select.reset();
+    tx.commit();
+    return page;
+}
+
+void to_json(nlohmann::json& j, const product& p)
+{
+    j = nlohmann::json{{"sku", p.sku},
+                       {"name", p.name},
+                       {"price_cents", p.price_cents},
+                       {"quantity", p.quantity},
+                       {"updated_at", p.updated_at}};
+}
+
+void to_json(nlohmann::json& j, const product_page& page)
+{
+    j = nlohmann::json{{"total", page.total}, {"products", page.products}};
+}
+
+} // namespace upload

@@ -1,0 +1,279 @@
+// upload_server: the asynchronous-API pattern with SSE. POST /api/upload/csv answers 202 with a
+// transaction id at once; a worker imports the CSV into SQLite; the page follows the job's
+// progress at /api/upload/<id>/events, and a reconnecting client resumes from Last-Event-ID.
+// The HTTP contract is in README.md beside this file.
+#include "common/cli.hpp"
+#include "common/http.hpp"
+#include "common/multipart.hpp"
+#include "common/random_id.hpp"
+#include "common/sqlite.hpp"
+#include "upload_progress/import.hpp"
+#include "upload_progress/page_html.hpp"
+
+#include <ssepp/ssepp.hpp>
+
+#include <asio.hpp>
+#include <fmt/format.h>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <thread>
+
+using common::http::request;
+using common::http::response;
+using json = nlohmann::json;
+
+namespace {
+
+struct job {
+    std::string state = "queued";  // queued, processing, completed, failed
+    upload::progress progress{};
+};
+
+class upload_service {
+public:
+    upload_service(std::string db_path, std::size_t max_upload_bytes)
+        : db_path_(std::move(db_path)), max_upload_bytes_(max_upload_bytes)
+    {
+        common::sqlite::db db(db_path_);
+        upload::ensure_schema(db);
+    }
+
+    // Rejects from the head alone: wrong type (415), too large (413, by the server).
+    std::optional<response> check(const request& req, std::size_t& max_body) const
+    {
+        if (req.method != "POST" || req.path != "/api/upload/csv")
+            return std::nullopt;
+        max_body = max_upload_bytes_;
+        const auto type = req.header("Content-Type");
+        if (!common::multipart::boundary(type) && !type.starts_with("text/csv"))
+            return response::error(415, "send the file as multipart/form-data (field 'file') or as text/csv");
+        return std::nullopt;
+    }
+
+    common::http::reply handle(request& req)
+    {
+        const auto& p = req.path;
+        if (req.method == "GET" && p == "/")
+            return response::html(std::string(upload::page_html));
+        if (req.method == "POST" && p == "/api/upload/csv")
+            return accept_upload(req);
+        if (req.method == "GET" && p == "/api/products")
+            return list_products(req);
+        if (req.method == "GET" && p.starts_with("/api/upload/")) {
+            auto rest = std::string_view(p).substr(std::string_view("/api/upload/").size());
+            if (rest.ends_with("/events"))
+                return events(std::string(rest.substr(0, rest.size() - 7)), req);
+            return status(std::string(rest));
+        }
+        return response::error(404, "no such resource");
+    }
+
+    // Lets running jobs end by themselves for `grace`, then cancels the rest (they end with
+    // `error: shutting down`), then completes every stream.
+    void shutdown(std::chrono::milliseconds grace)
+    {
+        const auto deadline = std::chrono::steady_clock::now() + grace;
+        while (running_ > 0 && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        cancel_ = true;
+        workers_.join();
+        streams_.complete_all();
+    }
+
+private:
+    common::http::reply accept_upload(request& req)
+    {
+        if (req.body.empty())
+            return response::error(400, "empty body");
+        std::string_view csv = req.body;
+        if (auto b = common::multipart::boundary(req.header("Content-Type"))) {
+            auto field = common::multipart::find_field(req.body, *b, "file");
+            if (!field)
+                return response::error(400, "missing 'file' field");
+            csv = *field;
+        }
+        if (auto problem = upload::check_header(csv))
+            return response::error(400, *problem);
+
+        const auto id = common::random_id();
+        {
+            std::lock_guard lock(mtx_);
+            jobs_[id] = job{};
+        }
+        // The body moves to the worker; the view into it stays valid.
+        auto body = std::make_shared<std::string>(std::move(req.body));
+        const auto offset = static_cast<std::size_t>(csv.data() - req.body.data());
+        asio::post(workers_, [this, id, body, offset, size = csv.size()] {
+            run(id, std::string_view(*body).substr(offset, size));
+        });
+        auto r = response::json(202, {{"transaction_id", id},
+                                      {"events", fmt::format("/api/upload/{}/events", id)},
+                                      {"status", fmt::format("/api/upload/{}", id)}});
+        r.headers.emplace_back("Location", fmt::format("/api/upload/{}", id));
+        return r;
+    }
+
+    void run(const std::string& id, std::string_view csv)
+    {
+        ++running_;
+        set_state(id, "processing");
+        upload::import_hooks hooks{
+            .on_progress = [&](const upload::progress& pr) {
+                update(id, pr);
+                const auto percent = pr.rows_total ? 100.0 * double(pr.rows_done) / double(pr.rows_total) : 0.0;
+                streams_.send(id, {.event = "progress",
+                                   .data = json{{"rows_done", pr.rows_done}, {"rows_total", pr.rows_total},
+                                                {"percent", std::round(percent * 10) / 10}, {"errors", pr.errors}}
+                                               .dump()});
+            },
+            .on_row_error = [&](const upload::row_error& e) {
+                streams_.send(id, {.event = "row-error",
+                                   .data = json{{"line", e.line}, {"sku", e.sku}, {"reason", e.reason}}.dump()});
+            },
+            .cancelled = [this] { return cancel_.load(); },
+        };
+        try {
+            common::sqlite::db db(db_path_);
+            const auto s = upload::import_csv(db, csv, hooks);
+            set_state(id, "completed");
+            streams_.finish(id, {.event = "complete",
+                                 .data = json{{"rows", s.rows}, {"inserted", s.inserted}, {"updated", s.updated},
+                                              {"errors", s.errors}, {"elapsed_ms", s.elapsed.count()},
+                                              {"products", "/api/products"}}
+                                             .dump()});
+        } catch (const std::exception& e) {
+            set_state(id, "failed");
+            const std::string reason = cancel_ ? "shutting down" : e.what();
+            streams_.finish(id, {.event = "error", .data = json{{"reason", reason}}.dump()});
+        }
+        --running_;
+    }
+
+    common::http::reply events(std::string id, const request& req)
+    {
+        if (!known(id))
+            return response::error(404, "unknown transaction");
+        auto resume = ssepp::last_event_id(req.header("Last-Event-ID"), req.target);
+        // The client already has the terminal event: 204 tells EventSource to stop reconnecting.
+        if (resume && streams_.finished(id) && streams_.last_id(id) == resume)
+            return response::empty(204);
+        return common::http::take_socket{[this, id, resume](asio::ip::tcp::socket socket) {
+            streams_.attach(id, ssepp::make_emitter(std::move(socket)),
+                            {.last_event_id = resume, .otherwise = ssepp::replay::all});
+        }};
+    }
+
+    common::http::reply status(const std::string& id)
+    {
+        std::lock_guard lock(mtx_);
+        auto it = jobs_.find(id);
+        if (it == jobs_.end())
+            return response::error(404, "unknown transaction");
+        const auto& j = it->second;
+        return response::json(200, {{"transaction_id", id}, {"state", j.state}, {"rows_done", j.progress.rows_done},
+                                    {"rows_total", j.progress.rows_total}, {"errors", j.progress.errors}});
+    }
+
+    common::http::reply list_products(const request& req)
+    {
+        const auto number = [&](std::string_view name, std::int64_t fallback, std::int64_t max) {
+            auto v = req.query(name);
+            std::int64_t n = fallback;
+            if (v && !v->empty()) {
+                auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), n);
+                if (ec != std::errc() || p != v->data() + v->size() || n < 0)
+                    return std::int64_t(-1);
+            }
+            return std::min(n, max);
+        };
+        const auto limit = number("limit", 50, 1000);
+        const auto offset = number("offset", 0, std::numeric_limits<std::int64_t>::max());
+        if (limit < 0 || offset < 0)
+            return response::error(400, "limit and offset must be non-negative integers");
+        common::sqlite::db db(db_path_);
+        return response::json(200, upload::list_products(db, limit, offset));
+    }
+
+    bool known(const std::string& id)
+    {
+        std::lock_guard lock(mtx_);
+        return jobs_.contains(id);
+    }
+
+    void set_state(const std::string& id, std::string state)
+    {
+        std::lock_guard lock(mtx_);
+        jobs_[id].state = std::move(state);
+    }
+
+    void update(const std::string& id, const upload::progress& p)
+    {
+        std::lock_guard lock(mtx_);
+        jobs_[id].progress = p;
+    }
+
+    std::string db_path_;
+    std::size_t max_upload_bytes_;
+    ssepp::registry streams_{{.max_events = 5000, .max_bytes = 4 << 20, .finished_linger = std::chrono::minutes(10)}};
+    std::mutex mtx_;
+    std::map<std::string, job> jobs_;
+    asio::thread_pool workers_{2};
+    std::atomic<int> running_{0};
+    std::atomic<bool> cancel_{false};
+};
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    std::string host = "127.0.0.1";
+    std::uint16_t port = 8080;
+    int threads = 2;
+    std::string db = "upload.db";
+    std::size_t max_upload_mb = 64;
+    int grace_ms = 10000;
+    common::cli("upload_server")
+        .flag("--host", host, "address to listen on")
+        .flag("--port", port, "port; 0 picks a free one")
+        .flag("--threads", threads, "I/O threads")
+        .flag("--db", db, "SQLite database file")
+        .flag("--max-upload-mb", max_upload_mb, "largest upload accepted, in MiB")
+        .flag("--grace-ms", grace_ms, "on SIGINT/SIGTERM, how long running jobs may finish")
+        .parse(argc, argv);
+
+    try {
+        asio::io_context io;
+        upload_service service(db, max_upload_mb << 20);
+        common::http::server http(
+            io, {asio::ip::make_address(host), port}, [&](request& r) { return service.handle(r); },
+            [&](const request& r, std::size_t& max_body) { return service.check(r, max_body); },
+            {.max_body_bytes = max_upload_mb << 20});
+        fmt::print("upload_server listening on http://{}:{}/\n", host, http.local_endpoint().port());
+        std::fflush(stdout);
+
+        asio::signal_set signals(io, SIGINT, SIGTERM);
+        std::thread stopper;
+        signals.async_wait([&](std::error_code, int) {
+            http.stop();
+            // Jobs finish off the I/O threads; the streams they feed keep flowing meanwhile.
+            stopper = std::thread([&] {
+                service.shutdown(std::chrono::milliseconds(grace_ms));
+            });
+        });
+
+        std::vector<std::thread> pool;
+        for (int i = 1; i < std::max(1, threads); ++i)
+            pool.emplace_back([&] { io.run(); });
+        io.run();
+        for (auto& t : pool)
+            t.join();
+        if (stopper.joinable())
+            stopper.join();
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "upload_server: {}\n", e.what());
+        return 1;
+    }
+    return 0;
+}

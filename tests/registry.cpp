@@ -1,0 +1,879 @@
+// Test that the header is self-contained.
+#include <ssepp/registry.hpp>
+
+#include "catch.hpp"
+#include "support/registry_support.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+
+// Socket-free tests: the registry over test::fake_emitter, which records the frames it is
+// queued. The loopback tests are in registry_loopback.cpp.
+
+using namespace std::chrono_literals;
+using test::fake;
+using test::fake_registry;
+using strings = std::vector<std::string>;
+
+namespace {
+
+std::vector<std::string> keys(std::initializer_list<const char*> ks)
+{
+    return {ks.begin(), ks.end()};
+}
+
+ssepp::event data(std::string d) { return {.data = std::move(d)}; }
+
+} // namespace
+
+TEST_CASE("registry fans an event out to every connection of its key, formatted once", "[registry]")
+{
+    fake_registry reg;
+    auto t1 = fake(), t2 = fake(), t3 = fake(), other = fake();
+    reg.attach("u1", t1);
+    reg.attach("u1", t2);
+    reg.attach("u1", t3);
+    reg.attach("u2", other);
+    CHECK(reg.size() == 4);
+    CHECK(reg.size("u1") == 3);
+    CHECK(reg.size("u2") == 1);
+    CHECK(reg.size("nobody") == 0);
+    for (auto& e : {t1, t2, t3, other})
+        CHECK(e->starts() == 1);
+
+    auto r = reg.send("u1", data("hello"));
+    REQUIRE(r);
+    CHECK(r.connections == 3);
+    CHECK(r.id == "1");
+    REQUIRE(t1->frames().size() == 1);
+    REQUIRE(t2->frames().size() == 1);
+    REQUIRE(t3->frames().size() == 1);
+    CHECK(other->frames().empty());
+    // One formatted frame, the same object queued to all three.
+    CHECK(t1->frames()[0] == t2->frames()[0]);
+    CHECK(t1->frames()[0] == t3->frames()[0]);
+    CHECK(*t1->frames()[0] == "id: 1\ndata: hello\n\n");
+
+    auto b = reg.broadcast(data("all"));
+    REQUIRE(b);
+    CHECK(b.connections == 4);
+    CHECK(b.id == "2");
+    const auto f = other->frames().at(0);
+    for (auto& e : {t1, t2, t3})
+        CHECK(e->frames().at(1) == f);
+    CHECK(t1->data() == strings{"hello", "all"});
+    CHECK(other->data() == strings{"all"});
+
+    // A key nobody listens to: retained, reaches no one.
+    auto n = reg.send("u3", data("later"));
+    CHECK(n);
+    CHECK(n.connections == 0);
+    CHECK(reg.contains("u3"));
+}
+
+TEST_CASE("registry: a connection under several keys gets each event once", "[registry]")
+{
+    fake_registry reg;
+    auto both = fake(), a_only = fake();
+    const auto ks = keys({"a", "b", "a"});  // a key given twice counts once
+    reg.attach(std::span<const std::string>(ks), both);
+    reg.attach("a", a_only);
+    CHECK(reg.size() == 2);
+    CHECK(reg.size("a") == 2);
+    CHECK(reg.size("b") == 1);
+
+    CHECK(reg.send("a", data("a1")).connections == 2);
+    CHECK(reg.send("b", data("b1")).connections == 1);
+    CHECK(reg.send("c", data("c1")).connections == 0);
+    CHECK(reg.send("a", data("a2")).connections == 2);
+    CHECK(both->data() == strings{"a1", "b1", "a2"});
+    CHECK(a_only->data() == strings{"a1", "a2"});
+
+    // Replay merges the keys' histories in the one order, each event once.
+    auto late = fake();
+    auto r = reg.attach(std::span<const std::string>(ks), late);
+    CHECK(r.replayed == 3);
+    CHECK(late->data() == strings{"a1", "b1", "a2"});
+
+    // Leaving removes it from every key once.
+    both->close();
+    late->close();
+    CHECK(reg.size() == 1);
+    CHECK(reg.size("a") == 1);
+    CHECK(reg.size("b") == 0);
+    CHECK(reg.send("b", data("b2")).connections == 0);
+    CHECK(reg.send("a", data("a3")).connections == 1);
+}
+
+TEST_CASE("registry: ids, the application's own ids, and invalid events", "[registry]")
+{
+    fake_registry reg;
+    auto c = fake();
+    reg.attach("k", c);
+    CHECK(reg.send("k", data("1")).id == "1");
+    auto own = reg.send("k", {.id = "order-17", .data = "2"});
+    CHECK(own.id == "order-17");
+    CHECK(reg.send("k", data("3")).id == "3");  // the own-id event took position 2
+    CHECK(reg.broadcast(data("4")).id == "4");
+
+    SECTION("an invalid event is rejected: nothing sent, retained, or numbered")
+    {
+        const auto before = c->frames().size();
+        auto bad = reg.send("k", {.id = "bad\nid", .data = "x"});
+        CHECK(!bad);
+        CHECK(bad.error == ssepp::errc::invalid_id);
+        CHECK(bad.connections == 0);
+        CHECK(!reg.broadcast({.event = "a\nb", .data = "x"}));
+        CHECK(reg.broadcast({}).error == ssepp::errc::empty_event);  // not made valid by an id
+        CHECK(c->frames().size() == before);
+        CHECK(reg.send("k", data("5")).id == "5");  // positions not consumed
+        auto late = fake();
+        reg.attach("k", late);
+        CHECK(late->data() == strings{"1", "2", "3", "4", "5"});
+        CHECK(late->events()[1].id == "order-17");
+    }
+    SECTION("an invalid event to an unknown key leaves no entry behind")
+    {
+        CHECK(!reg.send("fresh", {.id = "a\rb", .data = "x"}));
+        CHECK(!reg.contains("fresh"));
+        CHECK(!reg.finish("fresh2", {.id = "a\nb", .data = "x"}));
+        CHECK(!reg.contains("fresh2"));
+        CHECK(!reg.finished("fresh2"));
+        CHECK(reg.send("fresh2", data("ok")));  // not finished
+    }
+    SECTION("last_id")
+    {
+        CHECK(reg.last_id("k") == "3");
+        CHECK(reg.last_id("none") == std::nullopt);
+    }
+}
+
+TEST_CASE("registry: history is bounded by count and by bytes", "[registry]")
+{
+    SECTION("count")
+    {
+        fake_registry reg({.max_events = 3});
+        for (int i = 1; i <= 5; ++i)
+            reg.send("k", data(std::to_string(i)));
+        for (int i = 1; i <= 5; ++i)
+            reg.broadcast(data("b" + std::to_string(i)));
+        auto c = fake();
+        auto r = reg.attach("k", c);
+        CHECK(r.replayed == 6);
+        CHECK(!r.gap);  // replay::all reports no gap
+        CHECK(c->data() == strings{"3", "4", "5", "b3", "b4", "b5"});
+    }
+    SECTION("bytes, counted as formatted")
+    {
+        // "id: N\ndata: " + 90 bytes + "\n\n": 104 bytes each; three fit in 350.
+        fake_registry reg({.max_events = 100, .max_bytes = 350});
+        for (int i = 1; i <= 6; ++i)
+            reg.send("k", {.id = std::to_string(i), .data = std::string(90, 'x')});
+        auto c = fake();
+        reg.attach("k", c);
+        const auto ev = c->events();
+        REQUIRE(ev.size() == 3);
+        CHECK(ev[0].id == "4");
+        CHECK(ev[2].id == "6");
+    }
+    SECTION("an event larger than max_bytes is still kept, alone")
+    {
+        fake_registry reg({.max_events = 100, .max_bytes = 64});
+        reg.send("k", data("small"));
+        reg.send("k", data(std::string(200, 'y')));
+        auto c = fake();
+        reg.attach("k", c);
+        REQUIRE(c->data().size() == 1);
+        CHECK(c->data()[0].size() == 200);
+    }
+    SECTION("max_events 0 keeps nothing, and no empty key entry")
+    {
+        fake_registry reg({.max_events = 0});
+        reg.send("k", data("1"));
+        CHECK(!reg.contains("k"));
+        auto c = fake();
+        reg.attach("k", c);
+        CHECK(c->frames().empty());
+        reg.send("k", data("2"));
+        CHECK(c->data() == strings{"2"});
+        c->close();
+        CHECK(!reg.contains("k"));
+        CHECK(reg.size() == 0);
+    }
+}
+
+TEST_CASE("registry: Last-Event-ID resumes after that event, merged across keys", "[registry]")
+{
+    fake_registry reg({.max_events = 4});
+    const auto ab = keys({"a", "b"});
+    reg.send("a", data("a1"));               // 1
+    reg.send("b", data("b1"));               // 2
+    reg.broadcast(data("x1"));               // 3
+    reg.send("a", {.id = "own", .data = "a2"});  // 4
+    reg.send("c", data("c1"));               // 5 (another key)
+    reg.send("b", data("b2"));               // 6
+
+    SECTION("from the middle, then live")
+    {
+        auto c = fake();
+        auto r = reg.attach(std::span<const std::string>(ab), c, {.last_event_id = "1"});
+        CHECK(r.resumed);
+        CHECK(!r.gap);
+        CHECK(r.replayed == 4);
+        reg.send("a", data("a3"));
+        reg.send("c", data("c2"));
+        CHECK(c->data() == strings{"b1", "x1", "a2", "b2", "a3"});
+        // ids as sent: assigned positions, the application's own kept
+        const auto ev = c->events();
+        CHECK(ev[2].id == "own");
+        CHECK(ev[3].id == "6");
+    }
+    SECTION("an application id is found by value")
+    {
+        auto c = fake();
+        auto r = reg.attach(std::span<const std::string>(ab), c, {.last_event_id = "own"});
+        CHECK(r.resumed);
+        CHECK(!r.gap);
+        CHECK(c->data() == strings{"b2"});
+    }
+    SECTION("from the newest: nothing to replay, Last-Event-ID wins over replay::all")
+    {
+        auto c = fake();
+        auto r = reg.attach("b", c, {.last_event_id = "6"});
+        CHECK(r.resumed);
+        CHECK(r.replayed == 0);
+        CHECK(c->frames().empty());
+    }
+    SECTION("Last-Event-ID wins over replay::none")
+    {
+        auto c = fake();
+        auto r = reg.attach("b", c, {.last_event_id = "2", .otherwise = ssepp::replay::none});
+        CHECK(r.resumed);
+        CHECK(c->data() == strings{"x1", "b2"});
+    }
+    SECTION("an unknown id: gap, on_gap first, then the whole retained history")
+    {
+        auto c = fake();
+        auto r = reg.attach(std::span<const std::string>(ab), c,
+                            {.last_event_id = "nope",
+                             .otherwise = ssepp::replay::none,
+                             .on_gap = ssepp::event{.event = "reset", .data = "gap"}});
+        CHECK(r.gap);
+        CHECK(!r.resumed);
+        const auto ev = c->events();
+        REQUIRE(ev.size() == 6);
+        CHECK(ev[0].type == "reset");
+        CHECK(c->data() == strings{"gap", "a1", "b1", "x1", "a2", "b2"});
+    }
+    SECTION("an id of another key is not this connection's: gap")
+    {
+        auto c = fake();
+        auto r = reg.attach("a", c, {.last_event_id = "5"});
+        CHECK(r.gap);
+        CHECK(c->data() == strings{"a1", "x1", "a2"});
+    }
+    SECTION("an evicted id: gap")
+    {
+        for (int i = 0; i < 4; ++i)
+            reg.send("a", data("more"));  // evicts a1 (id 1) and own (4)
+        auto c = fake();
+        auto r = reg.attach("a", c, {.last_event_id = "1", .on_gap = ssepp::event{.data = "gap"}});
+        CHECK(r.gap);
+        CHECK(c->data() == strings{"gap", "x1", "more", "more", "more", "more"});
+    }
+    SECTION("the id is retained in one key but events after it were evicted from another: gap")
+    {
+        for (int i = 0; i < 4; ++i)
+            reg.send("b", data("b" + std::to_string(i + 3)));  // b: 7..10; b2 (6) evicted
+        auto c = fake();
+        auto r = reg.attach(std::span<const std::string>(ab), c,
+                            {.last_event_id = "own", .on_gap = ssepp::event{.data = "gap"}});
+        CHECK(r.resumed);
+        CHECK(r.gap);
+        CHECK(c->data() == strings{"gap", "b3", "b4", "b5", "b6"});
+    }
+    SECTION("evictions before the id are no gap")
+    {
+        for (int i = 0; i < 4; ++i)
+            reg.send("a", data("a" + std::to_string(i + 3)));  // evicts a1 (1) and own (4)
+        auto c = fake();
+        auto r = reg.attach(std::span<const std::string>(ab), c, {.last_event_id = "6"});
+        CHECK(r.resumed);
+        CHECK(!r.gap);
+        CHECK(c->data() == strings{"a3", "a4", "a5", "a6"});
+    }
+}
+
+TEST_CASE("registry: replay policies without Last-Event-ID", "[registry]")
+{
+    fake_registry reg;
+    using ssepp::replay;
+
+    SECTION("all: a late subscriber gets everything retained")
+    {
+        reg.send("job", data("10%"));
+        reg.send("job", data("50%"));
+        auto c = fake();
+        auto r = reg.attach("job", c, {.otherwise = replay::all});
+        CHECK(r.replayed == 2);
+        CHECK(!r.resumed);
+        CHECK(c->data() == strings{"10%", "50%"});
+    }
+    SECTION("none: live events only")
+    {
+        reg.send("ticker", data("old"));
+        reg.broadcast(data("old broadcast"));
+        auto c = fake();
+        auto r = reg.attach("ticker", c, {.otherwise = replay::none});
+        CHECK(r.replayed == 0);
+        reg.send("ticker", data("new"));
+        CHECK(c->data() == strings{"new"});
+    }
+    SECTION("undelivered: what was sent while the user was offline, once")
+    {
+        const ssepp::attach_options undelivered{.otherwise = replay::undelivered};
+        reg.send("user", data("n1"));
+        reg.send("user", data("n2"));
+        auto c1 = fake();
+        auto r = reg.attach("user", c1, undelivered);
+        CHECK(r.replayed == 2);
+        CHECK(!r.gap);
+        CHECK(c1->data() == strings{"n1", "n2"});
+        reg.send("user", data("n3"));  // delivered live
+        c1->close();
+        reg.send("user", data("n4"));  // offline
+        reg.send("other", data("o1"));
+        auto c2 = fake();
+        reg.attach("user", c2, undelivered);
+        CHECK(c2->data() == strings{"n4"});
+        // A second tab opening while the first is online gets nothing old.
+        auto c3 = fake();
+        CHECK(reg.attach("user", c3, undelivered).replayed == 0);
+        reg.send("user", data("n5"));
+        CHECK(c2->data() == strings{"n4", "n5"});
+        CHECK(c3->data() == strings{"n5"});
+        // Nor does the next connection after everyone left.
+        c2->close();
+        c3->close();
+        auto c4 = fake();
+        CHECK(reg.attach("user", c4, undelivered).replayed == 0);
+    }
+    SECTION("undelivered: per key, for a connection under several keys")
+    {
+        const ssepp::attach_options undelivered{.otherwise = replay::undelivered};
+        auto a_tab = fake();
+        reg.attach("a", a_tab, undelivered);
+        reg.send("b", data("b1"));  // b offline
+        reg.send("a", data("a1"));  // delivered to a_tab, after b1
+        const auto ab = keys({"a", "b"});
+        auto c = fake();
+        auto r = reg.attach(std::span<const std::string>(ab), c, undelivered);
+        CHECK(r.replayed == 1);
+        CHECK(c->data() == strings{"b1"});
+    }
+    SECTION("undelivered: broadcasts sent while offline arrive, broadcasts received do not again")
+    {
+        const ssepp::attach_options undelivered{.otherwise = replay::undelivered};
+        auto c1 = fake();
+        reg.attach("user", c1, undelivered);
+        reg.broadcast(data("while online"));
+        c1->close();
+        reg.broadcast(data("while offline"));
+        auto c2 = fake();
+        reg.attach("user", c2, undelivered);
+        CHECK(c2->data() == strings{"while offline"});
+    }
+    SECTION("undelivered: an undelivered event already evicted is a gap")
+    {
+        fake_registry small({.max_events = 2});
+        for (int i = 1; i <= 4; ++i)
+            small.send("user", data("n" + std::to_string(i)));
+        auto c = fake();
+        auto r = small.attach("user", c,
+                              {.otherwise = replay::undelivered, .on_gap = ssepp::event{.data = "gap"}});
+        CHECK(r.gap);
+        CHECK(c->data() == strings{"gap", "n3", "n4"});
+        // Evictions of what was delivered are no gap.
+        small.send("user", data("n5"));
+        small.send("user", data("n6"));
+        small.send("user", data("n7"));
+        c->close();
+        auto c2 = fake();
+        auto r2 = small.attach("user", c2, {.otherwise = replay::undelivered});
+        CHECK(!r2.gap);
+        CHECK(c2->frames().empty());
+    }
+}
+
+TEST_CASE("registry: finish sends the outcome, completes, lingers, then forgets", "[registry]")
+{
+    fake_registry reg({.finished_linger = 100ms});
+    auto live = fake();
+    reg.attach("job", live);
+    reg.send("job", data("50%"));
+    auto r = reg.finish("job", {.event = "complete", .data = "done"});
+    REQUIRE(r);
+    CHECK(r.connections == 1);
+    CHECK(r.id == "2");
+    CHECK(live->data() == strings{"50%", "done"});
+    CHECK(live->completed());
+    CHECK(reg.finished("job"));
+    CHECK(reg.last_id("job") == "2");
+
+    CHECK(reg.send("job", data("late")).error == ssepp::errc::closed);
+    CHECK(reg.finish("job", data("again")).error == ssepp::errc::closed);
+    live->close();
+
+    // A client arriving during the linger gets the replay and the outcome, then is completed.
+    auto late = fake();
+    auto a = reg.attach("job", late);
+    CHECK(a.finished);
+    CHECK(a.replayed == 2);
+    CHECK(late->events().back().type == "complete");
+    CHECK(late->completed());
+    late->close();
+    auto resumed = fake();
+    auto b = reg.attach("job", resumed, {.last_event_id = "1"});
+    CHECK(b.finished);
+    CHECK(resumed->data() == strings{"done"});
+    CHECK(resumed->completed());
+    resumed->close();
+
+    // After the linger the key is forgotten.
+    CHECK(test::eventually([&] { return !reg.contains("job"); }, 2s));
+    CHECK(!reg.finished("job"));
+    CHECK(reg.last_id("job") == std::nullopt);
+    auto fresh = fake();
+    auto f = reg.attach("job", fresh);
+    CHECK(!f.finished);
+    CHECK(f.replayed == 0);
+    CHECK(!fresh->completed());
+    CHECK(reg.send("job", data("new run")));
+    CHECK(fresh->data() == strings{"new run"});
+}
+
+TEST_CASE("registry: finish retains the outcome even when no history is kept", "[registry]")
+{
+    fake_registry reg({.max_events = 0, .finished_linger = 10s});
+    reg.send("job", data("progress"));
+    reg.finish("job", {.event = "error", .data = "failed"});
+    auto late = fake();
+    auto r = reg.attach("job", late);
+    CHECK(r.finished);
+    CHECK(late->data() == strings{"failed"});
+    CHECK(late->completed());
+}
+
+TEST_CASE("registry: finish and connections under several keys", "[registry]")
+{
+    fake_registry reg({.finished_linger = 50ms});
+    const auto ks = keys({"job", "user"});
+    auto c = fake();
+    reg.attach(std::span<const std::string>(ks), c);
+    reg.finish("job", data("job done"));
+    CHECK(!c->completed());  // still under "user"
+    CHECK(reg.send("user", data("hi")).connections == 1);
+
+    SECTION("completed once its last key is finished")
+    {
+        reg.finish("user", data("bye"));
+        CHECK(c->completed());
+        CHECK(c->data() == strings{"job done", "hi", "bye"});
+    }
+    SECTION("even when the first key's linger ran out in between")
+    {
+        CHECK(test::eventually([&] { return !reg.finished("job"); }, 2s));
+        reg.finish("user", data("bye"));
+        CHECK(c->completed());
+    }
+    SECTION("attaching under a finished and a live key stays open")
+    {
+        auto d = fake();
+        auto r = reg.attach(std::span<const std::string>(ks), d);
+        CHECK(!r.finished);
+        CHECK(!d->completed());
+        CHECK(d->data() == strings{"job done", "hi"});
+        reg.finish("user", data("bye"));
+        CHECK(d->completed());
+    }
+}
+
+TEST_CASE("registry: a key finished again after erase lingers for its own time", "[registry]")
+{
+    const auto linger = 600ms;
+    fake_registry reg({.finished_linger = linger});
+    const auto t0 = test::clock::now();
+    reg.finish("job", data("first"));
+    reg.erase("job");
+    CHECK(!reg.contains("job"));
+    CHECK(!reg.finished("job"));
+    std::this_thread::sleep_until(t0 + linger / 2);
+    const auto t2 = test::clock::now();
+    reg.finish("job", data("second"));
+    // Past the first finish's linger, within the second's.
+    std::this_thread::sleep_until(t0 + linger + 20ms);
+    const bool in_window = test::clock::now() < t2 + linger;
+    CHECK(in_window);
+    CHECK(reg.finished("job"));
+    CHECK(test::eventually([&] { return !reg.contains("job"); }, 3s));
+}
+
+TEST_CASE("registry: close(key) and erase(key)", "[registry]")
+{
+    fake_registry reg;
+    auto a1 = fake(), a2 = fake(), b = fake();
+    reg.attach("a", a1);
+    reg.attach("a", a2);
+    reg.attach("b", b);
+    reg.send("a", data("1"));
+    CHECK(reg.close("a") == 2);
+    CHECK(reg.close("nobody") == 0);
+    CHECK(a1->completed());
+    CHECK(a2->completed());
+    CHECK(!b->completed());
+    a1->close(ssepp::close_reason::completed);
+    a2->close(ssepp::close_reason::completed);
+    CHECK(reg.size() == 1);
+    // History stays after close.
+    auto again = fake();
+    reg.attach("a", again);
+    CHECK(again->data() == strings{"1"});
+
+    reg.erase("a");
+    CHECK(again->completed());
+    again->close();
+    CHECK(!reg.contains("a"));
+    auto after = fake();
+    CHECK(reg.attach("a", after).replayed == 0);
+}
+
+TEST_CASE("registry: connections leave by themselves; empty keys disappear", "[registry]")
+{
+    fake_registry reg;
+    auto c1 = fake(), c2 = fake(), c3 = fake();
+    reg.attach("x", c1);
+    reg.attach("y", c2);
+    reg.attach("z", c3);
+    CHECK(reg.contains("y"));
+    c2->close();  // from the middle of the list
+    CHECK(reg.size() == 2);
+    CHECK(!reg.contains("y"));  // no connections and no history
+    CHECK(reg.broadcast(data("b")).connections == 2);
+    CHECK(c1->data() == strings{"b"});
+    CHECK(c3->data() == strings{"b"});
+    CHECK(c2->frames().empty());
+    reg.send("x", data("kept"));
+    c1->close();
+    CHECK(reg.contains("x"));  // history keeps it
+    c3->close();
+    CHECK(reg.size() == 0);
+    CHECK(!reg.contains("z"));
+    CHECK(reg.broadcast(data("to nobody")).connections == 0);
+}
+
+TEST_CASE("registry: destroyed while connections are open", "[registry]")
+{
+    auto c1 = fake(), c2 = fake();
+    {
+        fake_registry reg;
+        reg.attach("a", c1);
+        const auto ks = keys({"a", "b"});
+        reg.attach(std::span<const std::string>(ks), c2);
+        reg.send("a", data("1"));
+    }
+    CHECK(c1->completed());
+    CHECK(c2->completed());
+    // Their close handlers run after the registry is gone: nothing happens (ASan watches).
+    c1->close(ssepp::close_reason::completed);
+    c2->close(ssepp::close_reason::completed);
+    CHECK(c1->data() == strings{"1"});
+}
+
+namespace {
+
+// A key that counts its live copies: the registry's entries for it are observable.
+struct counted_key {
+    std::string s;
+    static inline std::atomic<int> live{0};
+    counted_key(std::string v) : s(std::move(v)) { ++live; }
+    counted_key(const char* v) : s(v) { ++live; }
+    counted_key(const counted_key& o) : s(o.s) { ++live; }
+    counted_key(counted_key&& o) noexcept : s(std::move(o.s)) { ++live; }
+    counted_key& operator=(const counted_key&) = default;
+    counted_key& operator=(counted_key&&) = default;
+    ~counted_key() { --live; }
+    friend bool operator==(const counted_key& a, const counted_key& b) { return a.s == b.s; }
+};
+
+} // namespace
+
+template <>
+struct std::hash<counted_key> {
+    std::size_t operator()(const counted_key& k) const noexcept { return std::hash<std::string>()(k.s); }
+};
+
+TEST_CASE("registry: no key entry outlives its use", "[registry]")
+{
+    using reg_t = ssepp::basic_registry<counted_key, test::fake_emitter>;
+    REQUIRE(counted_key::live == 0);
+    reg_t reg({.max_events = 2, .finished_linger = 20ms});
+    const ssepp::attach_options undelivered{.otherwise = ssepp::replay::undelivered};
+
+    SECTION("connections come and go")
+    {
+        for (int i = 0; i < 50; ++i) {
+            auto c = fake();
+            reg.attach(counted_key("user" + std::to_string(i)), c, undelivered);
+            reg.send("user" + std::to_string(i % 7), data("x"));  // some keys get a history
+            c->close();
+        }
+        CHECK(counted_key::live == 7);  // the seven keys with history
+        for (int i = 0; i < 7; ++i)
+            reg.erase("user" + std::to_string(i));
+        CHECK(counted_key::live == 0);
+    }
+    SECTION("an undelivered connection's broadcast watermark is kept until those broadcasts are gone")
+    {
+        auto c1 = fake();
+        reg.attach("user", c1, undelivered);
+        reg.broadcast(data("while online"));
+        c1->close();
+        CHECK(!reg.contains("user"));
+        reg.broadcast(data("while offline"));
+        auto c2 = fake();
+        reg.attach("user", c2, undelivered);
+        CHECK(c2->data() == strings{"while offline"});  // not "while online" again
+        c2->close();
+        CHECK(counted_key::live == 2);  // the watermark: its entry, and its place in the index
+        reg.broadcast(data("3"));
+        reg.broadcast(data("4"));  // "while offline" and all before it evicted
+        CHECK(counted_key::live == 0);
+        auto c3 = fake();
+        reg.attach("user", c3, undelivered);
+        CHECK(c3->data() == strings{"3", "4"});
+        c3->close();
+    }
+    SECTION("finished keys are forgotten after the linger")
+    {
+        for (int i = 0; i < 20; ++i)
+            reg.finish("job" + std::to_string(i), data("done"));
+        CHECK(counted_key::live == 40);  // entries and linger queue
+        CHECK(test::eventually([&] { return !reg.contains("job19"); }, 2s));
+        CHECK(counted_key::live == 0);
+    }
+    SECTION("a rejected event leaves nothing")
+    {
+        CHECK(!reg.send("k", {.id = "a\nb", .data = "x"}));
+        CHECK(!reg.finish("k", {.id = "a\nb", .data = "x"}));
+        CHECK(counted_key::live == 0);
+    }
+}
+
+TEST_CASE("registry: random operations agree with a model", "[registry]")
+{
+    const auto seed = GENERATE(1u, 2u, 3u, 4u, 5u, 6u);
+    CAPTURE(seed);
+    std::mt19937 rng(seed);
+    auto pick = [&](std::size_t n) { return std::uniform_int_distribution<std::size_t>(0, n - 1)(rng); };
+
+    // No eviction and no purge: the model is the whole log.
+    fake_registry reg({.max_events = 100000, .max_bytes = std::size_t(1) << 30, .finished_linger = 1h});
+    const strings all_keys{"a", "b", "c", "d"};
+
+    struct logged {
+        std::uint64_t seq;
+        std::string id;
+        std::string key;  // empty: broadcast
+        std::string data;
+    };
+    struct conn {
+        std::shared_ptr<test::fake_emitter> em;
+        std::set<std::string> keys;
+        strings expected;
+        bool attached = true;
+        bool completed = false;
+    };
+    std::vector<logged> log;
+    std::vector<conn> conns;
+    std::set<std::string> finished;
+    std::uint64_t seq = 0;
+
+    auto relevant = [](const conn& c, const logged& e) { return e.key.empty() || c.keys.contains(e.key); };
+    auto all_finished = [&](const conn& c) {
+        return !c.keys.empty()
+               && std::all_of(c.keys.begin(), c.keys.end(), [&](auto& k) { return finished.contains(k); });
+    };
+    auto live_count = [&](const std::string& key) {
+        std::size_t n = 0;
+        for (auto& c : conns)
+            n += c.attached && (key.empty() || c.keys.contains(key));
+        return n;
+    };
+    auto publish = [&](const std::string& key, bool fin) {
+        const auto d = "d" + std::to_string(seq + 1);
+        ssepp::event e{.data = d};
+        const bool own_id = pick(4) == 0;
+        if (own_id)
+            e.id = "own-" + std::to_string(seq + 1);
+        const auto expected_n = live_count(key);
+        const auto r = key.empty() ? reg.broadcast(e) : fin ? reg.finish(key, e) : reg.send(key, e);
+        if (!key.empty() && finished.contains(key)) {
+            CHECK(r.error == ssepp::errc::closed);
+            return;
+        }
+        REQUIRE(r);
+        ++seq;
+        CHECK(r.connections == expected_n);
+        CHECK(r.id == (own_id ? *e.id : std::to_string(seq)));
+        log.push_back({seq, r.id, key, d});
+        for (auto& c : conns)
+            if (c.attached && !c.completed && relevant(c, log.back()))
+                c.expected.push_back(d);
+        if (fin) {
+            finished.insert(key);
+            for (auto& c : conns)
+                if (c.attached && !c.completed && c.keys.contains(key) && all_finished(c))
+                    c.completed = true;
+        }
+    };
+
+    for (int op = 0; op < 400; ++op) {
+        const auto what = pick(20);
+        if (what < 8) {
+            publish(all_keys[pick(all_keys.size())], false);
+        } else if (what < 10) {
+            publish("", false);
+        } else if (what < 11) {
+            publish(all_keys[pick(all_keys.size())], true);
+        } else if (what < 16) {
+            conn c;
+            c.em = fake();
+            strings ks;
+            const auto n = pick(3);  // 0 to 2 keys, maybe repeated
+            for (std::size_t i = 0; i < n; ++i)
+                ks.push_back(all_keys[pick(all_keys.size())]);
+            c.keys.insert(ks.begin(), ks.end());
+            ssepp::attach_options ao;
+            ao.on_gap = ssepp::event{.data = "gap"};
+            const auto how = pick(4);
+            if (how == 0) {
+                ao.otherwise = ssepp::replay::none;
+            } else if (how == 1 && !log.empty()) {
+                ao.last_event_id = log[pick(log.size())].id;
+            } else if (how == 2) {
+                ao.last_event_id = "unknown";
+            }
+            // Model the replay.
+            bool gap = false, resumed = false;
+            if (ao.last_event_id) {
+                std::optional<std::uint64_t> after;
+                for (auto& e : log)
+                    if (e.id == *ao.last_event_id && relevant(c, e))
+                        after = e.seq;
+                gap = !after;
+                resumed = !!after;
+                if (gap)
+                    c.expected.push_back("gap");
+                for (auto& e : log)
+                    if (relevant(c, e) && (!after || e.seq > *after))
+                        c.expected.push_back(e.data);
+            } else if (ao.otherwise == ssepp::replay::all) {
+                for (auto& e : log)
+                    if (relevant(c, e))
+                        c.expected.push_back(e.data);
+            }
+            const auto r = reg.attach(std::span<const std::string>(ks), c.em, ao);
+            CHECK(r.gap == gap);
+            CHECK(r.resumed == resumed);
+            c.completed = all_finished(c);
+            CHECK(r.finished == c.completed);
+            conns.push_back(std::move(c));
+        } else {
+            std::vector<std::size_t> open;
+            for (std::size_t i = 0; i < conns.size(); ++i)
+                if (conns[i].attached)
+                    open.push_back(i);
+            if (open.empty())
+                continue;
+            auto& c = conns[open[pick(open.size())]];
+            c.em->close();
+            c.attached = false;
+        }
+        REQUIRE(reg.size() == live_count(""));
+    }
+    for (const auto& k : all_keys)
+        CHECK(reg.size(k) == live_count(k));
+    for (std::size_t i = 0; i < conns.size(); ++i) {
+        CAPTURE(i);
+        CHECK(conns[i].em->data() == conns[i].expected);
+        CHECK(conns[i].em->completed() == conns[i].completed);
+        conns[i].em->close();
+    }
+    CHECK(reg.size() == 0);
+}
+
+TEST_CASE("registry: attach with Last-Event-ID races publishers without gap or duplicate", "[registry]")
+{
+    // Four publishers to one key while a client keeps reconnecting from the last id it saw;
+    // every connection's events must continue the previous connection's exactly.
+    fake_registry reg({.max_events = 100000, .max_bytes = std::size_t(1) << 30});
+    constexpr int threads = 4, per_thread = 1500;
+    std::atomic<int> running{threads};
+    std::vector<std::thread> pubs;
+    for (int t = 0; t < threads; ++t)
+        pubs.emplace_back([&, t] {
+            for (int i = 0; i < per_thread; ++i) {
+                reg.send("k", data(std::to_string(t) + ":" + std::to_string(i)));
+                if (i % 64 == 0)
+                    std::this_thread::yield();
+            }
+            --running;
+        });
+
+    std::vector<std::shared_ptr<test::fake_emitter>> conns;
+    std::optional<std::string> last;
+    int while_publishing = 0;
+    const auto deadline = test::clock::now() + 10s;
+    while (test::clock::now() < deadline) {
+        const bool done = running == 0;
+        auto c = fake();
+        auto r = reg.attach("k", c, {.last_event_id = last});
+        CHECK(!r.gap);
+        CHECK(r.resumed == !!last);
+        while_publishing += !done;
+        std::this_thread::yield();
+        c->close();
+        if (const auto frames = c->frames(); !frames.empty())
+            last = test::parse_events(*frames.back()).back().id;
+        conns.push_back(std::move(c));
+        if (done)
+            break;
+    }
+    for (auto& p : pubs)
+        p.join();
+    CHECK(while_publishing >= 10);
+    std::vector<test::received> seen;
+    for (auto& c : conns) {
+        auto ev = c->events();
+        seen.insert(seen.end(), ev.begin(), ev.end());
+    }
+
+    // The whole order as the registry retained it.
+    auto all = fake();
+    reg.attach("k", all);
+    const auto order = all->events();
+    REQUIRE(order.size() == threads * per_thread);
+    CHECK(seen.size() == order.size());
+    CHECK(seen == order);
+    std::vector<int> next(threads, 0);
+    for (std::size_t i = 0; i < order.size(); ++i) {
+        REQUIRE(order[i].id == std::to_string(i + 1));
+        const auto colon = order[i].data.find(':');
+        const int t = std::stoi(order[i].data.substr(0, colon));
+        CHECK(std::stoi(order[i].data.substr(colon + 1)) == next[t]++);
+    }
+}
