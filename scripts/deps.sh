@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ssepp's build, tests and examples need on Debian (bookworm), only what is missing.
 set -euo pipefail
-pkgs=(cmake ninja-build g++ ccache pkg-config
+pkgs=(cmake ninja-build g++ ccache pkg-config python3
       libasio-dev libfmt-dev catch2 libssl-dev
       libsqlite3-dev node-llhttp libcurl4-openssl-dev nlohmann-json3-dev)
 missing=()

@@ -315,7 +315,6 @@ public:
         if (auto problem = read_header(reader, cols))
             throw import_error(*problem); // check_header passed, so this cannot happen
         text_ = text;
-        last_progress_ = clock_type::now();
         emit();
 
         std::uint64_t rows_read = 0;
@@ -396,17 +395,17 @@ private:
     {
         if (hooks_.cancelled && hooks_.cancelled())
             throw import_cancelled();
-        const auto now = clock_type::now();
-        if (now - last_progress_ >= progress_interval) {
-            last_progress_ = now;
+        if (clock_type::now() - last_progress_ >= progress_interval)
             emit();
-        }
     }
 
-    void emit() const
+    // The interval counts from the return of the previous call, so the calls start at least
+    // 100 ms apart as the hook itself sees them, however long it or the scheduler takes.
+    void emit()
     {
         if (hooks_.on_progress)
             hooks_.on_progress(progress{done_, total_, errors_});
+        last_progress_ = clock_type::now();
     }
 
     template <class Reason>
