@@ -149,8 +149,11 @@ public:
         for (const auto& k : keys)
             if (std::find(m->keys.begin(), m->keys.end(), k) == m->keys.end())
                 m->keys.push_back(k);
+        // Allocate first: once the member is linked in below, nothing may throw.
+        s.all.reserve(s.all.size() + 1);
         for (const auto& k : m->keys) {
             auto* c = &s.keys[k];
+            c->members.reserve(c->members.size() + 1);
             s.activate_locked(*c);
             m->channels.push_back(c);
             if (!c->finished)
