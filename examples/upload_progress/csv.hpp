@@ -135,7 +135,9 @@ bool reader::advance(record* out)
             bool escaped = false;
             for (;;) {
                 while (q < size && text[q] != '"') {
-                    if (text[q] == '\n' || (text[q] == '\r' && (q + 1 == size || text[q + 1] != '\n')))
+                    // CRLF counts once, at its LF.
+                    if (text[q] == '\n'
+                        || (text[q] == '\r' && (q + 1 == size || text[q + 1] != '\n')))
                         ++line_;
                     ++q;
                 }

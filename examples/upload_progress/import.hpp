@@ -5,17 +5,19 @@
 // The file: a header row naming `sku`, `name`, `price`, `quantity` in any order (names trimmed,
 // matched case-insensitively; other columns ignored), then one product per record (csv.hpp has
 // the dialect). Values are trimmed of surrounding spaces and tabs. A row is rejected, counted
-// and reported, never fatal, when:
+// and reported, never fatal, for the first of these that applies:
 //   "malformed quotes"                 its quoting is broken (csv.hpp)
 //   "missing fields"                   it ends before one of the four columns
-//   "missing sku" / "missing name"     that value is empty
-//   "invalid UTF-8 in sku" / "... in name"
-//   "duplicate sku (first at line N)"  an earlier row has that sku (N is the first such row's
-//                                      line, whether that row was imported or rejected)
+//   "missing sku"                      the sku is empty
+//   "invalid UTF-8 in sku"
+//   "duplicate sku (first at line N)"  an earlier row had that sku; N is the first such row,
+//                                      whether it was imported or rejected for what follows
+//   "missing name"                     the name is empty
+//   "invalid UTF-8 in name"
 //   "bad price"                        not digits with an optional `.` and 1 or 2 digits
 //                                      (`12`, `12.5`, `12.50`); stored as integer cents
 //   "bad quantity"                     not digits, or more than fits in int64
-// checked in that order (one reason per row). Good rows are upserted by sku.
+// Good rows are upserted by sku (so within a file, skus of good rows are unique).
 // SPDX-License-Identifier: BSL-1.0
 #ifndef SSEPP_EXAMPLES_UPLOAD_PROGRESS_IMPORT_HPP
 #define SSEPP_EXAMPLES_UPLOAD_PROGRESS_IMPORT_HPP
@@ -55,18 +57,20 @@ struct summary {
     std::chrono::milliseconds elapsed;
 };
 
-/// on_progress is called once at the start (rows_done 0), then at least 100 ms and at most
-/// 250 ms apart while the import works, and once more with the final counts when the last row
-/// is written (just before COMMIT, which with its WAL checkpoint takes a few hundred ms for a
-/// million new rows). The import validates every row first, reporting bad ones as it goes, then
-/// writes the good ones in sku order; so the errors come early and rows_done may stand still
-/// for a moment between the two passes. All hooks run on the thread calling import_csv, and
-/// may be empty. A hook that throws aborts the import (rolled back) with its exception.
+/// on_progress is called once at the start (rows_done 0), then at least 100 ms (counted from
+/// the return of the previous call) and at most 250 ms apart while the import works, and once
+/// more with the final counts when the last row is written (just before COMMIT, which with its
+/// WAL checkpoint takes a few hundred ms for a million new rows). The import validates every
+/// row first, reporting bad ones as it goes, then writes the good ones in sku order; so the
+/// errors come early and rows_done may stand still for a moment between the two passes. All
+/// hooks run on the thread calling import_csv, and may be empty. A hook that throws aborts the
+/// import (rolled back) with its exception.
 struct import_hooks {
     std::function<void(const progress&)> on_progress;
     /// Called for the first max_reported_errors bad rows only; all are counted.
     std::function<void(const row_error&)> on_row_error;
-    /// Polled every few dozen rows; true rolls back and throws import_cancelled.
+    /// Polled every few dozen rows (and while sorting); true rolls back and throws
+    /// import_cancelled.
     std::function<bool()> cancelled;
     std::uint64_t max_reported_errors = 1000;
 };
@@ -99,8 +103,9 @@ void ensure_schema(common::sqlite::db& db);
 /// Imports the file: every good row upserted by sku, in one IMMEDIATE transaction (committed at
 /// the end; rolled back on any exception). Before the transaction it counts the rows (a quick
 /// pass that also finds an unterminated quote) and checks the header. Sets PRAGMA
-/// synchronous=NORMAL and a 256 MiB page cache cap on `db`. Another connection writing at the
-/// same time makes it wait for db's busy timeout, then fail ("database is locked").
+/// synchronous=NORMAL and a 256 MiB page cache cap on `db`. If another connection is writing,
+/// BEGIN waits up to db's busy timeout (none by default), before the first progress call, then
+/// fails ("database error: database is locked").
 /// Throws import_error (a fatal file or database error), import_cancelled, or what a hook threw.
 summary import_csv(common::sqlite::db& db, std::string_view csv, const import_hooks& hooks = {});
 
@@ -123,7 +128,11 @@ inline constexpr std::uint64_t max_page_size = 1000;
 /// the table's total, read in one snapshot.
 product_page list_products(common::sqlite::db& db, std::uint64_t limit, std::uint64_t offset);
 
-/// {"sku": ..., "name": ..., "price_cents": 1250, "quantity": 3, "updated_at": ...}
+/// Decimal text of a price in cents: 1250 -> "12.50" (prices are never negative).
+std::string format_price(std::int64_t cents);
+
+/// {"sku": ..., "name": ..., "price": "12.50", "price_cents": 1250, "quantity": 3,
+///  "updated_at": "2024-05-01T12:00:00.123Z"}
 void to_json(nlohmann::json& j, const product& p);
 /// {"total": N, "products": [...]}
 void to_json(nlohmann::json& j, const product_page& page);

@@ -102,9 +102,9 @@ private:
             std::lock_guard lock(mtx_);
             jobs_[id] = job{};
         }
-        // The body moves to the worker; the view into it stays valid.
-        auto body = std::make_shared<std::string>(std::move(req.body));
+        // The body moves to the worker, and the CSV with it as an offset into it.
         const auto offset = static_cast<std::size_t>(csv.data() - req.body.data());
+        auto body = std::make_shared<std::string>(std::move(req.body));
         asio::post(workers_, [this, id, body, offset, size = csv.size()] {
             run(id, std::string_view(*body).substr(offset, size));
         });
