@@ -104,7 +104,7 @@ TEST_CASE("a new source is connecting and asks for an event stream", "[event_sou
         == headers{{"Accept", "text/event-stream"}, {"Cache-Control", "no-cache"}});
 }
 
-TEST_CASE("200 with text/event-stream opens; parameters and case do not matter", "[event_source]")
+TEST_CASE("200 with text/event-stream opens, parameters and case do not matter", "[event_source]")
 {
     for (auto type :
         {"text/event-stream"sv, "text/event-stream; charset=utf-8"sv, "Text/Event-Stream"sv}) {
@@ -254,7 +254,7 @@ TEST_CASE("a successful open resets the back-off", "[event_source]")
     CHECK(es.on_end(refused) == reconnect(milliseconds(6000)));
 }
 
-TEST_CASE("the back-off cap is configurable; a larger retry: still wins", "[event_source]")
+TEST_CASE("the back-off cap is configurable, a larger retry: still wins", "[event_source]")
 {
     auto o = exact(milliseconds(1000));
     o.max_backoff = milliseconds(5000);

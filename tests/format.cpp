@@ -43,7 +43,7 @@ TEST_CASE("no payload can inject a field or end the frame", "[format]")
     CHECK(wire.find("\n\n") == wire.size() - 2);
 }
 
-TEST_CASE("empty data is an event; absent data is not", "[format]")
+TEST_CASE("empty data is an event, absent data is not", "[format]")
 {
     CHECK(ssepp::format(event{.data = ""}) == "data: \n\n");
     CHECK(ssepp::format(event{.id = "1"}) == "id: 1\n\n");
@@ -62,7 +62,7 @@ TEST_CASE("comments: one ':' line per line, alone a valid frame", "[format]")
     CHECK(ssepp::format(event{.comment = "a\nb\r\nc\r"}) == ": a\n: b\n: c\n:\n\n");
 }
 
-TEST_CASE("an empty id resets the last event id; no id writes nothing", "[format]")
+TEST_CASE("an empty id resets the last event id, no id writes nothing", "[format]")
 {
     CHECK(ssepp::format(event{.id = "", .data = "x"}) == "id\ndata: x\n\n");
     CHECK(ssepp::format(event{.data = "x"}).find("id") == std::string::npos);

@@ -232,7 +232,7 @@ TEST_CASE("one leading space after the colon is stripped, nothing else", "[parse
     CHECK(parse("event:  t\ndata: x\n\n").events.at(0).type == " t");
 }
 
-TEST_CASE("unknown fields are ignored; names are exact and case-sensitive", "[parser]")
+TEST_CASE("unknown fields are ignored, names are exact and case-sensitive", "[parser]")
 {
     const auto t = parse("foo: bar\nData: no\ndata : no\n data: no\ndatas: no\nevent : no\n"
                          "ID: 3\nid : 4\nretry : 5\ndata: yes\n\n");

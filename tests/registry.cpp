@@ -551,7 +551,7 @@ TEST_CASE("registry: close(key) and erase(key)", "[registry]")
     CHECK(reg.attach("a", after).replayed == 0);
 }
 
-TEST_CASE("registry: connections leave by themselves; empty keys disappear", "[registry]")
+TEST_CASE("registry: connections leave by themselves, empty keys disappear", "[registry]")
 {
     fake_registry reg;
     auto c1 = fake(), c2 = fake(), c3 = fake();

@@ -24,7 +24,7 @@ std::uint64_t number(const std::string& id) { return std::stoull(id); }
 
 } // namespace
 
-TEST_CASE("registry over sockets: a user's tabs all receive; close(key) and disconnects leave", "[registry]")
+TEST_CASE("registry over sockets: a user's tabs all receive, close(key) and disconnects leave", "[registry]")
 {
     test::registry_server srv;
     auto& reg = srv.reg();
@@ -85,7 +85,7 @@ TEST_CASE("registry over sockets: a key with no connections and no history disap
     CHECK(!reg.contains("other"));
 }
 
-TEST_CASE("registry over sockets: Last-Event-ID resumes; an unknown one gets on_gap first", "[registry]")
+TEST_CASE("registry over sockets: Last-Event-ID resumes, an unknown one gets on_gap first", "[registry]")
 {
     test::registry_server srv;
     auto& reg = srv.reg();
@@ -343,7 +343,7 @@ TEST_CASE("registry over sockets: reconnecting with Last-Event-ID at random poin
     CHECK(resumed >= 10);
 }
 
-TEST_CASE("registry over sockets: a slow consumer is closed and leaves; the others keep up", "[registry]")
+TEST_CASE("registry over sockets: a slow consumer is closed and leaves, the others keep up", "[registry]")
 {
     constexpr std::size_t bound = 64 << 10;
     constexpr int count = 3000;

@@ -139,7 +139,7 @@ TEST_CASE("close-delimited body: the frames as they are, ended by the connection
     CHECK(c.comments == std::vector<std::string>{"note"});
 }
 
-TEST_CASE("chunked body: chunks decode to the events; complete() ends with the 0-chunk", "[response]")
+TEST_CASE("chunked body: chunks decode to the events and complete() ends with the 0-chunk", "[response]")
 {
     auto options = quiet();
     options.response.framing = ssepp::body_framing::chunked;

@@ -146,22 +146,21 @@ public:
         auto owned = std::make_unique<member>();
         auto* m = owned.get();
         m->em = std::move(em);
-        for (const auto& k : keys)
-            if (std::find(m->keys.begin(), m->keys.end(), k) == m->keys.end())
-                m->keys.push_back(k);
         // Allocate first: once the member is linked in below, nothing may throw.
         s.all.reserve(s.all.size() + 1);
-        for (const auto& k : m->keys) {
-            auto* c = &s.keys[k];
+        // channels[0] holds the broadcasts; the others are the member's keys, each once.
+        std::vector<channel*> channels{&s.everyone};
+        for (const auto& k : keys) {
+            auto* c = &s.lookup_locked(k)->second;
+            if (std::find(channels.begin(), channels.end(), c) != channels.end())
+                continue;
             c->members.reserve(c->members.size() + 1);
             s.activate_locked(*c);
-            m->channels.push_back(c);
+            m->add(c);
+            channels.push_back(c);
             if (!c->finished)
                 ++m->unfinished;
         }
-        // channels[0] holds the broadcasts; the others are the member's keys.
-        std::vector<channel*> channels{&s.everyone};
-        channels.insert(channels.end(), m->channels.begin(), m->channels.end());
 
         // Per channel, the position after which retained events are replayed.
         std::vector<std::uint64_t> after(channels.size(), 0);
@@ -181,7 +180,7 @@ public:
         } else if (options.otherwise == replay::undelivered) {
             for (std::size_t i = 1; i < channels.size(); ++i) {
                 after[i] = channels[i]->delivered_through;
-                after[0] = std::max(after[0], channels[i]->broadcast_delivered_through);
+                after[0] = std::max(after[0], s.broadcasts_delivered(*channels[i]));
                 result.gap |= channels[i]->evicted_through > channels[i]->delivered_through;
             }
         }
@@ -203,14 +202,14 @@ public:
             e.send(r->frame);
         result.replayed = replay.size();
 
-        for (auto* c : m->channels) {
+        m->for_each_channel([&](channel* c) {
             c->members.push_back(m);
             if (mark_delivered) {
                 c->delivered_through = std::max(c->delivered_through, s.next_seq);
                 c->broadcast_delivered_through = std::max(c->broadcast_delivered_through, s.next_seq);
             }
-        }
-        result.finished = !m->keys.empty() && m->unfinished == 0;
+        });
+        result.finished = m->first != nullptr && m->unfinished == 0;
         if (result.finished)
             e.complete();
         m->index = s.all.size();
@@ -229,7 +228,7 @@ public:
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
         s.purge_locked();
-        auto it = s.keys.try_emplace(key).first;
+        auto it = s.lookup_locked(key);
         if (it->second.finished)
             return {.error = errc::closed};
         s.activate_locked(it->second);
@@ -257,7 +256,7 @@ public:
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
         s.purge_locked();
-        auto it = s.keys.try_emplace(key).first;
+        auto it = s.lookup_locked(key);
         auto& c = it->second;
         if (c.finished)
             return {.error = errc::closed};
@@ -382,16 +381,29 @@ private:
         bool finished = false;
         // Kept only for broadcast_delivered_through (see state::idle): its place there.
         std::optional<typename std::multimap<std::uint64_t, Key>::iterator> idle;
+        const Key* key = nullptr;  // its own key in the map (nodes are stable)
 
         bool unused() const noexcept { return members.empty() && history.empty() && !finished; }
     };
 
+    // One per attached connection. Its keys' channels are stable: a channel with members stays
+    // in the map. The first is held inline, as most connections have one key.
     struct member {
         emitter_ptr em;
-        std::vector<Key> keys;           // distinct
-        std::vector<channel*> channels;  // keys' channels: stable, a channel with members stays
-        std::size_t index = 0;           // in state::all
-        std::size_t unfinished = 0;      // keys not finished yet
+        channel* first = nullptr;
+        std::vector<channel*> more;
+        std::size_t index = 0;       // in state::all
+        std::size_t unfinished = 0;  // keys not finished yet
+
+        void add(channel* c) { first ? more.push_back(c) : void(first = c); }
+        template <class F>
+        void for_each_channel(F f) const
+        {
+            if (first)
+                f(first);
+            for (auto* c : more)
+                f(c);
+        }
     };
 
     struct state {
@@ -426,13 +438,12 @@ private:
             const auto& targets = everyone_ ? all : c.members;
             for (auto* m : targets)
                 m->em->send(frame);
-            if (everyone_) {
-                for (auto* m : all)
-                    for (auto* k : m->channels)
-                        k->broadcast_delivered_through = seq;
-            } else if (!targets.empty()) {
+            // A key with connections has been sent every broadcast: broadcasts_delivered()
+            // reads that off last_broadcast instead of this loop touching every key.
+            if (everyone_ && !targets.empty())
+                last_broadcast = seq;
+            else if (!targets.empty())
                 c.delivered_through = seq;
-            }
             return {.connections = targets.size(), .id = std::move(*e.id)};
         }
 
@@ -456,20 +467,33 @@ private:
                 drop_idle_locked();
         }
 
+        // The last broadcast a connection of `c` was sent.
+        std::uint64_t broadcasts_delivered(const channel& c) const noexcept
+        {
+            return c.members.empty() ? c.broadcast_delivered_through
+                                     : std::max(c.broadcast_delivered_through, last_broadcast);
+        }
+
+        // The key's channel, made if need be; it learns its key for detach().
+        typename std::unordered_map<Key, channel>::iterator lookup_locked(const Key& key)
+        {
+            auto it = keys.try_emplace(key).first;
+            it->second.key = &it->first;
+            return it;
+        }
+
         void detach(member* m)
         {
             std::lock_guard lock(mtx);
-            for (const auto& k : m->keys) {
-                auto it = keys.find(k);
-                if (it == keys.end())
-                    continue;
-                auto& v = it->second.members;
+            m->for_each_channel([&](channel* c) {
+                c->broadcast_delivered_through = broadcasts_delivered(*c);  // while it has members
+                auto& v = c->members;
                 if (auto pos = std::find(v.begin(), v.end(), m); pos != v.end()) {
                     *pos = v.back();
                     v.pop_back();
                 }
-                erase_if_unused_locked(it);
-            }
+                erase_if_unused_locked(keys.find(*c->key));
+            });
             all[m->index] = all.back();
             all[m->index]->index = m->index;
             all.pop_back();
@@ -545,6 +569,7 @@ private:
         std::multimap<std::uint64_t, Key> idle;
         std::deque<std::pair<std::chrono::steady_clock::time_point, Key>> lingering;
         std::uint64_t next_seq = 0;
+        std::uint64_t last_broadcast = 0;  // the last broadcast sent to at least one connection
     };
 
     // The position of the newest retained event whose id is `id`, in any of `channels`.
