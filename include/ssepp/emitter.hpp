@@ -5,6 +5,7 @@
 #ifndef SSEPP_EMITTER_HPP
 #define SSEPP_EMITTER_HPP
 
+#include <ssepp/detail/small_mutex.hpp>
 #include <ssepp/detail/sweeper.hpp>
 #include <ssepp/error.hpp>
 #include <ssepp/event.hpp>
@@ -18,11 +19,13 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -34,7 +37,7 @@
 namespace ssepp {
 
 /// Why a stream ended; each emitter reports exactly one.
-enum class close_reason {
+enum class close_reason : std::uint8_t {
     /// complete() flushed the queue, or the application closed the stream.
     completed,
     /// The peer closed or reset the connection, or a write failed.
@@ -48,7 +51,7 @@ enum class close_reason {
 };
 
 /// What happens when a slow consumer's queue passes its bound.
-enum class overflow_policy {
+enum class overflow_policy : std::uint8_t {
     /// Close the connection: the client reconnects and resumes from history, losing nothing.
     close,
     /// Drop the oldest queued events not yet being written: for lossy feeds (tickers).
@@ -75,6 +78,57 @@ struct emitter_options {
     overflow_policy overflow = overflow_policy::close;
 };
 
+namespace detail {
+
+inline std::error_code& ignored_error() noexcept
+{
+    thread_local std::error_code ec;
+    return ec;
+}
+
+// The close handlers: an owning list of nodes, one allocation per handler of any type.
+struct close_node {
+    close_node* next = nullptr;
+    virtual void invoke(close_reason, std::error_code) = 0;
+    virtual ~close_node() = default;
+
+    static void destroy(close_node* head) noexcept
+    {
+        while (head)
+            delete std::exchange(head, head->next);
+    }
+
+    // Calls each once in the order added (the list is newest first), then frees them.
+    static void invoke_all(close_node* head, close_reason reason, std::error_code ec)
+    {
+        close_node* ordered = nullptr;
+        while (head) {
+            auto* n = head;
+            head = head->next;
+            n->next = ordered;
+            ordered = n;
+        }
+        struct guard {
+            close_node*& rest;
+            ~guard() { destroy(rest); }
+        } g{ordered};
+        while (ordered) {
+            auto* n = std::exchange(ordered, ordered->next);
+            std::unique_ptr<close_node> owned(n);
+            n->invoke(reason, ec);
+        }
+    }
+};
+
+template <class F>
+struct close_node_for final : close_node {
+    explicit close_node_for(F fn) : f(std::move(fn)) {}
+    void invoke(close_reason reason, std::error_code ec) override { f(reason, ec); }
+    F f;
+};
+
+} // namespace detail
+
 /// One server-sent event stream over a transport.
 ///
 /// Owned by std::shared_ptr (make_emitter()). send() may be called from any thread and never
@@ -92,17 +146,18 @@ class basic_emitter : public std::enable_shared_from_this<basic_emitter<Transpor
 public:
     using transport_type = Transport;
     using executor_type = typename Transport::executor_type;
+    /// A type that on_close() accepts (any callable of this signature is).
     using close_handler = std::function<void(close_reason, std::error_code)>;
 
     /// Prefer make_emitter(). Nothing is written before start().
     explicit basic_emitter(Transport transport, const emitter_options& options = {})
         : transport_(std::move(transport))
-        , head_(options.write_head ? make_raw_frame(response_head(options.response)) : nullptr)
+        , head_(options.write_head ? head_frame(options.response) : nullptr)
         , prelude_(retry_frame(options.retry_hint))
         , max_queued_bytes_(options.max_queued_bytes)
-        , heartbeat_ns_(ns(options.heartbeat))
-        , lifetime_ns_(ns(options.lifetime))
-        , write_timeout_ns_(ns(options.write_timeout))
+        , heartbeat_ms_(ms(options.heartbeat))
+        , lifetime_ms_(ms(options.lifetime))
+        , write_timeout_ms_(ms(options.write_timeout))
         , policy_(options.overflow)
         , chunked_(options.response.framing == body_framing::chunked)
     {
@@ -111,24 +166,34 @@ public:
     basic_emitter(const basic_emitter&) = delete;
     basic_emitter& operator=(const basic_emitter&) = delete;
 
-    ~basic_emitter() { detail::sweeper::remove(*this); }
+    ~basic_emitter()
+    {
+        detail::sweeper::remove(*this);
+        detail::close_node::destroy(handlers_);
+    }
 
     executor_type get_executor() noexcept { return transport_.get_executor(); }
 
     /// The transport. Use it only on its executor, and not for writes while the stream is open.
     Transport& transport() noexcept { return transport_; }
 
-    /// Adds a handler called exactly once when the stream ends, on the transport's executor,
-    /// after the transport is closed. Added after the end, it is posted at once.
-    void on_close(close_handler handler)
+    /// Adds a handler, `void(close_reason, std::error_code)`, called exactly once when the
+    /// stream ends, on the transport's executor, after the transport is closed; handlers run in
+    /// the order they were added. Added after the end, it is posted at once.
+    template <class Handler>
+        requires std::invocable<Handler&, close_reason, std::error_code>
+    void on_close(Handler handler)
     {
         std::unique_lock lock(mtx_);
         if (state_ != state::closed) {
-            handlers_.push_back(std::move(handler));
+            // One allocation per handler, none while none is added: idle streams are many.
+            auto* node = new detail::close_node_for<Handler>(std::move(handler));
+            node->next = handlers_;
+            handlers_ = node;
             return;
         }
         lock.unlock();
-        asio::post(get_executor(), [h = std::move(handler), r = reason_, ec = reason_ec_] { h(r, ec); });
+        asio::post(get_executor(), [h = std::move(handler), r = reason_, ec = reason_ec_]() mutable { h(r, ec); });
     }
 
     /// Writes the response head and retry hint, starts the peer watch and the timers, then
@@ -144,9 +209,9 @@ public:
         last_write_ns_.store(now, std::memory_order_relaxed);
         kick_locked(state_ == state::closing);
         asio::post(get_executor(), [self = this->shared_from_this()] { self->watch(); });
-        if (heartbeat_ns_ || lifetime_ns_ || write_timeout_ns_) {
+        if (heartbeat_ms_ || lifetime_ms_ || write_timeout_ms_) {
             auto shortest = std::int64_t(1'000'000'000);
-            for (auto d : {heartbeat_ns_, lifetime_ns_, write_timeout_ns_})
+            for (auto d : {ns(heartbeat_ms_), ns(lifetime_ms_), ns(write_timeout_ms_)})
                 if (d)
                     shortest = std::min(shortest, d / 4);
             auto ex = get_executor();
@@ -241,15 +306,35 @@ private:
     enum class state : std::uint8_t { open, closing, aborting, closed };
     enum class after { nothing, close_completed };
 
-    static std::int64_t ns(std::chrono::milliseconds d) noexcept
+    // Durations are kept as 32-bit milliseconds (up to 49 days; longer is clamped): three of
+    // them in every connection.
+    static std::uint32_t ms(std::chrono::milliseconds d) noexcept
     {
-        return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+        return static_cast<std::uint32_t>(std::clamp<std::int64_t>(d.count(), 0, std::numeric_limits<std::uint32_t>::max()));
+    }
+
+    static std::int64_t ns(std::uint32_t ms) noexcept { return std::int64_t(ms) * 1'000'000; }
+
+    // The default heads and retry hint are shared by every emitter that uses them: a server
+    // with many connections then allocates nothing per connection to open a stream.
+    static shared_frame head_frame(const response_options& r)
+    {
+        if (r.cors_origin.empty() && r.headers.empty()) {
+            static const shared_frame raw = make_raw_frame(response_head({}));
+            static const shared_frame chunked = make_raw_frame(response_head({.framing = body_framing::chunked}));
+            return r.framing == body_framing::chunked ? chunked : raw;
+        }
+        return make_raw_frame(response_head(r));
     }
 
     static shared_frame retry_frame(std::optional<std::chrono::milliseconds> hint)
     {
         if (!hint)
             return nullptr;
+        if (*hint == emitter_options{}.retry_hint) {
+            static const shared_frame standard = make_frame(event{.retry = *hint}, detail::ignored_error());
+            return standard;
+        }
         std::error_code ec;
         auto frame = make_frame(event{.retry = *hint}, ec);
         if (ec)
@@ -325,6 +410,11 @@ private:
             if (!gather_locked()) {
                 writing_ = false;
                 write_started_ns_.store(0, std::memory_order_relaxed);
+                // An idle stream holds no batch memory: most connections are idle most of the
+                // time, and re-growing these for the next event is cheap by comparison.
+                std::vector<asio::const_buffer>().swap(bufs_);
+                std::vector<shared_frame>().swap(owners_);
+                std::vector<shared_frame>().swap(pending_);
                 return state_ == state::closing ? after::close_completed : after::nothing;
             }
         }
@@ -357,6 +447,9 @@ private:
     // Moves the queue into one gather batch; false when there is nothing left to write.
     bool gather_locked()
     {
+        // Head, chunk size, prelude, the queue, chunk end: size the batch once.
+        bufs_.reserve(pending_.size() + 4);
+        owners_.reserve(pending_.size() + 4);
         // The head is raw HTTP; with chunked framing the body bytes after it form one chunk.
         if (head_)
             push_frame_locked(std::exchange(head_, nullptr));
@@ -465,7 +558,7 @@ private:
     // Runs on the executor: closes the transport and calls the handlers, once.
     void close_now(close_reason reason, std::error_code ec)
     {
-        std::vector<close_handler> handlers;
+        detail::close_node* handlers = nullptr;
         {
             std::lock_guard lock(mtx_);
             if (state_ == state::closed)
@@ -484,18 +577,17 @@ private:
             if (reason == close_reason::completed)
                 detail::shutdown_send(transport_);
             detail::close_transport(transport_);
-            handlers.swap(handlers_);
+            handlers = std::exchange(handlers_, nullptr);
         }
         detail::sweeper::remove(*this);
-        for (auto& h : handlers)
-            h(reason, ec);
+        detail::close_node::invoke_all(handlers, reason, ec);
     }
 
     void sweep(std::int64_t now) noexcept override
     {
         const auto started = write_started_ns_.load(std::memory_order_relaxed);
-        const bool expired = lifetime_ns_ && now - opened_ns_ >= lifetime_ns_;
-        const bool stalled = write_timeout_ns_ && started && now - started >= write_timeout_ns_;
+        const bool expired = lifetime_ms_ && now - opened_ns_ >= ns(lifetime_ms_);
+        const bool stalled = write_timeout_ms_ && started && now - started >= ns(write_timeout_ms_);
         if (expired || stalled) {
             if (close_posted_.exchange(true))
                 return;
@@ -503,8 +595,8 @@ private:
                 asio::post(get_executor(), [self] { self->close_now(close_reason::timeout, errc::timeout); });
             return;
         }
-        if (heartbeat_ns_ && !started
-            && now - last_write_ns_.load(std::memory_order_relaxed) >= heartbeat_ns_) {
+        if (heartbeat_ms_ && !started
+            && now - last_write_ns_.load(std::memory_order_relaxed) >= ns(heartbeat_ms_)) {
             last_write_ns_.store(now, std::memory_order_relaxed);
             if (auto self = this->weak_from_this().lock())
                 asio::post(get_executor(), [self] {
@@ -519,25 +611,23 @@ private:
     }
 
     Transport transport_;
-    mutable std::mutex mtx_;
+    mutable detail::small_mutex mtx_;
     std::vector<shared_frame> pending_;      // queued, not yet being written
     std::vector<asio::const_buffer> bufs_;   // the batch being written, consumed as written
     std::vector<shared_frame> owners_;       // what each of bufs_ points into (null: framing)
-    std::size_t buf_pos_ = 0;
     std::size_t pending_bytes_ = 0;
     std::size_t inflight_bytes_ = 0;         // bytes of the batch not yet written
-    std::vector<close_handler> handlers_;
+    detail::close_node* handlers_ = nullptr;  // most recent first
     shared_frame head_;
     shared_frame prelude_;
     std::size_t max_queued_bytes_;
-    std::int64_t heartbeat_ns_;
-    std::int64_t lifetime_ns_;
-    std::int64_t write_timeout_ns_;
+    std::uint32_t heartbeat_ms_;
+    std::uint32_t lifetime_ms_;
+    std::uint32_t write_timeout_ms_;
     std::int64_t opened_ns_ = 0;
     std::atomic<std::int64_t> last_write_ns_{0};
     std::atomic<std::int64_t> write_started_ns_{0};  // 0: no write in flight
     std::atomic<std::uint64_t> bytes_written_{0};
-    std::atomic<bool> close_posted_{false};
     std::uint64_t dropped_ = 0;
     std::error_code reason_ec_;
     close_reason reason_ = close_reason::completed;
@@ -547,7 +637,9 @@ private:
     bool started_ = false;
     bool writing_ = false;
     bool terminated_ = false;
-    std::array<char, 20> chunk_size_{};
+    std::atomic<bool> close_posted_{false};
+    std::uint32_t buf_pos_ = 0;           // the first of bufs_ not wholly written
+    std::array<char, 16> chunk_size_{};  // "<hex size>\r\n" of the batch in flight
     // Only layered transports keep a read outstanding, and so a buffer for it.
     [[no_unique_address]] std::conditional_t<detail::is_plain_socket<Transport>, std::array<char, 0>,
                                              std::array<char, 64>> read_sink_{};

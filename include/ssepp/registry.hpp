@@ -212,7 +212,7 @@ public:
         result.finished = m->first != nullptr && m->unfinished == 0;
         if (result.finished)
             e.complete();
-        m->index = s.all.size();
+        m->index = static_cast<std::uint32_t>(s.all.size());
         s.all.push_back(owned.release());
         e.on_close([w = std::weak_ptr<state>(state_), m](close_reason, std::error_code) {
             if (auto st = w.lock())
@@ -314,6 +314,17 @@ public:
             m->em->complete();
     }
 
+    /// Bytes queued or being written over all live connections: with size(), what a publisher
+    /// needs for backpressure (publish more only while connections keep up).
+    std::size_t queued_bytes() const
+    {
+        std::lock_guard lock(state_->mtx);
+        std::size_t total = 0;
+        for (const auto* m : state_->all)
+            total += m->em->queued_bytes();
+        return total;
+    }
+
     /// Live connections (a closed one counts until its close handler has run).
     std::size_t size() const
     {
@@ -392,8 +403,8 @@ private:
         emitter_ptr em;
         channel* first = nullptr;
         std::vector<channel*> more;
-        std::size_t index = 0;       // in state::all
-        std::size_t unfinished = 0;  // keys not finished yet
+        std::uint32_t index = 0;       // in state::all
+        std::uint32_t unfinished = 0;  // keys not finished yet
 
         void add(channel* c) { first ? more.push_back(c) : void(first = c); }
         template <class F>
