@@ -95,7 +95,7 @@ EOF
       for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
       url="http://127.0.0.1:$port/events"
       publish="--publish-url http://127.0.0.1:$port/publish --publish-rate $rate"
-      [ "$rate" = 0 ] && publish=""
+      if [ "$rate" = 0 ]; then publish=""; fi
       ;;
   esac
 }
@@ -110,12 +110,16 @@ run_scenario() {
   local base_rss; base_rss=$(rss_kib "$pid")
   local cpu0; cpu0=$(cpu_ticks "$pid")
   local peak=0
+  # Past ~14k connections from one address connect() crawls unless each has its own source
+  # port; alternate two ranges so that no port is still in TIME_WAIT from the last run.
+  local ports="--source-port-base 0"
+  if [ "$conns" -gt 10000 ]; then ports="--source-port-base $(( 20000 + (RANDOM % 2) * 22000 ))"; fi
   # shellcheck disable=SC2086
-  $bin/sse_load --url "$url" --connections "$conns" --connect-rate 3000 --duration "$dur" \
+  $bin/sse_load --url "$url" --connections "$conns" --connect-rate 3000 --duration "$dur" $ports \
       --threads "$( [ "$threads" -gt 1 ] && echo 2 || echo 1 )" --stall "$stall" $publish > "$work/load.json" &
   local load=$!
   while kill -0 "$load" 2>/dev/null; do
-    local r; r=$(rss_kib "$pid"); [ "$r" -gt "$peak" ] && peak=$r
+    local r; r=$(rss_kib "$pid"); if [ "$r" -gt "$peak" ]; then peak=$r; fi
     sleep 0.25
   done
   wait "$load" || true
@@ -134,7 +138,7 @@ print("\t".join(str(x) for x in [sc, name, j["connected"], j["failed"], round(j[
 PY
 }
 
-servers="ssepp ideal"; [ "$have_nchan" = 1 ] && servers="$servers nchan"
+servers="ssepp ideal"; if [ "$have_nchan" = 1 ]; then servers="$servers nchan"; fi
 for run in $(seq "$runs"); do
   for name in $servers; do
     case ",$only," in *,S1,*) run_scenario S1 "$name" 1 100 "$(scale 1000)" "$(secs 20)" ;; esac

@@ -70,7 +70,7 @@ struct settings {
     int threads = 1;
     std::size_t stall = 0;
     int connect_timeout_s = 60;
-    std::uint16_t source_port_base = 20000;
+    std::uint16_t source_port_base = 0;
     std::string publish_url;
     std::string publish_rate = "100";
     std::size_t payload = 64;
@@ -326,7 +326,7 @@ int main(int argc, char** argv)
         .flag("--threads", s.threads, "client threads")
         .flag("--stall", s.stall, "how many of the streams stop reading after the head (slow consumers)")
         .flag("--connect-timeout", s.connect_timeout_s, "seconds the connect phase may take")
-        .flag("--source-port-base", s.source_port_base, "bind connection i to this + i (0: ephemeral)")
+        .flag("--source-port-base", s.source_port_base, "bind connection i to this + i (0: ephemeral); needed past ~14k connections")
         .flag("--publish-url", s.publish_url, "also POST stamped events here (e.g. nchan's publisher)")
         .flag("--publish-rate", s.publish_rate, "events/s to POST, or max")
         .flag("--payload", s.payload, "data bytes of each POSTed event")
