@@ -3,7 +3,8 @@
 set -euo pipefail
 pkgs=(cmake ninja-build g++ ccache pkg-config python3
       libasio-dev libfmt-dev catch2 libssl-dev
-      libsqlite3-dev node-llhttp libcurl4-openssl-dev nlohmann-json3-dev)
+      libsqlite3-dev node-llhttp libcurl4-openssl-dev nlohmann-json3-dev
+      chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

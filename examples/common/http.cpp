@@ -115,6 +115,8 @@ class connection;
 
 struct server::state {
     asio::io_context& io;
+    // On a strand: the accept loop's handlers, the retry timer and stop()'s close never run at
+    // once.
     asio::ip::tcp::acceptor acceptor;
     server::handler on_request;
     server::head_check check;
@@ -122,10 +124,12 @@ struct server::state {
     std::mutex mtx;
     std::set<std::weak_ptr<connection>, std::owner_less<>> connections;
     bool stopped = false;
+    asio::steady_timer retry; // accept again after an error
 
     state(asio::io_context& io, const asio::ip::tcp::endpoint& ep, server::handler h, server::head_check c,
           server_options o)
-        : io(io), acceptor(io, ep), on_request(std::move(h)), check(std::move(c)), options(o)
+        : io(io), acceptor(asio::make_strand(io), ep), on_request(std::move(h)), check(std::move(c)), options(o),
+          retry(acceptor.get_executor())
     {
     }
 
@@ -429,9 +433,27 @@ private:
 void server::state::accept(std::shared_ptr<state> self)
 {
     acceptor.async_accept(asio::make_strand(io), [self](std::error_code ec, asio::ip::tcp::socket socket) {
-        if (ec == asio::error::operation_aborted)
+        {
+            // After stop(), whatever the outcome: accepting again on the closed acceptor fails
+            // at once (bad_descriptor), and retrying that would spin forever, keeping io.run()
+            // from returning.
+            std::lock_guard lock(self->mtx);
+            if (self->stopped)
+                return;
+        }
+        if (ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor)
             return;
-        if (!ec) {
+        if (ec) {
+            // Out of descriptors, a connection reset before it was accepted...: try again in
+            // a moment rather than at once.
+            self->retry.expires_after(std::chrono::milliseconds(50));
+            self->retry.async_wait([self](std::error_code wait_ec) {
+                if (!wait_ec)
+                    self->accept(self);
+            });
+            return;
+        }
+        {
             auto c = std::make_shared<connection>(std::move(socket), self);
             {
                 std::lock_guard lock(self->mtx);

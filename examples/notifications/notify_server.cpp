@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 using common::http::request;
@@ -38,7 +39,30 @@ struct export_job {
 };
 
 std::string user_key(std::string_view user) { return fmt::format("user:{}", user); }
-constexpr std::string_view admins_key = "role:admin";
+
+/// A path segment's %XX escapes decoded ('+' stays '+', unlike in a query); a malformed
+/// escape stays as is. `/api/notifications/J%C3%BCrgen` is for user "Jürgen".
+std::string decode_path(std::string_view s)
+{
+    std::string out;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        const int hi = i + 2 < s.size() && s[i] == '%' ? ssepp::detail::hex_value(s[i + 1]) : -1;
+        const int lo = hi >= 0 ? ssepp::detail::hex_value(s[i + 2]) : -1;
+        if (lo >= 0) {
+            out += static_cast<char>(hi * 16 + lo);
+            i += 2;
+        } else {
+            out += s[i];
+        }
+    }
+    return out;
+}
+
+/// What an admin gets as an admin (order alerts): a key per admin user, not one for all of
+/// them, so that an admin who was offline gets on the next connection what came meanwhile
+/// (replay::undelivered works per key: with one shared key, another admin's connection would
+/// count as delivery). Only admin sessions attach it.
+std::string admin_key(std::string_view user) { return fmt::format("admin:{}", user); }
 
 /// Counters for /metrics, fed by the registries' results and the emitters' close reasons.
 struct metrics {
@@ -79,7 +103,7 @@ public:
         if (p == "/api/events" && m == "DELETE")
             return close_streams(req);
         if (m == "POST" && p.starts_with("/api/notifications/"))
-            return notify(p.substr(std::string_view("/api/notifications/").size()), req);
+            return notify(decode_path(p.substr(std::string_view("/api/notifications/").size())), req);
         if (m == "POST" && p == "/api/orders")
             return place_order(req);
         if (m == "POST" && p == "/api/exports")
@@ -93,10 +117,17 @@ public:
         return response::error(404, "no such resource");
     }
 
-    /// Ends every stream (shutdown).
+    /// Ends every stream and the ticker (shutdown): then nothing is left for the io_context.
     void shutdown()
     {
-        ticker_timer_.cancel();
+        // The ticker's timer lives on its strand: cancelling it from here could miss a tick
+        // already due, which would re-arm it and keep io.run() going forever.
+        asio::post(ticker_timer_.get_executor(), [this] {
+            ticking_ = false;
+            ticker_timer_.cancel();
+        });
+        std::lock_guard lock(life_mtx_);
+        stopping_ = true;
         users_.complete_all();
         ticker_.complete_all();
     }
@@ -135,13 +166,15 @@ private:
         {
             std::lock_guard lock(mtx_);
             sessions_[token] = {user, role == "admin"};
+            if (role == "admin")
+                admins_.insert(user);
         }
         auto r = response::json(200, {{"user", user}, {"role", role}});
         r.headers.emplace_back("Set-Cookie", fmt::format("session={}; Path=/; HttpOnly; SameSite=Strict", token));
         return r;
     }
 
-    // A stream carries only its session user's events (and, for admins, the admins' ones):
+    // A stream carries only its session user's events (and, for admins, the order alerts):
     // the key comes from the session, never from the request.
     common::http::reply events(const request& req)
     {
@@ -150,9 +183,12 @@ private:
             return response::error(401, "log in first (POST /api/login)");
         std::vector<std::string> keys{user_key(s->user)};
         if (s->admin)
-            keys.emplace_back(admins_key);
+            keys.emplace_back(admin_key(s->user));
         auto resume = ssepp::last_event_id(req.header("Last-Event-ID"), req.target);
         return common::http::take_socket{[this, keys = std::move(keys), resume](asio::ip::tcp::socket socket) {
+            std::lock_guard lock(life_mtx_);
+            if (stopping_)
+                return;  // shutdown already completed the streams: this one would stay open
             auto stream = ssepp::make_emitter(std::move(socket));
             watch(*stream);
             auto r = users_.attach(keys, stream, {.last_event_id = resume, .otherwise = ssepp::replay::undelivered});
@@ -170,7 +206,7 @@ private:
 
     // Sends one event to a user, as given: data byte for byte (CR and CRLF arrive as LF,
     // which is all the protocol carries), event name and id checked before anything is sent.
-    common::http::reply notify(std::string_view user, const request& req)
+    common::http::reply notify(const std::string& user, const request& req)
     {
         auto body = parse_json(req);
         if (!body)
@@ -188,6 +224,9 @@ private:
             e.id = (*body)["id"].get<std::string>();
         if (auto ec = ssepp::validate(e))
             return response::error(400, ec.message());
+        // The protocol allows NUL in an event name; this API does not (nor in an id).
+        if (e.event.find('\0') != std::string::npos)
+            return response::error(400, "the event name holds NUL");
         auto sent = users_.send(user_key(user), std::move(e));
         if (!sent)
             return response::error(400, sent.error.message());
@@ -206,6 +245,7 @@ private:
         std::int64_t id = 0;
         {
             common::sqlite::db db(db_path_);
+            db.busy_timeout(std::chrono::seconds(5)); // orders come on several threads at once
             common::sqlite::transaction tx(db);
             common::sqlite::statement order(db, "INSERT INTO orders(customer) VALUES (?)");
             order.bind(1, (*body)["customer"].get<std::string>()).run();
@@ -216,7 +256,13 @@ private:
             tx.commit();
         }
         const json order{{"order_id", id}, {"customer", (*body)["customer"]}, {"items", (*body)["items"]}};
-        count(users_.send(std::string(admins_key), {.event = "order-created", .data = order.dump()}));
+        std::vector<std::string> admins;
+        {
+            std::lock_guard lock(mtx_);
+            admins.assign(admins_.begin(), admins_.end());
+        }
+        for (const auto& admin : admins)
+            count(users_.send(admin_key(admin), {.event = "order-created", .data = order.dump()}));
         return response::json(201, order);
     }
 
@@ -241,6 +287,7 @@ private:
         std::string csv = "order_id,customer,created_at,sku,qty\n";
         {
             common::sqlite::db db(db_path_);
+            db.busy_timeout(std::chrono::seconds(5));
             common::sqlite::statement q(db, "SELECT o.id, o.customer, o.created_at, i.sku, i.qty FROM orders o "
                                             "JOIN order_items i ON i.order_id = o.id ORDER BY o.id");
             while (q.step())
@@ -310,7 +357,12 @@ private:
     common::http::reply ticker(const request&)
     {
         return common::http::take_socket{[this](asio::ip::tcp::socket socket) {
-            auto stream = ssepp::make_emitter(std::move(socket), {.max_queued_bytes = 16 * 1024,
+            std::lock_guard lock(life_mtx_);
+            if (stopping_)
+                return;
+            // No write timeout either: a client that stops reading is not closed, it misses ticks.
+            auto stream = ssepp::make_emitter(std::move(socket), {.write_timeout = std::chrono::milliseconds(0),
+                                                                  .max_queued_bytes = 16 * 1024,
                                                                   .overflow = ssepp::overflow_policy::drop_oldest});
             watch(*stream);
             ticker_.attach("ticker", stream, {.otherwise = ssepp::replay::none});
@@ -323,8 +375,8 @@ private:
         count(ticker_.send("ticker", {.event = "tick",
                                       .data = json{{"n", n}, {"time", fmt::format("{:%FT%TZ}", std::chrono::floor<std::chrono::seconds>(now))}}.dump()}));
         ticker_timer_.expires_after(std::chrono::seconds(1));
-        ticker_timer_.async_wait([this, n](std::error_code ec) {
-            if (!ec)
+        ticker_timer_.async_wait([this, n](std::error_code ec) {  // on the timer's strand
+            if (!ec && ticking_)
                 tick(n + 1);
         });
     }
@@ -358,11 +410,15 @@ private:
     std::filesystem::path exports_dir_;
     ssepp::registry users_{{.max_events = 256}};  // per user: what waits for an offline user
     ssepp::registry ticker_{{.max_events = 0}};
-    asio::steady_timer ticker_timer_{io_};
+    asio::steady_timer ticker_timer_{asio::make_strand(io_)};
+    bool ticking_ = true; // on the timer's strand
+    std::mutex life_mtx_;  // orders stream attachments with shutdown
+    bool stopping_ = false;
     asio::thread_pool workers_{2};
     metrics metrics_;
     std::mutex mtx_;
     std::map<std::string, session> sessions_;
+    std::set<std::string> admins_; // users who logged in as admin
     std::map<std::string, export_job> exports_;
 };
 

@@ -16,6 +16,8 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -29,6 +31,91 @@ namespace {
 struct job {
     std::string state = "queued";  // queued, processing, completed, failed
     upload::progress progress{};
+};
+
+// Paces a job's progress events to the contract: no two closer than min_gap, and never more
+// than max_quiet without one while the job runs. The importer reports every 100 to 250 ms, but
+// not while it COMMITs (after its last report, a few hundred ms for a big file), and its final
+// report may follow the previous one closely. So a report that comes too soon waits its turn
+// (only the latest waiting one is kept), and when nothing was sent for max_quiet the latest is
+// sent again. stop() sends what waits, when its turn comes, and returns after the last send:
+// call it before the terminal event.
+class progress_pacer {
+public:
+    using clock = std::chrono::steady_clock;
+    static constexpr auto min_gap = std::chrono::milliseconds(100);
+    static constexpr auto max_quiet = std::chrono::milliseconds(150); // 100 ms to spare
+
+    explicit progress_pacer(std::function<void(const upload::progress&)> send)
+        : send_(std::move(send)), thread_([this] { loop(); })
+    {
+    }
+    ~progress_pacer() { stop(); }
+    progress_pacer(const progress_pacer&) = delete;
+    progress_pacer& operator=(const progress_pacer&) = delete;
+
+    void report(const upload::progress& p)
+    {
+        std::lock_guard lock(mtx_);
+        latest_ = p;
+        pending_ = true;
+        if (!sent_once_ || clock::now() - last_sent_ >= min_gap)
+            send_locked();
+        else
+            cv_.notify_one();
+    }
+
+    void stop()
+    {
+        {
+            std::lock_guard lock(mtx_);
+            stopping_ = true;
+            cv_.notify_one();
+        }
+        if (thread_.joinable())
+            thread_.join();
+    }
+
+private:
+    void loop()
+    {
+        std::unique_lock lock(mtx_);
+        for (;;) {
+            const auto now = clock::now();
+            if (pending_ && now >= last_sent_ + min_gap) {
+                send_locked();
+                continue;
+            }
+            if (!pending_ && stopping_)
+                return;
+            if (!pending_ && sent_once_ && now >= last_sent_ + max_quiet) {
+                send_locked(); // nothing new: the latest again
+                continue;
+            }
+            const auto wake = pending_ ? last_sent_ + min_gap : sent_once_ ? last_sent_ + max_quiet : now + max_quiet;
+            cv_.wait_until(lock, wake);
+        }
+    }
+
+    // Sends under the lock, so that sends are never concurrent and last_sent_ is exact; the
+    // registry never calls back into here.
+    void send_locked()
+    {
+        send_(latest_);
+        last_sent_ = clock::now();
+        sent_once_ = true;
+        pending_ = false;
+    }
+
+    std::function<void(const upload::progress&)> send_;
+    std::mutex mtx_;
+    std::condition_variable cv_;
+    upload::progress latest_{};
+    clock::time_point last_sent_{};
+    bool sent_once_ = false;
+    bool pending_ = false;
+    bool stopping_ = false;
+    std::thread thread_; // last: starts once the rest is ready
 };
 
 class upload_service {
@@ -47,7 +134,8 @@ public:
             return std::nullopt;
         max_body = max_upload_bytes_;
         const auto type = req.header("Content-Type");
-        if (!common::multipart::boundary(type) && !type.starts_with("text/csv"))
+        const auto media = ssepp::detail::trim_ows(type.substr(0, type.find(';')));
+        if (!common::multipart::boundary(type) && !ssepp::detail::iequals(media, "text/csv"))
             return response::error(415, "send the file as multipart/form-data (field 'file') or as text/csv");
         return std::nullopt;
     }
@@ -79,6 +167,8 @@ public:
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
         cancel_ = true;
         workers_.join();
+        std::lock_guard lock(life_mtx_);
+        stopping_ = true;
         streams_.complete_all();
     }
 
@@ -102,6 +192,7 @@ private:
             std::lock_guard lock(mtx_);
             jobs_[id] = job{};
         }
+        ++running_; // queued counts as running, for the shutdown grace
         // The body moves to the worker, and the CSV with it as an offset into it.
         const auto offset = static_cast<std::size_t>(csv.data() - req.body.data());
         auto body = std::make_shared<std::string>(std::move(req.body));
@@ -117,16 +208,18 @@ private:
 
     void run(const std::string& id, std::string_view csv)
     {
-        ++running_;
         set_state(id, "processing");
+        progress_pacer pacer([&](const upload::progress& pr) {
+            const auto percent = pr.rows_total ? 100.0 * double(pr.rows_done) / double(pr.rows_total) : 0.0;
+            streams_.send(id, {.event = "progress",
+                               .data = json{{"rows_done", pr.rows_done}, {"rows_total", pr.rows_total},
+                                            {"percent", std::round(percent * 10) / 10}, {"errors", pr.errors}}
+                                           .dump()});
+        });
         upload::import_hooks hooks{
             .on_progress = [&](const upload::progress& pr) {
                 update(id, pr);
-                const auto percent = pr.rows_total ? 100.0 * double(pr.rows_done) / double(pr.rows_total) : 0.0;
-                streams_.send(id, {.event = "progress",
-                                   .data = json{{"rows_done", pr.rows_done}, {"rows_total", pr.rows_total},
-                                                {"percent", std::round(percent * 10) / 10}, {"errors", pr.errors}}
-                                               .dump()});
+                pacer.report(pr);
             },
             .on_row_error = [&](const upload::row_error& e) {
                 streams_.send(id, {.event = "row-error",
@@ -135,8 +228,15 @@ private:
             .cancelled = [this] { return cancel_.load(); },
         };
         try {
-            common::sqlite::db db(db_path_);
-            const auto s = upload::import_csv(db, csv, hooks);
+            const auto s = [&] {
+                common::sqlite::db db(db_path_);
+                // Imports run one at a time (one worker), but another program may hold the file.
+                db.busy_timeout(std::chrono::seconds(5));
+                return upload::import_csv(db, csv, hooks);
+            }();
+            // The connection is closed now, and with it the WAL checkpoint done: a client that
+            // reads the products when `complete` arrives finds the file free.
+            pacer.stop();
             set_state(id, "completed");
             streams_.finish(id, {.event = "complete",
                                  .data = json{{"rows", s.rows}, {"inserted", s.inserted}, {"updated", s.updated},
@@ -144,6 +244,7 @@ private:
                                               {"products", "/api/products"}}
                                              .dump()});
         } catch (const std::exception& e) {
+            pacer.stop();
             set_state(id, "failed");
             const std::string reason = cancel_ ? "shutting down" : e.what();
             streams_.finish(id, {.event = "error", .data = json{{"reason", reason}}.dump()});
@@ -160,6 +261,9 @@ private:
         if (resume && streams_.finished(id) && streams_.last_id(id) == resume)
             return response::empty(204);
         return common::http::take_socket{[this, id, resume](asio::ip::tcp::socket socket) {
+            std::lock_guard lock(life_mtx_);
+            if (stopping_)
+                return;  // shutdown already completed the streams: this one would stay open
             streams_.attach(id, ssepp::make_emitter(std::move(socket)),
                             {.last_event_id = resume, .otherwise = ssepp::replay::all});
         }};
@@ -193,6 +297,8 @@ private:
         if (limit < 0 || offset < 0)
             return response::error(400, "limit and offset must be non-negative integers");
         common::sqlite::db db(db_path_);
+        // An import's commit, or its checkpoint when it closes, locks the file for a moment.
+        db.busy_timeout(std::chrono::seconds(5));
         return response::json(200, upload::list_products(db, limit, offset));
     }
 
@@ -219,9 +325,13 @@ private:
     ssepp::registry streams_{{.max_events = 5000, .max_bytes = 4 << 20, .finished_linger = std::chrono::minutes(10)}};
     std::mutex mtx_;
     std::map<std::string, job> jobs_;
-    asio::thread_pool workers_{2};
-    std::atomic<int> running_{0};
+    // One import at a time: SQLite has one writer, and a second import would wait for the
+    // first's lock (or fail with "database is locked") while looking "processing".
+    asio::thread_pool workers_{1};
+    std::atomic<int> running_{0}; // jobs accepted and not yet ended
     std::atomic<bool> cancel_{false};
+    std::mutex life_mtx_;  // orders stream attachments with shutdown
+    bool stopping_ = false;
 };
 
 } // namespace
