@@ -730,6 +730,32 @@ TEST_CASE("a write failing before the posted close does not change the close rea
     }
 }
 
+TEST_CASE("a write that fails without the peer leaving closes with close_reason::error", "[emitter]")
+{
+    const std::pair<std::error_code, ssepp::close_reason> cases[] = {
+        {asio::error::no_buffer_space, ssepp::close_reason::error},
+        {std::make_error_code(std::errc::protocol_error), ssepp::close_reason::error},
+        {asio::error::broken_pipe, ssepp::close_reason::client_gone},
+        {asio::error::eof, ssepp::close_reason::client_gone},
+    };
+    for (const auto& [failure, expected] : cases) {
+        asio::io_context io;
+        auto st = std::make_shared<manual_state>();
+        auto em = ssepp::make_emitter(manual_transport(io, st), quiet());
+        test::close_log closes;
+        em->on_close(closes.handler());
+        em->start();
+        pump(io);
+        REQUIRE(st->handler);
+        complete_write(*st, 0, failure);
+        pump(io);
+        REQUIRE(closes.count() == 1);
+        CHECK(closes.reason() == expected);
+        CHECK(st->closed);
+        CHECK(em->send({.data = "late"}) == ssepp::errc::closed);
+    }
+}
+
 TEST_CASE("one write at a time, queued_bytes counts what is not yet written, written frames are freed", "[emitter]")
 {
     asio::io_context io;

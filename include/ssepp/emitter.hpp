@@ -46,7 +46,7 @@ enum class close_reason : std::uint8_t {
     timeout,
     /// The queue passed max_queued_bytes under overflow_policy::close.
     overflow,
-    /// Any other failure.
+    /// A write failed for another reason than the peer leaving (a TLS failure, say).
     error,
 };
 
@@ -313,6 +313,15 @@ private:
         return static_cast<std::uint32_t>(std::clamp<std::int64_t>(d.count(), 0, std::numeric_limits<std::uint32_t>::max()));
     }
 
+    // Write errors that mean the peer is gone, as opposed to a failure of the transport.
+    static bool peer_gone(std::error_code ec) noexcept
+    {
+        return ec == asio::error::connection_reset || ec == asio::error::broken_pipe || ec == asio::error::eof
+            || ec == asio::error::not_connected || ec == asio::error::connection_aborted
+            || ec == asio::error::timed_out || ec == asio::error::network_reset || ec == asio::error::shut_down
+            || ec == asio::error::bad_descriptor;
+    }
+
     static std::int64_t ns(std::uint32_t ms) noexcept { return std::int64_t(ms) * 1'000'000; }
 
     // The default heads and retry hint are shared by every emitter that uses them: a server
@@ -483,7 +492,7 @@ private:
         }
         if (ec) {
             lock.unlock();
-            close_now(close_reason::client_gone, ec);
+            close_now(peer_gone(ec) ? close_reason::client_gone : close_reason::error, ec);
             return;
         }
         bytes_written_.fetch_add(n, std::memory_order_relaxed);
