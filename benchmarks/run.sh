@@ -78,6 +78,7 @@ pid $work/nginx/nginx.pid;
 events { worker_connections 20000; }
 http {
   access_log off;
+  keepalive_requests 100000000;
   client_body_temp_path $work/nginx/body;
   proxy_temp_path $work/nginx/proxy;
   fastcgi_temp_path $work/nginx/fastcgi;

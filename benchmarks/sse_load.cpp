@@ -282,8 +282,12 @@ void publish_loop(const settings& s, std::stop_token st)
     const auto u = parse_url(s.publish_url);
     asio::io_context io;
     asio::ip::tcp::socket sock(io);
-    sock.connect({asio::ip::make_address(u.host), u.port});
-    sock.set_option(asio::ip::tcp::no_delay(true));
+    const auto connect = [&] {
+        sock = asio::ip::tcp::socket(io);
+        sock.connect({asio::ip::make_address(u.host), u.port});
+        sock.set_option(asio::ip::tcp::no_delay(true));
+    };
+    connect();
     const bool max = s.publish_rate == "max";
     const double rate = max ? 0 : std::stod(s.publish_rate);
     const auto start = std::chrono::steady_clock::now();
@@ -294,22 +298,29 @@ void publish_loop(const settings& s, std::stop_token st)
         const auto body = bench::stamped_payload(s.payload);
         const auto req = fmt::format("POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{}",
                                      u.path, u.host, body.size(), body);
-        asio::write(sock, asio::buffer(req));
-        // Read one response: head, then Content-Length bytes.
-        std::size_t end;
-        while ((end = in.find("\r\n\r\n")) == std::string::npos) {
-            char buf[4096];
-            in.append(buf, sock.read_some(asio::buffer(buf)));
+        try {
+            asio::write(sock, asio::buffer(req));
+            // Read one response: head, then Content-Length bytes.
+            std::size_t end;
+            while ((end = in.find("\r\n\r\n")) == std::string::npos) {
+                char buf[4096];
+                in.append(buf, sock.read_some(asio::buffer(buf)));
+            }
+            std::size_t length = 0;
+            for (auto name : {"Content-Length: ", "content-length: "})
+                if (auto at = in.find(name); at != std::string::npos && at < end)
+                    std::from_chars(in.data() + at + 16, in.data() + end, length);
+            while (in.size() < end + 4 + length) {
+                char buf[4096];
+                in.append(buf, sock.read_some(asio::buffer(buf)));
+            }
+            in.erase(0, end + 4 + length);
+        } catch (const std::system_error&) {
+            // The server ended the kept-alive connection (nginx does after keepalive_requests):
+            // the event may be lost with it; carry on over a new connection.
+            in.clear();
+            connect();
         }
-        std::size_t length = 0;
-        for (auto name : {"Content-Length: ", "content-length: "})
-            if (auto at = in.find(name); at != std::string::npos && at < end)
-                std::from_chars(in.data() + at + 16, in.data() + end, length);
-        while (in.size() < end + 4 + length) {
-            char buf[4096];
-            in.append(buf, sock.read_some(asio::buffer(buf)));
-        }
-        in.erase(0, end + 4 + length);
     }
 }
 

@@ -52,6 +52,8 @@ private:
 struct record {
     /// 1-based line where the record starts.
     std::uint64_t line = 0;
+    /// Byte offset in the text where the record starts (for reader::seek).
+    std::size_t offset = 0;
     /// The fields, unquoted and unescaped; for a malformed record, the complete fields before
     /// the faulty one.
     std::span<const std::string_view> fields;
@@ -75,6 +77,14 @@ public:
 
     /// Bytes consumed so far.
     [[nodiscard]] std::size_t offset() const noexcept { return pos_; }
+
+    /// Goes back (or ahead) to a record read before from the same text: `offset` and `line` as
+    /// that record had them. Reading then goes on from there as usual.
+    void seek(std::size_t offset, std::uint64_t line) noexcept
+    {
+        pos_ = offset;
+        line_ = line;
+    }
 
 private:
     struct field_span {
@@ -124,6 +134,7 @@ bool reader::advance(record* out)
     }
 
     const std::uint64_t start_line = line_;
+    const std::size_t start = p;
     if constexpr (Keep)
         spans_.clear();
     bool malformed = false;
@@ -189,6 +200,7 @@ bool reader::advance(record* out)
     if constexpr (Keep) {
         build_fields();
         out->line = start_line;
+        out->offset = start;
         out->fields = fields_;
         out->malformed = malformed;
     }

@@ -103,7 +103,7 @@ void ensure_schema(common::sqlite::db& db);
 /// Imports the file: every good row upserted by sku, in one IMMEDIATE transaction (committed at
 /// the end; rolled back on any exception). Before the transaction it counts the rows (a quick
 /// pass that also finds an unterminated quote) and checks the header. Sets PRAGMA
-/// synchronous=NORMAL and a 256 MiB page cache cap on `db`. If another connection is writing,
+/// synchronous=NORMAL and cache_size=-16384 (16 MiB) on `db`. If another connection is writing,
 /// BEGIN waits up to db's busy timeout (none by default), before the first progress call, then
 /// fails ("database error: database is locked").
 /// Throws import_error (a fatal file or database error), import_cancelled, or what a hook threw.

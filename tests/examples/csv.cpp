@@ -12,6 +12,8 @@ using namespace std::string_view_literals;
 
 namespace {
 
+using fields = std::vector<std::string>;
+
 struct rec {
     std::uint64_t line;
     std::vector<std::string> fields;
@@ -27,19 +29,18 @@ std::vector<rec> read_all(std::string_view text)
     upload::csv::reader reader(text);
     upload::csv::record r;
     while (reader.next(r))
-        out.push_back({r.line, std::vector<std::string>(r.fields.begin(), r.fields.end()), r.malformed});
+        out.push_back({r.line, fields(r.fields.begin(), r.fields.end()), r.malformed});
     CHECK(reader.offset() == text.size());
     CHECK(upload::csv::count_records(text) == out.size());
     return out;
 }
 
-using fields = std::vector<std::string>;
-
 } // namespace
 
 TEST_CASE("csv: plain fields, LF line ends", "[csv]")
 {
-    CHECK(read_all("a,b,c\n1,2,3\n") == std::vector<rec>{{1, {"a", "b", "c"}}, {2, {"1", "2", "3"}}});
+    CHECK(read_all("a,b,c\n1,2,3\n")
+          == std::vector<rec>{{1, {"a", "b", "c"}}, {2, {"1", "2", "3"}}});
 }
 
 TEST_CASE("csv: the last line end is optional and makes no empty record", "[csv]")
@@ -52,7 +53,8 @@ TEST_CASE("csv: the last line end is optional and makes no empty record", "[csv]
 TEST_CASE("csv: CRLF, LF and bare CR all end a line, and count one line each", "[csv]")
 {
     CHECK(read_all("a,b\r\n1,2\r\n") == std::vector<rec>{{1, {"a", "b"}}, {2, {"1", "2"}}});
-    CHECK(read_all("a\r\nb\nc\rd") == std::vector<rec>{{1, {"a"}}, {2, {"b"}}, {3, {"c"}}, {4, {"d"}}});
+    CHECK(read_all("a\r\nb\nc\rd")
+          == std::vector<rec>{{1, {"a"}}, {2, {"b"}}, {3, {"c"}}, {4, {"d"}}});
     // No CR is left on the last field of a CRLF line.
     CHECK(read_all("x,y\r\n")[0].fields == fields{"x", "y"});
     // A bare CR in the middle of an unquoted field ends the record there.
