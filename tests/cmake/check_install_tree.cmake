@@ -55,6 +55,9 @@ function(ssepp_check_install_tree prefix config_dir source_dir)
 
   list(REMOVE_ITEM ARGN "")
   file(GLOB_RECURSE installed_files "${prefix}/*")
+  # Programs (sse-cat) carry their build paths in debug info by design; the package's own
+  # files (headers, CMake config) must not.
+  list(FILTER installed_files EXCLUDE REGEX "^${prefix}/bin/")
   foreach(file IN LISTS installed_files)
     file(READ "${file}" text)
     foreach(path IN LISTS ARGN)
