@@ -80,12 +80,6 @@ struct emitter_options {
 
 namespace detail {
 
-inline std::error_code& ignored_error() noexcept
-{
-    thread_local std::error_code ec;
-    return ec;
-}
-
 // The close handlers: an owning list of nodes, one allocation per handler of any type.
 struct close_node {
     close_node* next = nullptr;
@@ -340,15 +334,18 @@ private:
     {
         if (!hint)
             return nullptr;
-        if (*hint == emitter_options{}.retry_hint) {
-            static const shared_frame standard = make_frame(event{.retry = *hint}, detail::ignored_error());
+        const auto make = [](std::chrono::milliseconds ms) {
+            std::error_code ec;
+            auto frame = make_frame(event{.retry = ms}, ec);
+            if (ec)
+                throw std::invalid_argument("ssepp::basic_emitter: negative retry_hint");
+            return frame;
+        };
+        if (*hint == *emitter_options{}.retry_hint) {
+            static const shared_frame standard = make(*hint);
             return standard;
         }
-        std::error_code ec;
-        auto frame = make_frame(event{.retry = *hint}, ec);
-        if (ec)
-            throw std::invalid_argument("ssepp::basic_emitter: negative retry_hint");
-        return frame;
+        return make(*hint);
     }
 
     static const shared_frame& heartbeat_frame()
