@@ -6,6 +6,7 @@
 
 #include <asio/local/connect_pair.hpp>
 #include <asio/local/stream_protocol.hpp>
+#include <asio/strand.hpp>
 
 #include <poll.h>
 
@@ -592,8 +593,8 @@ TEST_CASE("idle emitters share one sweeper, which empties as they close, and run
         ems.back()->on_close(logs[i].handler());
         ems.back()->start();
     }
-    auto& sweeper = asio::use_service<ssepp::detail::sweeper>(io);
-    CHECK(sweeper.size() == n);
+    auto& sweeper = asio::use_service<ssepp::detail::stream_service>(io);
+    CHECK(sweeper.swept() == n);
     auto ran = std::async(std::launch::async, [&] { io.run(); });
     struct stop_on_exit {
         asio::io_context& io;
@@ -619,14 +620,14 @@ TEST_CASE("idle emitters share one sweeper, which empties as they close, and run
     };
     CHECK(read_heartbeat(peers.front()));
     CHECK(read_heartbeat(peers.back()));
-    CHECK(sweeper.size() == n);
+    CHECK(sweeper.swept() == n);
 
     // Half close from this side, half because the peer went away.
     for (std::size_t i = 0; i < n; i += 2)
         ems[i]->close();
     for (std::size_t i = 1; i < n; i += 2)
         peers[i].close();
-    CHECK(test::eventually([&] { return sweeper.size() == 0; }, 5s));
+    CHECK(test::eventually([&] { return sweeper.swept() == 0; }, 5s));
     // Nothing is left to run: no per-connection timer, and the shared one stops.
     REQUIRE(ran.wait_for(3s) == std::future_status::ready);
     for (std::size_t i = 0; i < n; ++i) {
@@ -829,6 +830,92 @@ TEST_CASE("drop_oldest drops only what is not being written, keeps the newest", 
                              + ssepp::format({.id = "10", .data = payload(40)}));
 }
 
+TEST_CASE("sends to many streams on one io_context start their writes in batches, in order", "[emitter]")
+{
+    asio::io_context io;
+    constexpr std::size_t n = 200;
+    auto options = quiet();
+    options.write_head = false;
+    options.retry_hint = std::nullopt;
+    std::vector<std::shared_ptr<manual_state>> states;
+    std::vector<std::shared_ptr<ssepp::basic_emitter<manual_transport>>> ems;
+    for (std::size_t i = 0; i < n; ++i) {
+        states.push_back(std::make_shared<manual_state>());
+        ems.push_back(ssepp::make_emitter(manual_transport(io, states.back()), options));
+        ems.back()->start();
+    }
+    pump(io);
+    const auto frame = ssepp::make_raw_frame("data: x\n\n");
+    for (auto& em : ems)
+        REQUIRE_FALSE(em->send(frame));
+    const auto started = [&] {
+        return std::count_if(states.begin(), states.end(), [](auto& s) { return s->calls == 1; });
+    };
+    CHECK(started() == 0);  // send() only queues
+    io.restart();
+    REQUIRE(io.poll_one() == 1);
+    // One handler started many writes (not one per stream, each posted on its own), and left
+    // the rest to the next handler, which another thread running the context may take.
+    const auto first = started();
+    CHECK(first > 1);
+    CHECK(first < static_cast<std::ptrdiff_t>(n));
+    for (std::ptrdiff_t i = 0; i < first; ++i)
+        CHECK(states[static_cast<std::size_t>(i)]->calls == 1);  // in the order they were sent
+    pump(io);
+    CHECK(started() == static_cast<std::ptrdiff_t>(n));
+    for (auto& s : states)
+        CHECK(s->offered == frame->size());
+}
+
+namespace {
+
+/// A transport on a strand that records whether each write starts inside the strand.
+class strand_transport {
+public:
+    using executor_type = asio::strand<asio::io_context::executor_type>;
+
+    strand_transport(executor_type ex, std::shared_ptr<std::pair<int, int>> calls_in_strand)
+        : ex_(std::move(ex)), calls_(std::move(calls_in_strand))
+    {
+    }
+
+    executor_type get_executor() { return ex_; }
+
+    template <class ConstBuffers, class Handler>
+    void async_write_some(const ConstBuffers& buffers, Handler&& handler)
+    {
+        ++calls_->first;
+        calls_->second += ex_.running_in_this_thread() ? 1 : 0;
+        asio::post(ex_, [h = std::forward<Handler>(handler), size = asio::buffer_size(buffers)]() mutable {
+            h(std::error_code{}, size);
+        });
+    }
+
+    void close(std::error_code&) {}
+
+private:
+    executor_type ex_;
+    std::shared_ptr<std::pair<int, int>> calls_;
+};
+
+} // namespace
+
+TEST_CASE("a stream on a strand starts every write inside its strand", "[emitter]")
+{
+    asio::io_context io;
+    auto calls = std::make_shared<std::pair<int, int>>(0, 0);
+    auto em = ssepp::make_emitter(strand_transport(asio::make_strand(io.get_executor()), calls), quiet());
+    em->send({.data = "queued before start"});
+    em->start();
+    pump(io);
+    const auto after_start = calls->first;
+    CHECK(after_start >= 1);
+    em->send({.data = "sent while idle"});
+    pump(io);
+    CHECK(calls->first > after_start);
+    CHECK(calls->second == calls->first);
+}
+
 TEST_CASE("run() returns promptly once the last emitter is gone, whatever the heartbeat", "[emitter]")
 {
     using local = asio::local::stream_protocol::socket;
@@ -838,7 +925,7 @@ TEST_CASE("run() returns promptly once the last emitter is gone, whatever the he
     asio::local::connect_pair(mine, peer);
     auto em = ssepp::make_emitter(std::move(mine));  // default: 15 s heartbeat, 30 s write timeout
     em->start();
-    REQUIRE(asio::use_service<ssepp::detail::sweeper>(io).size() == 1);
+    REQUIRE(asio::use_service<ssepp::detail::stream_service>(io).swept() == 1);
     auto ran = std::async(std::launch::async, [&] { io.run(); });
     struct stop_on_exit {
         asio::io_context& io;

@@ -6,14 +6,16 @@
 #define SSEPP_EMITTER_HPP
 
 #include <ssepp/detail/small_mutex.hpp>
-#include <ssepp/detail/sweeper.hpp>
+#include <ssepp/detail/stream_service.hpp>
 #include <ssepp/error.hpp>
 #include <ssepp/event.hpp>
 #include <ssepp/frame.hpp>
 #include <ssepp/response.hpp>
 #include <ssepp/transport.hpp>
 
+#include <asio/any_io_executor.hpp>
 #include <asio/error.hpp>
+#include <asio/io_context.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/post.hpp>
 
@@ -31,6 +33,7 @@
 #include <optional>
 #include <span>
 #include <stdexcept>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -136,7 +139,7 @@ struct close_node_for final : close_node {
 /// a caller may hold its own locks while sending.
 template <transport Transport>
 class basic_emitter : public std::enable_shared_from_this<basic_emitter<Transport>>,
-                      private detail::sweep_target {
+                      private detail::stream_member {
 public:
     using transport_type = Transport;
     using executor_type = typename Transport::executor_type;
@@ -162,7 +165,7 @@ public:
 
     ~basic_emitter()
     {
-        detail::sweeper::remove(*this);
+        detail::stream_service::remove(*this);
         detail::close_node::destroy(handlers_);
     }
 
@@ -201,16 +204,16 @@ public:
         const auto now = detail::steady_now_ns();
         opened_ns_ = now;
         last_write_ns_.store(now, std::memory_order_relaxed);
+        auto ex = get_executor();
+        auto& service = detail::stream_service::of(*this, ex);
         kick_locked(state_ == state::closing);
-        asio::post(get_executor(), [self = this->shared_from_this()] { self->watch(); });
+        asio::post(ex, [self = this->shared_from_this()] { self->watch(); });
         if (heartbeat_ms_ || lifetime_ms_ || write_timeout_ms_) {
             auto shortest = std::int64_t(1'000'000'000);
             for (auto d : {ns(heartbeat_ms_), ns(lifetime_ms_), ns(write_timeout_ms_)})
                 if (d)
                     shortest = std::min(shortest, d / 4);
-            auto ex = get_executor();
-            asio::use_service<detail::sweeper>(asio::query(ex, asio::execution::context))
-                .add(*this, ex, std::chrono::nanoseconds(shortest));
+            service.add(*this, ex, std::chrono::nanoseconds(shortest));
         }
     }
 
@@ -368,14 +371,48 @@ private:
         if (!force && pending_.empty() && head_ == nullptr && prelude_ == nullptr)
             return;
         writing_ = true;
-        asio::post(get_executor(), [self = this->shared_from_this()] {
-            std::unique_lock lock(self->mtx_);
-            if (self->write_next_locked() == after::close_completed) {
-                lock.unlock();
-                self->close_now(close_reason::completed, {});
-            }
-        });
+        auto ex = get_executor();
+        // Streams on a plain io_context executor share one queue of kicks, drained in batches:
+        // a broadcast then posts a handler per batch instead of one per connection. Any other
+        // executor (a strand, say) gets its own post, so that the write starts on it.
+        if (auto io_ex = io_context_executor(ex)) {
+            std::shared_ptr<detail::stream_member> self(this->shared_from_this(), this);
+            detail::stream_service::of(*this, ex).kick(std::move(self), *io_ex);
+            return;
+        }
+        asio::post(ex, [self = this->shared_from_this()] { self->kicked(); });
     }
+
+    template <class Executor>
+    static std::optional<asio::io_context::executor_type> io_context_executor(const Executor& ex)
+    {
+        if constexpr (std::is_same_v<Executor, asio::io_context::executor_type>)
+            return ex;
+        else if constexpr (std::is_same_v<Executor, asio::any_io_executor>) {
+            if (const auto* io_ex = ex.template target<asio::io_context::executor_type>())
+                return *io_ex;
+        }
+        return std::nullopt;
+    }
+
+    // The first step of the write loop, after a kick.
+    void kicked() override
+    {
+        std::unique_lock lock(mtx_);
+        if (write_next_locked() == after::close_completed) {
+            lock.unlock();
+            close_now(close_reason::completed, {});
+        }
+    }
+
+    // The write loop's completion handler. It is a continuation of the loop: Asio then queues
+    // it on the thread that started the write, without taking the scheduler's lock or waking
+    // another thread for each connection.
+    struct write_handler {
+        std::shared_ptr<basic_emitter> self;
+        void operator()(std::error_code ec, std::size_t n) const { self->on_written(ec, n); }
+        friend bool asio_handler_is_continuation(write_handler*) { return true; }
+    };
 
     void drop_oldest_locked()
     {
@@ -428,9 +465,7 @@ private:
         // Asio writes at most 64 buffers per call; pass no more than that.
         const auto rest = std::span<const asio::const_buffer>(bufs_).subspan(buf_pos_);
         transport_.async_write_some(rest.first(std::min<std::size_t>(rest.size(), 64)),
-                                    [self = this->shared_from_this()](std::error_code ec, std::size_t n) {
-                                        self->on_written(ec, n);
-                                    });
+                                    write_handler{this->shared_from_this()});
         return after::nothing;
     }
 
@@ -585,7 +620,7 @@ private:
             detail::close_transport(transport_);
             handlers = std::exchange(handlers_, nullptr);
         }
-        detail::sweeper::remove(*this);
+        detail::stream_service::remove(*this);
         detail::close_node::invoke_all(handlers, reason, ec);
     }
 

@@ -1,0 +1,222 @@
+// ssepp/detail/stream_service.hpp
+// What the emitters on one execution context share: one timer that sweeps their heartbeats and
+// timeouts (an idle connection costs a pointer here, not a timer object), and one queue that
+// batches their write kicks (a broadcast to 10,000 idle connections posts a few handlers, not
+// 10,000, each of which would wake another thread).
+// SPDX-License-Identifier: BSL-1.0
+#ifndef SSEPP_DETAIL_STREAM_SERVICE_HPP
+#define SSEPP_DETAIL_STREAM_SERVICE_HPP
+
+#include <asio/any_io_executor.hpp>
+#include <asio/execution_context.hpp>
+#include <asio/io_context.hpp>
+#include <asio/post.hpp>
+#include <asio/steady_timer.hpp>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+namespace ssepp::detail {
+
+inline std::int64_t steady_now_ns() noexcept
+{
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+class stream_service;
+
+/// What an emitter gives the service: sweep() on each tick, kicked() to start writing.
+class stream_member {
+public:
+    /// Runs under the service's lock on the timer's thread: may only read its own atomics and
+    /// post work to its own executor.
+    virtual void sweep(std::int64_t now_ns) noexcept = 0;
+    /// Runs on an io_context thread, with no lock of the service held.
+    virtual void kicked() = 0;
+
+protected:
+    ~stream_member() = default;
+
+private:
+    friend class stream_service;
+    static constexpr std::uint32_t not_swept = std::numeric_limits<std::uint32_t>::max();
+    stream_service* service_ = nullptr;
+    std::uint32_t sweep_index_ = not_swept;
+};
+
+/// An Asio service: asio::use_service<stream_service>(context) gives the context's one.
+class stream_service final : public asio::execution_context::service {
+public:
+    inline static asio::execution_context::id id;
+
+    explicit stream_service(asio::execution_context& context) : service(context) {}
+
+    /// The service of `ex`'s context, remembered in `member` so that kicks need no lookup.
+    template <class Executor>
+    static stream_service& of(stream_member& member, const Executor& ex)
+    {
+        if (!member.service_)
+            member.service_ = &asio::use_service<stream_service>(asio::query(ex, asio::execution::context));
+        return *member.service_;
+    }
+
+    /// Starts sweeping `member` every `period` or sooner (clamped to 5 ms .. 1 s). The first
+    /// member's executor runs the timer; the tick itself only posts to each member's executor.
+    void add(stream_member& member, const asio::any_io_executor& ex, std::chrono::nanoseconds period)
+    {
+        std::lock_guard lock(mtx_);
+        if (shut_ || member.sweep_index_ != stream_member::not_swept)
+            return;
+        member.service_ = this;
+        member.sweep_index_ = static_cast<std::uint32_t>(swept_.size());
+        swept_.push_back(&member);
+        const auto clamped = std::clamp<std::chrono::nanoseconds>(period, std::chrono::milliseconds(5),
+                                                                  std::chrono::seconds(1));
+        const bool sooner = clamped < period_;
+        period_ = std::min(period_, clamped);
+        if (!timer_)
+            timer_.emplace(ex);
+        // A shorter period re-arms at once, so that a member with a short heartbeat is not
+        // first swept at the pace of the ones before it.
+        if (!armed_ || sooner)
+            arm();
+    }
+
+    /// Stops sweeping `member`; safe to call more than once, and after the context shut down.
+    static void remove(stream_member& member)
+    {
+        if (auto* self = member.service_)
+            self->erase(member);
+    }
+
+    /// How many members are swept.
+    std::size_t swept() const
+    {
+        std::lock_guard lock(mtx_);
+        return swept_.size();
+    }
+
+    /// Queues `member` to have kicked() called on a thread running `ex`'s io_context. Kicks
+    /// queued together run in batches, each one posted handler; a batch that finds more queued
+    /// posts the next at once, so that every thread running the context can take a share.
+    void kick(std::shared_ptr<stream_member> member, asio::io_context::executor_type ex)
+    {
+        std::lock_guard lock(mtx_);
+        if (shut_)
+            return;
+        kicks_.push_back(std::move(member));
+        if (!drain_posted_)
+            post_drain(ex);
+    }
+
+private:
+    static constexpr std::size_t kick_batch = 64;
+
+    void post_drain(asio::io_context::executor_type ex)
+    {
+        drain_posted_ = true;
+        asio::post(ex, [this, ex] { drain(ex); });
+    }
+
+    void drain(asio::io_context::executor_type ex)
+    {
+        std::array<std::shared_ptr<stream_member>, kick_batch> batch;
+        std::size_t n = 0;
+        {
+            std::lock_guard lock(mtx_);
+            drain_posted_ = false;
+            n = std::min(kick_batch, kicks_.size());
+            std::move(kicks_.begin(), kicks_.begin() + static_cast<std::ptrdiff_t>(n), batch.begin());
+            kicks_.erase(kicks_.begin(), kicks_.begin() + static_cast<std::ptrdiff_t>(n));
+            if (!kicks_.empty() && !shut_)
+                post_drain(ex);
+        }
+        // Kicked outside the lock: a member released here may be destroyed, and remove itself.
+        for (std::size_t i = 0; i < n; ++i)
+            std::exchange(batch[i], nullptr)->kicked();
+    }
+
+    void erase(stream_member& member)
+    {
+        std::lock_guard lock(mtx_);
+        const auto i = member.sweep_index_;
+        if (i == stream_member::not_swept || i >= swept_.size() || swept_[i] != &member)
+            return;
+        swept_[i] = swept_.back();
+        swept_[i]->sweep_index_ = i;
+        swept_.pop_back();
+        member.sweep_index_ = stream_member::not_swept;
+        if (swept_.empty()) {
+            // Nothing left to sweep: stop now, so that io_context::run() can return once every
+            // connection is gone, and start again at the slowest pace.
+            period_ = std::chrono::seconds(1);
+            if (armed_ && timer_) {
+                armed_ = false;
+                timer_->cancel();
+            }
+        }
+    }
+
+    // Arms (or re-arms: expires_after cancels a pending wait, whose handler then does nothing).
+    void arm()
+    {
+        armed_ = true;
+        timer_->expires_after(period_);
+        timer_->async_wait([this](std::error_code ec) {
+            if (!ec)
+                tick();
+        });
+    }
+
+    void tick()
+    {
+        std::lock_guard lock(mtx_);
+        armed_ = false;
+        if (shut_ || swept_.empty())
+            return;
+        const auto now = steady_now_ns();
+        for (auto* m : swept_)
+            m->sweep(now);
+        arm();
+    }
+
+    void shutdown() override
+    {
+        std::deque<std::shared_ptr<stream_member>> kicks;
+        {
+            std::lock_guard lock(mtx_);
+            shut_ = true;
+            for (auto* m : swept_) {
+                m->service_ = nullptr;
+                m->sweep_index_ = stream_member::not_swept;
+            }
+            swept_.clear();
+            timer_.reset();
+            kicks.swap(kicks_);
+        }
+        // Released outside the lock: a member destroyed here removes itself.
+    }
+
+    mutable std::mutex mtx_;
+    std::vector<stream_member*> swept_;
+    std::optional<asio::steady_timer> timer_;
+    std::chrono::nanoseconds period_ = std::chrono::seconds(1);
+    std::deque<std::shared_ptr<stream_member>> kicks_;
+    bool armed_ = false;
+    bool drain_posted_ = false;
+    bool shut_ = false;
+};
+
+} // namespace ssepp::detail
+
+#endif
