@@ -4,7 +4,7 @@
 // and the publisher that stamps each event with its CLOCK_MONOTONIC publish time.
 #pragma once
 
-#include "common/cli.hpp"
+#include "common/server_main.hpp"
 
 #include <asio.hpp>
 #include <fmt/format.h>
@@ -20,19 +20,16 @@
 
 namespace bench {
 
-struct options {
-    std::string host = "127.0.0.1";
-    std::uint16_t port = 0;
-    int threads = 1;
+struct options : common::server_flags {
     std::string rate = "0";  // events/s, "max", or 0 (publish only on POST /publish)
     std::size_t payload = 64;
 
+    options() : server_flags{.port = 0, .threads = 1} {}
+
     void parse(const char* program, int argc, char** argv)
     {
-        common::cli(program)
-            .flag("--host", host, "address to listen on (loopback)")
-            .flag("--port", port, "port; 0 picks a free one and prints it")
-            .flag("--threads", threads, "I/O threads")
+        common::cli args(program);
+        add_to(args)
             .flag("--rate", rate, "events/s to broadcast; max = as fast as the server takes them; 0 = none")
             .flag("--payload", payload, "data bytes per event (timestamp, space, padding)")
             .parse(argc, argv);
@@ -63,7 +60,7 @@ public:
     using publish_fn = std::function<void(std::string)>;
 
     front(asio::io_context& io, const options& o, subscribe_fn s, publish_fn p)
-        : io_(io), acceptor_(io, {asio::ip::make_address(o.host), o.port}), subscribe_(std::move(s)),
+        : io_(io), acceptor_(io, o.endpoint()), subscribe_(std::move(s)),
           publish_(std::move(p))
     {
         accept();
@@ -187,12 +184,7 @@ inline void run(asio::io_context& io, int threads)
 {
     asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](std::error_code, int) { io.stop(); });
-    std::vector<std::thread> pool;
-    for (int i = 1; i < std::max(1, threads); ++i)
-        pool.emplace_back([&] { io.run(); });
-    io.run();
-    for (auto& t : pool)
-        t.join();
+    common::run(io, threads);
 }
 
 } // namespace bench

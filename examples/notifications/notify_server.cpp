@@ -2,9 +2,9 @@
 // of theirs gets them; those sent while offline arrive on the next connection), an order alert
 // to every admin, an export whose "file ready" reaches only the user who asked, and a public
 // lossy ticker. The HTTP contract is in README.md beside this file.
-#include "common/cli.hpp"
 #include "common/http.hpp"
 #include "common/random_id.hpp"
+#include "common/server_main.hpp"
 #include "common/sqlite.hpp"
 #include "notifications/page_html.hpp"
 
@@ -426,15 +426,11 @@ private:
 
 int main(int argc, char** argv)
 {
-    std::string host = "127.0.0.1";
-    std::uint16_t port = 8080;
-    int threads = 2;
+    common::server_flags server;
     std::string db = "notify.db";
     int export_ms = 1500;
-    common::cli("notify_server")
-        .flag("--host", host, "address to listen on")
-        .flag("--port", port, "port; 0 picks a free one")
-        .flag("--threads", threads, "I/O threads")
+    common::cli args("notify_server");
+    server.add_to(args)
         .flag("--db", db, "SQLite database file")
         .flag("--export-ms", export_ms, "how long an export pretends to work")
         .parse(argc, argv);
@@ -442,20 +438,15 @@ int main(int argc, char** argv)
         asio::io_context io;
         notify_service service(io, db);
         service.slow_export_ms = export_ms;
-        common::http::server http(io, {asio::ip::make_address(host), port}, [&](request& r) { return service.handle(r); });
-        fmt::print("notify_server listening on http://{}:{}/\n", host, http.local_endpoint().port());
+        common::http::server http(io, server.endpoint(), [&](request& r) { return service.handle(r); });
+        fmt::print("notify_server listening on http://{}:{}/\n", server.host, http.local_endpoint().port());
         std::fflush(stdout);
         asio::signal_set signals(io, SIGINT, SIGTERM);
         signals.async_wait([&](std::error_code, int) {
             http.stop();
             service.shutdown();
         });
-        std::vector<std::thread> pool;
-        for (int i = 1; i < std::max(1, threads); ++i)
-            pool.emplace_back([&] { io.run(); });
-        io.run();
-        for (auto& t : pool)
-            t.join();
+        common::run(io, server.threads);
     } catch (const std::exception& e) {
         fmt::print(stderr, "notify_server: {}\n", e.what());
         return 1;

@@ -2,10 +2,10 @@
 // transaction id at once; a worker imports the CSV into SQLite; the page follows the job's
 // progress at /api/upload/<id>/events, and a reconnecting client resumes from Last-Event-ID.
 // The HTTP contract is in README.md beside this file.
-#include "common/cli.hpp"
 #include "common/http.hpp"
 #include "common/multipart.hpp"
 #include "common/random_id.hpp"
+#include "common/server_main.hpp"
 #include "common/sqlite.hpp"
 #include "upload_progress/import.hpp"
 #include "upload_progress/page_html.hpp"
@@ -338,16 +338,12 @@ private:
 
 int main(int argc, char** argv)
 {
-    std::string host = "127.0.0.1";
-    std::uint16_t port = 8080;
-    int threads = 2;
+    common::server_flags server;
     std::string db = "upload.db";
     std::size_t max_upload_mb = 64;
     int grace_ms = 10000;
-    common::cli("upload_server")
-        .flag("--host", host, "address to listen on")
-        .flag("--port", port, "port; 0 picks a free one")
-        .flag("--threads", threads, "I/O threads")
+    common::cli args("upload_server");
+    server.add_to(args)
         .flag("--db", db, "SQLite database file")
         .flag("--max-upload-mb", max_upload_mb, "largest upload accepted, in MiB")
         .flag("--grace-ms", grace_ms, "on SIGINT/SIGTERM, how long running jobs may finish")
@@ -357,10 +353,10 @@ int main(int argc, char** argv)
         asio::io_context io;
         upload_service service(db, max_upload_mb << 20);
         common::http::server http(
-            io, {asio::ip::make_address(host), port}, [&](request& r) { return service.handle(r); },
+            io, server.endpoint(), [&](request& r) { return service.handle(r); },
             [&](const request& r, std::size_t& max_body) { return service.check(r, max_body); },
             {.max_body_bytes = max_upload_mb << 20});
-        fmt::print("upload_server listening on http://{}:{}/\n", host, http.local_endpoint().port());
+        fmt::print("upload_server listening on http://{}:{}/\n", server.host, http.local_endpoint().port());
         std::fflush(stdout);
 
         asio::signal_set signals(io, SIGINT, SIGTERM);
@@ -373,12 +369,7 @@ int main(int argc, char** argv)
             });
         });
 
-        std::vector<std::thread> pool;
-        for (int i = 1; i < std::max(1, threads); ++i)
-            pool.emplace_back([&] { io.run(); });
-        io.run();
-        for (auto& t : pool)
-            t.join();
+        common::run(io, server.threads);
         if (stopper.joinable())
             stopper.join();
     } catch (const std::exception& e) {
