@@ -5,6 +5,7 @@
 #ifndef SSEPP_EMITTER_HPP
 #define SSEPP_EMITTER_HPP
 
+#include <ssepp/detail/exact_allocator.hpp>
 #include <ssepp/detail/small_mutex.hpp>
 #include <ssepp/detail/stream_service.hpp>
 #include <ssepp/error.hpp>
@@ -14,6 +15,7 @@
 #include <ssepp/transport.hpp>
 
 #include <asio/any_io_executor.hpp>
+#include <asio/bind_allocator.hpp>
 #include <asio/error.hpp>
 #include <asio/io_context.hpp>
 #include <asio/ip/tcp.hpp>
@@ -547,7 +549,8 @@ private:
     }
 
     // Watches for a vanished peer: readability on a plain socket (no buffer held), or a small
-    // read on a layered stream; bytes the client sends are discarded.
+    // read on a layered stream; bytes the client sends are discarded. The pending operation
+    // lives as long as the connection, so it is allocated at its exact size.
     void watch()
     {
         std::lock_guard lock(mtx_);
@@ -556,18 +559,26 @@ private:
         if constexpr (detail::is_plain_socket<Transport>) {
             std::error_code ec;
             transport_.lowest_layer().non_blocking(true, ec);
-            transport_.lowest_layer().async_wait(
-                asio::socket_base::wait_read,
-                [self = this->shared_from_this()](std::error_code ec) { self->on_readable(ec); });
+            wait_readable();
         } else if constexpr (detail::has_async_read_some<Transport>) {
-            transport_.async_read_some(asio::buffer(read_sink_),
-                                       [self = this->shared_from_this()](std::error_code ec, std::size_t) {
-                                           if (!ec)
-                                               self->watch();
-                                           else if (ec != asio::error::operation_aborted)
-                                               self->close_now(close_reason::client_gone, ec);
-                                       });
+            transport_.async_read_some(
+                asio::buffer(read_sink_),
+                asio::bind_allocator(detail::exact_allocator<void>(),
+                                     [self = this->shared_from_this()](std::error_code ec, std::size_t) {
+                                         if (!ec)
+                                             self->watch();
+                                         else if (ec != asio::error::operation_aborted)
+                                             self->close_now(close_reason::client_gone, ec);
+                                     }));
         }
+    }
+
+    void wait_readable()
+    {
+        transport_.lowest_layer().async_wait(
+            asio::socket_base::wait_read,
+            asio::bind_allocator(detail::exact_allocator<void>(),
+                                 [self = this->shared_from_this()](std::error_code ec) { self->on_readable(ec); }));
     }
 
     void on_readable(std::error_code ec)
@@ -583,9 +594,7 @@ private:
                 for (;;) {
                     transport_.read_some(asio::buffer(sink), ec);
                     if (ec == asio::error::would_block || ec == asio::error::try_again) {
-                        transport_.lowest_layer().async_wait(
-                            asio::socket_base::wait_read,
-                            [self = this->shared_from_this()](std::error_code e) { self->on_readable(e); });
+                        wait_readable();
                         return;
                     }
                     if (ec)
