@@ -889,6 +889,39 @@ TEST_CASE("an idle emitter costs little memory, its pending peer watch included"
 #endif
 }
 
+TEST_CASE("the sweep period follows the shortest heartbeat among the open streams", "[emitter]")
+{
+    using local = asio::local::stream_protocol::socket;
+    asio::io_context io;
+    asio::io_context peers_io;
+    auto& service = asio::use_service<ssepp::detail::stream_service>(io);
+    const auto open = [&](std::chrono::milliseconds heartbeat, local& peer) {
+        local mine(io);
+        asio::local::connect_pair(mine, peer);
+        auto options = quiet();
+        options.heartbeat = heartbeat;
+        auto em = ssepp::make_emitter(std::move(mine), options);
+        em->start();
+        return em;
+    };
+    local p1(peers_io), p2(peers_io), p3(peers_io);
+    auto slow = open(2s, p1);
+    CHECK(service.period() == 500ms);  // a quarter of the heartbeat
+    auto fast = open(20ms, p2);
+    auto fast_too = open(20ms, p3);
+    CHECK(service.period() == 5ms);
+    fast->close();
+    pump(io);
+    CHECK(service.period() == 5ms);  // another stream still wants it
+    fast_too->close();
+    pump(io);
+    CHECK(service.period() == 500ms);  // and back to the pace the one left asks for
+    slow->close();
+    pump(io);
+    CHECK(service.swept() == 0);
+    CHECK(service.period() == 1s);
+}
+
 TEST_CASE("sends to many streams on one io_context start their writes in batches, in order", "[emitter]")
 {
     asio::io_context io;

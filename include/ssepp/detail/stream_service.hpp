@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <deque>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -52,6 +53,7 @@ private:
     static constexpr std::uint32_t not_swept = std::numeric_limits<std::uint32_t>::max();
     stream_service* service_ = nullptr;
     std::uint32_t sweep_index_ = not_swept;
+    std::uint32_t sweep_period_us_ = 0;  // fills what would be padding
 };
 
 /// An Asio service: asio::use_service<stream_service>(context) gives the context's one.
@@ -77,13 +79,15 @@ public:
         std::lock_guard lock(mtx_);
         if (shut_ || member.sweep_index_ != stream_member::not_swept)
             return;
+        const auto clamped = std::chrono::duration_cast<std::chrono::microseconds>(
+            std::clamp<std::chrono::nanoseconds>(period, std::chrono::milliseconds(5), std::chrono::seconds(1)));
         member.service_ = this;
         member.sweep_index_ = static_cast<std::uint32_t>(swept_.size());
+        member.sweep_period_us_ = static_cast<std::uint32_t>(clamped.count());
         swept_.push_back(&member);
-        const auto clamped = std::clamp<std::chrono::nanoseconds>(period, std::chrono::milliseconds(5),
-                                                                  std::chrono::seconds(1));
+        ++periods_[clamped];
         const bool sooner = clamped < period_;
-        period_ = std::min(period_, clamped);
+        period_ = periods_.begin()->first;
         if (!timer_)
             timer_.emplace(ex);
         // A shorter period re-arms at once, so that a member with a short heartbeat is not
@@ -104,6 +108,13 @@ public:
     {
         std::lock_guard lock(mtx_);
         return swept_.size();
+    }
+
+    /// The sweep period: the shortest that any swept member asks for (1 s with none).
+    std::chrono::microseconds period() const
+    {
+        std::lock_guard lock(mtx_);
+        return period_;
     }
 
     /// Queues `member` to have kicked() called on a thread running `ex`'s io_context. Kicks
@@ -156,10 +167,14 @@ private:
         swept_[i]->sweep_index_ = i;
         swept_.pop_back();
         member.sweep_index_ = stream_member::not_swept;
+        // The pace follows the members left: a short heartbeat gone, the sweeps slow down.
+        if (const auto it = periods_.find(std::chrono::microseconds(member.sweep_period_us_));
+            it != periods_.end() && --it->second == 0)
+            periods_.erase(it);
+        period_ = periods_.empty() ? std::chrono::seconds(1) : periods_.begin()->first;
         if (swept_.empty()) {
             // Nothing left to sweep: stop now, so that io_context::run() can return once every
-            // connection is gone, and start again at the slowest pace.
-            period_ = std::chrono::seconds(1);
+            // connection is gone.
             if (armed_ && timer_) {
                 armed_ = false;
                 timer_->cancel();
@@ -201,6 +216,7 @@ private:
                 m->sweep_index_ = stream_member::not_swept;
             }
             swept_.clear();
+            periods_.clear();
             timer_.reset();
             kicks.swap(kicks_);
         }
@@ -210,7 +226,8 @@ private:
     mutable std::mutex mtx_;
     std::vector<stream_member*> swept_;
     std::optional<asio::steady_timer> timer_;
-    std::chrono::nanoseconds period_ = std::chrono::seconds(1);
+    std::chrono::microseconds period_ = std::chrono::seconds(1);
+    std::map<std::chrono::microseconds, std::uint32_t> periods_;  // members per sweep period
     std::deque<std::shared_ptr<stream_member>> kicks_;
     bool armed_ = false;
     bool drain_posted_ = false;
