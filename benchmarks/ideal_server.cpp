@@ -97,7 +97,7 @@ int main(int argc, char** argv)
             asio::post(sh.io, [&sh, fd] {
                 auto& sub = sh.subs.emplace_back(asio::ip::tcp::socket(sh.io, asio::ip::tcp::v4(), fd));
                 static const auto head = std::make_shared<const std::string>(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache, no-transform\r\n"
                     "X-Accel-Buffering: no\r\n\r\nretry: 5000\n\n");
                 sub.pending.push_back(head);
                 outstanding += static_cast<std::int64_t>(head->size());

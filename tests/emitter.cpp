@@ -121,7 +121,7 @@ TEST_CASE("emitter writes head, retry hint and events to a real socket", "[emitt
     CHECK(s.em->send({.id = "7", .data = "two\nlines"}).value() == 0);
     s.em->complete();
     REQUIRE(c.read_to_eof());
-    CHECK(c.head == "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    CHECK(c.head == "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache, no-transform\r\n"
                     "X-Accel-Buffering: no\r\n\r\n");
     CHECK(c.body == "retry: 5000\n\nevent: a\ndata: 1\n\nid: 7\ndata: two\ndata: lines\n\n");
     REQUIRE(c.events.size() == 2);

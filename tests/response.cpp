@@ -74,7 +74,7 @@ TEST_CASE("response_head: exact bytes, no Connection header", "[response]")
 {
     const std::string base = "HTTP/1.1 200 OK\r\n"
                              "Content-Type: text/event-stream\r\n"
-                             "Cache-Control: no-cache\r\n"
+                             "Cache-Control: no-cache, no-transform\r\n"
                              "X-Accel-Buffering: no\r\n";
     CHECK(ssepp::response_head() == base + "\r\n");
     CHECK(ssepp::response_head({.framing = ssepp::body_framing::chunked})

@@ -24,7 +24,7 @@ public:
 
     void begin()  // the stack writes its head, chunked
     {
-        send_piece("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+        send_piece("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache, no-transform\r\n"
                    "Transfer-Encoding: chunked\r\n\r\n", false, [](std::error_code) {});
     }
     void async_send(std::string piece, std::function<void(std::error_code)> done)

@@ -33,8 +33,10 @@ struct response_options {
     std::vector<std::pair<std::string, std::string>> headers{};
 };
 
-/// `HTTP/1.1 200 OK` with `Content-Type: text/event-stream`, `Cache-Control: no-cache`,
-/// `X-Accel-Buffering: no` (so nginx does not buffer the stream) and what `options` adds.
+/// `HTTP/1.1 200 OK` with `Content-Type: text/event-stream`, `Cache-Control: no-cache,
+/// no-transform` (no-transform: a proxy must not compress the stream, which would hold events
+/// back until a compression block fills), `X-Accel-Buffering: no` (so nginx does not buffer
+/// the stream) and what `options` adds.
 /// No `Connection` header: it is hop-by-hop and forbidden in HTTP/2, and proxies that translate
 /// to HTTP/2 break streams that carry it.
 /// @throws std::invalid_argument when a header name or value would break the head (CR, LF,
@@ -48,7 +50,7 @@ struct response_options {
     };
     std::string head = "HTTP/1.1 200 OK\r\n"
                        "Content-Type: text/event-stream\r\n"
-                       "Cache-Control: no-cache\r\n"
+                       "Cache-Control: no-cache, no-transform\r\n"
                        "X-Accel-Buffering: no\r\n";
     if (options.framing == body_framing::chunked)
         head += "Transfer-Encoding: chunked\r\n";

@@ -32,6 +32,10 @@ std::unique_ptr<sse_client> follow(std::uint16_t port, const std::string& id, he
     auto c = std::make_unique<sse_client>(port, "/api/upload/" + id + "/events", headers);
     REQUIRE(c->read_head() == 200);
     CHECK(c->response.header("Content-Type").value_or("") == "text/event-stream");
+    // Neither cached nor compressed by a proxy; nginx does not buffer it.
+    CHECK(c->response.header("Cache-Control").value_or("") == "no-cache, no-transform");
+    CHECK(c->response.header("X-Accel-Buffering").value_or("") == "no");
+    CHECK_FALSE(c->response.header("Connection"));
     REQUIRE(c->read_to_eof(timeout));
     CHECK(!c->parse_error);
     return c;
