@@ -121,10 +121,28 @@ TEST_CASE("events stream over TLS with a self-signed certificate made at run tim
     for (std::size_t i = 0; i < 100; ++i)
         CHECK(c.events[i].id == std::to_string(i));
     CHECK(c.events.back() == test::received{"done", "over TLS", "99"});
+    // complete() ends the TLS stream with close_notify: the client sees the end of the stream,
+    // not a truncation.
+    CHECK(c.end_error() == asio::error::eof);
+    // The client sends no close_notify back: the server waits a bounded time for it.
     REQUIRE(srv.closes.wait(1, 5s));
     CHECK(srv.closes.reason() == ssepp::close_reason::completed);
     // The emitter counts plaintext bytes: what the client decrypted.
     CHECK(em->bytes_written() == c.raw.size());
+}
+
+TEST_CASE("close() ends a TLS stream at once, without close_notify", "[transport]")
+{
+    const auto cert = test::self_signed::make();
+    tls_server srv(cert, quiet());
+    test::tls_client c(srv.port(), cert);
+    auto em = srv.ems.at(0);
+    REQUIRE(c.read_until([&] { return c.retries.size() == 1; }));
+    em->close();
+    REQUIRE(c.read_to_eof());
+    CHECK(c.end_error() == asio::ssl::error::stream_truncated);
+    REQUIRE(srv.closes.wait(1, 5s));
+    CHECK(srv.closes.reason() == ssepp::close_reason::completed);
 }
 
 TEST_CASE("a TLS client that goes away is noticed without a send", "[transport]")

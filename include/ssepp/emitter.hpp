@@ -20,6 +20,7 @@
 #include <asio/io_context.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/post.hpp>
+#include <asio/steady_timer.hpp>
 
 #include <fmt/format.h>
 
@@ -403,7 +404,7 @@ private:
         std::unique_lock lock(mtx_);
         if (write_next_locked() == after::close_completed) {
             lock.unlock();
-            close_now(close_reason::completed, {});
+            finish_completed();
         }
     }
 
@@ -544,9 +545,40 @@ private:
         }
         if (write_next_locked() == after::close_completed) {
             lock.unlock();
-            close_now(close_reason::completed, {});
+            finish_completed();
         }
     }
+
+    // The queue is flushed after complete(): close. A TLS stream first sends close_notify, so
+    // that the client sees the end of the stream rather than a truncation, and waits a little
+    // for the peer's; a peer that never answers does not hold the connection open.
+    void finish_completed()
+    {
+        if constexpr (detail::has_async_shutdown<Transport>) {
+            std::unique_lock lock(mtx_);
+            if (state_ == state::closing && !tls_shutdown_) {
+                tls_shutdown_ = true;
+                std::error_code ec;
+                transport_.lowest_layer().cancel(ec);  // ends the watch's read
+                auto self = this->shared_from_this();
+                auto bound = std::make_shared<asio::steady_timer>(get_executor(), tls_shutdown_timeout);
+                bound->async_wait([self](std::error_code ec) {
+                    if (ec != asio::error::operation_aborted)
+                        self->close_now(close_reason::completed, {});
+                });
+                transport_.async_shutdown([self, bound](std::error_code) {
+                    bound->cancel();
+                    self->close_now(close_reason::completed, {});
+                });
+                return;
+            }
+            if (tls_shutdown_)
+                return;
+        }
+        close_now(close_reason::completed, {});
+    }
+
+    static constexpr auto tls_shutdown_timeout = std::chrono::seconds(1);
 
     // Watches for a vanished peer: readability on a plain socket (no buffer held), or a small
     // read on a layered stream; bytes the client sends are discarded. The pending operation
@@ -554,7 +586,7 @@ private:
     void watch()
     {
         std::lock_guard lock(mtx_);
-        if (state_ == state::closed)
+        if (state_ == state::closed || tls_shutdown_)
             return;
         if constexpr (detail::is_plain_socket<Transport>) {
             std::error_code ec;
@@ -617,6 +649,10 @@ private:
                 // abort_locked() recorded why; a failure racing with its close does not count.
                 reason = reason_;
                 ec = reason_ec_;
+            } else if (tls_shutdown_) {
+                // The stream was complete: how the closing handshake went does not change that.
+                reason = close_reason::completed;
+                ec = {};
             }
             state_ = state::closed;
             reason_ = reason;
@@ -687,6 +723,7 @@ private:
     bool started_ = false;
     bool writing_ = false;
     bool terminated_ = false;
+    bool tls_shutdown_ = false;  // close_notify under way (TLS transports only)
     std::atomic<bool> close_posted_{false};
     std::uint32_t buf_pos_ = 0;           // the first of bufs_ not wholly written
     std::array<char, 16> chunk_size_{};  // "<hex size>\r\n" of the batch in flight

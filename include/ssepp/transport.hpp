@@ -29,6 +29,7 @@ struct write_handler_archetype {
 ///   it to notice a vanished peer promptly, without holding a read buffer.
 /// - otherwise `t.async_read_some(buffer, handler)`: the emitter keeps a small read outstanding.
 /// Without either, a vanished peer is noticed at the next write (heartbeats bound the delay).
+/// - `t.async_shutdown(handler)` (TLS): a stream that completes ends with it (close_notify).
 template <class T>
 concept transport = requires(T& t, asio::const_buffer b) {
     typename T::executor_type;
@@ -58,6 +59,13 @@ constexpr bool is_plain_socket = [] {
 template <class T>
 concept has_async_read_some = requires(T& t, asio::mutable_buffer b) {
     t.async_read_some(b, write_handler_archetype{});
+};
+
+/// A layered stream with a closing handshake of its own: TLS's close_notify.
+template <class T>
+concept has_async_shutdown = has_lowest_socket<T> && requires(T& t) {
+    t.async_shutdown([](std::error_code) {});
+    t.lowest_layer().cancel();
 };
 
 /// Closes the transport (or its lowest layer); cancels its pending operations.
