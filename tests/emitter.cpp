@@ -929,6 +929,64 @@ TEST_CASE("the sweep period follows the shortest heartbeat among the open stream
     CHECK(service.period() == 1s);
 }
 
+TEST_CASE("a close handler that throws leaves the other streams to close", "[emitter]")
+{
+    // Streams are kicked in batches; one stream's handler throwing out of run() must not leave
+    // the rest of its batch waiting.
+    asio::io_context io;
+    auto options = quiet();
+    options.write_head = false;
+    options.retry_hint = std::nullopt;
+    std::vector<std::shared_ptr<ssepp::basic_emitter<manual_transport>>> ems;
+    std::vector<test::close_log> logs(3);
+    for (std::size_t i = 0; i < 3; ++i) {
+        ems.push_back(ssepp::make_emitter(manual_transport(io, std::make_shared<manual_state>()), options));
+        if (i == 0)
+            ems.back()->on_close([](ssepp::close_reason, std::error_code) { throw std::runtime_error("handler"); });
+        ems.back()->on_close(logs[i].handler());
+        ems.back()->start();
+    }
+    pump(io);
+    for (auto& em : ems)
+        em->complete();
+    int thrown = 0;
+    io.restart();
+    for (int rounds = 0; rounds < 10; ++rounds) {
+        try {
+            io.poll();
+            break;
+        } catch (const std::runtime_error&) {
+            ++thrown;
+        }
+    }
+    CHECK(thrown == 1);
+    for (std::size_t i = 1; i < 3; ++i) {
+        REQUIRE(logs[i].count() == 1);
+        CHECK(logs[i].reason() == ssepp::close_reason::completed);
+    }
+}
+
+TEST_CASE("a stream that is not swept may outlive its io_context (custom transport)", "[emitter]")
+{
+    // Its destructor must not reach the context's service, which is gone (AddressSanitizer
+    // checks this in CI).
+    std::shared_ptr<ssepp::basic_emitter<manual_transport>> em;
+    {
+        asio::io_context io;
+        auto options = quiet();  // no heartbeat, no timeouts: never swept
+        options.write_head = false;
+        options.retry_hint = std::nullopt;
+        em = ssepp::make_emitter(manual_transport(io, std::make_shared<manual_state>()), options);
+        em->start();
+        pump(io);
+        em->close();
+        pump(io);
+        CHECK(asio::use_service<ssepp::detail::stream_service>(io).swept() == 0);
+    }
+    CHECK_FALSE(em->is_open());
+    em.reset();
+}
+
 TEST_CASE("sends to many streams on one io_context start their writes in batches, in order", "[emitter]")
 {
     asio::io_context io;

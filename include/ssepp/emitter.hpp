@@ -398,19 +398,21 @@ private:
         return std::nullopt;
     }
 
-    // The first step of the write loop, after a kick.
+    // The first step of the write loop, after a kick. Kicks may run in a batch with other
+    // streams' (stream_service): the close that may follow, with the application's handlers,
+    // runs in a handler of its own.
     void kicked() override
     {
         std::unique_lock lock(mtx_);
         if (write_next_locked() == after::close_completed) {
             lock.unlock();
-            finish_completed();
+            asio::post(get_executor(), [self = this->shared_from_this()] { self->finish_completed(); });
         }
     }
 
-    // The write loop's completion handler. It is a continuation of the loop: Asio then queues
-    // it on the thread that started the write, without taking the scheduler's lock or waking
-    // another thread for each connection.
+    // The write loop's completion handler. It is a continuation of the loop: a write that
+    // completes at once (the usual case: the socket takes the bytes) is then queued on the
+    // thread that started it, without taking the scheduler's lock or waking another thread.
     struct write_handler {
         std::shared_ptr<basic_emitter> self;
         void operator()(std::error_code ec, std::size_t n) const { self->on_written(ec, n); }
@@ -677,15 +679,18 @@ private:
         if (expired || stalled) {
             if (close_posted_.exchange(true))
                 return;
+            // Moved into the handler: were this the last reference, the emitter would be
+            // destroyed here, under the sweeper's lock, which its destructor takes.
             if (auto self = this->weak_from_this().lock())
-                asio::post(get_executor(), [self] { self->close_now(close_reason::timeout, errc::timeout); });
+                asio::post(get_executor(),
+                           [self = std::move(self)] { self->close_now(close_reason::timeout, errc::timeout); });
             return;
         }
         if (heartbeat_ms_ && !started
             && now - last_write_ns_.load(std::memory_order_relaxed) >= ns(heartbeat_ms_)) {
             last_write_ns_.store(now, std::memory_order_relaxed);
             if (auto self = this->weak_from_this().lock())
-                asio::post(get_executor(), [self] {
+                asio::post(get_executor(), [self = std::move(self)] {
                     std::lock_guard lock(self->mtx_);
                     if (self->state_ == state::open && self->pending_.empty() && !self->writing_) {
                         self->pending_.push_back(heartbeat_frame());
