@@ -59,14 +59,17 @@ struct shard {
     void deliver(const frame& f)
     {
         unposted -= static_cast<std::int64_t>(f->size());
+        std::int64_t queued = 0;  // one update of the shared counter per event, not per socket
         for (auto& s : subs) {
             if (s.dead)
                 continue;
             s.pending.push_back(f);
-            outstanding += static_cast<std::int64_t>(f->size());
+            queued += static_cast<std::int64_t>(f->size());
             if (!s.busy)
                 write(s);
         }
+        // The writes started above complete on this thread, after this returns.
+        outstanding += queued;
     }
 };
 

@@ -74,13 +74,7 @@ private:
     test::collector<conn> conns_;  // after srv_: the emitters go before the io_context does
 };
 
-ssepp::emitter_options quiet()
-{
-    ssepp::emitter_options o;
-    o.heartbeat = 0ms;
-    o.write_timeout = 0ms;
-    return o;
-}
+using test::quiet;
 
 /// The stream of `c` ended once, for `reason`, and stays ended: nothing more is called, a
 /// handler added now is told the same, sends are refused.
@@ -597,11 +591,7 @@ TEST_CASE("idle emitters share one sweeper, which empties as they close, and run
     }
     auto& sweeper = asio::use_service<ssepp::detail::stream_service>(io);
     CHECK(sweeper.swept() == n);
-    auto ran = std::async(std::launch::async, [&] { io.run(); });
-    struct stop_on_exit {
-        asio::io_context& io;
-        ~stop_on_exit() { io.stop(); }  // a failed check must not leave `ran` waiting forever
-    } guard{io};
+    test::run_in_background ran(io);  // stopped at the end of the scope, whatever fails
 
     // Heartbeats reach the first and the last: the one shared timer drives them all.
     const auto read_heartbeat = [](local& p) {
@@ -1086,11 +1076,7 @@ TEST_CASE("run() returns promptly once the last emitter is gone, whatever the he
     auto em = ssepp::make_emitter(std::move(mine));  // default: 15 s heartbeat, 30 s write timeout
     em->start();
     REQUIRE(asio::use_service<ssepp::detail::stream_service>(io).swept() == 1);
-    auto ran = std::async(std::launch::async, [&] { io.run(); });
-    struct stop_on_exit {
-        asio::io_context& io;
-        ~stop_on_exit() { io.stop(); }
-    } guard{io};
+    test::run_in_background ran(io);  // stopped at the end of the scope, whatever fails
     REQUIRE(ran.wait_for(50ms) == std::future_status::timeout);  // the stream keeps it running
     em->close();
     // The sweeper's timer (armed for up to a second) is cancelled with its last target.

@@ -21,13 +21,7 @@ bool has_connection_header(std::string head)
     return head.find("\r\nconnection:") != std::string::npos;
 }
 
-ssepp::emitter_options quiet()
-{
-    ssepp::emitter_options o;
-    o.heartbeat = 0ms;
-    o.write_timeout = 0ms;
-    return o;
-}
+using test::quiet;
 
 /// A server that makes one emitter per connection with `options`; `own_head`, when not empty,
 /// is written to the socket first (a stack writing its own head).

@@ -55,13 +55,7 @@ static_assert(!ssepp::transport<cannot_write>);
 static_assert(!ssepp::transport<tcp::acceptor>);
 static_assert(!ssepp::transport<int>);
 
-ssepp::emitter_options quiet()
-{
-    ssepp::emitter_options o;
-    o.heartbeat = 0ms;
-    o.write_timeout = 0ms;
-    return o;
-}
+using test::quiet;
 
 /// A TLS server: the handshake and the request head over TLS, then an emitter on the stream.
 class tls_server {
@@ -180,11 +174,7 @@ TEST_CASE("events stream over a local stream socket", "[transport]")
     em->on_close(closes.handler());
     em->send({.data = "before start"});
     em->start();
-    auto ran = std::async(std::launch::async, [&] { io.run(); });
-    struct stop_on_exit {
-        asio::io_context& io;
-        ~stop_on_exit() { io.stop(); }
-    } guard{io};
+    test::run_in_background ran(io);  // stopped at the end of the scope, whatever fails
     for (int i = 0; i < 50; ++i)
         em->send({.id = std::to_string(i), .data = "over AF_UNIX"});
     em->complete();
@@ -208,11 +198,7 @@ TEST_CASE("a local socket peer that goes away is noticed without a send", "[tran
     test::close_log closes;
     em->on_close(closes.handler());
     em->start();
-    auto ran = std::async(std::launch::async, [&] { io.run(); });
-    struct stop_on_exit {
-        asio::io_context& io;
-        ~stop_on_exit() { io.stop(); }
-    } guard{io};
+    test::run_in_background ran(io);  // stopped at the end of the scope, whatever fails
     peer.close();
     REQUIRE(closes.wait(1, 5s));
     CHECK(closes.reason() == ssepp::close_reason::client_gone);

@@ -4,6 +4,9 @@
 
 #include "upload_progress/csv.hpp"
 
+#include <ssepp/detail/utf8.hpp>
+#include <ssepp/request.hpp>
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -33,63 +36,16 @@ constexpr std::uint32_t check_every_compares = 1024; // while sorting the good r
 
 constexpr std::size_t max_reported_sku = 64;
 
-std::string_view trim(std::string_view s) noexcept
-{
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-        s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-        s.remove_suffix(1);
-    return s;
-}
-
-bool iequals(std::string_view a, std::string_view b) noexcept
-{
-    const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
-    return std::equal(a.begin(), a.end(), b.begin(), b.end(),
-                      [&](char x, char y) { return lower(x) == lower(y); });
-}
+// Header names and values: case-insensitive names, spaces and tabs trimmed, as HTTP does.
+using ssepp::detail::iequals;
+using ssepp::detail::trim_ows;
 
 bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
 
-// Well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF).
+// Well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF): the parser's check.
 bool valid_utf8(std::string_view s) noexcept
 {
-    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-    const auto* const end = p + s.size();
-    while (p != end) {
-        const unsigned char c = *p;
-        if (c < 0x80) {
-            ++p;
-            continue;
-        }
-        int extra = 0;
-        unsigned char lo = 0x80;
-        unsigned char hi = 0xBF;
-        if (c >= 0xC2 && c <= 0xDF) {
-            extra = 1;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            extra = 2;
-            if (c == 0xE0)
-                lo = 0xA0;
-            else if (c == 0xED)
-                hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            extra = 3;
-            if (c == 0xF0)
-                lo = 0x90;
-            else if (c == 0xF4)
-                hi = 0x8F;
-        } else {
-            return false;
-        }
-        if (end - p <= extra || p[1] < lo || p[1] > hi)
-            return false;
-        for (int i = 2; i <= extra; ++i)
-            if ((p[i] & 0xC0) != 0x80)
-                return false;
-        p += extra + 1;
-    }
-    return true;
+    return ssepp::detail::utf8_valid_prefix(s) == s.size();
 }
 
 // `12`, `12.5`, `12.50` -> cents; no sign, no exponent, at most two decimals, fits in int64.
@@ -136,7 +92,7 @@ std::optional<std::string> map_header(std::span<const std::string_view> fields, 
     constexpr std::size_t none = std::numeric_limits<std::size_t>::max();
     out.index.fill(none);
     for (std::size_t i = 0; i < fields.size(); ++i) {
-        const std::string_view name = trim(fields[i]);
+        const std::string_view name = trim_ows(fields[i]);
         for (std::size_t c = 0; c < required_columns.size(); ++c) {
             if (!iequals(name, required_columns[c]))
                 continue;
@@ -326,7 +282,7 @@ private:
         reader.seek(k.offset, k.line);
         csv::record rec;
         reader.next(rec);
-        return trim(rec.fields[cols_.index[0]]);
+        return trim_ows(rec.fields[cols_.index[0]]);
     }
 
     // The first kept row with this sku; else nullptr, having recorded the sku for the row that
@@ -380,7 +336,7 @@ private:
     std::string_view field(const csv::record& rec, std::size_t column) const noexcept
     {
         const std::size_t i = cols_.index[column];
-        return i < rec.fields.size() ? trim(rec.fields[i]) : std::string_view{};
+        return i < rec.fields.size() ? trim_ows(rec.fields[i]) : std::string_view{};
     }
 
     void validate(const csv::record& rec)

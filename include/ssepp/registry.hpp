@@ -147,14 +147,14 @@ public:
         auto* m = owned.get();
         m->em = std::move(em);
         // Allocate first: once the member is linked in below, nothing may throw.
-        s.all.reserve(s.all.size() + 1);
+        reserve_one(s.all);
         // channels[0] holds the broadcasts; the others are the member's keys, each once.
         std::vector<channel*> channels{&s.everyone};
         for (const auto& k : keys) {
             auto* c = &s.lookup_locked(k)->second;
             if (std::find(channels.begin(), channels.end(), c) != channels.end())
                 continue;
-            c->members.reserve(c->members.size() + 1);
+            reserve_one(c->members);
             s.activate_locked(*c);
             m->add(c);
             channels.push_back(c);
@@ -373,6 +373,15 @@ public:
     }
 
 private:
+    // Room for one more element, so that linking a member in cannot throw; growing
+    // geometrically (reserve(size() + 1) would reallocate, and copy, on every attach).
+    template <class Vector>
+    static void reserve_one(Vector& v)
+    {
+        if (v.size() == v.capacity())
+            v.reserve(std::max<std::size_t>(4, 2 * v.capacity()));
+    }
+
     struct record {
         std::uint64_t seq;
         std::string id;

@@ -6,6 +6,7 @@
 #include "examples/support/process.hpp"
 
 #include "catch.hpp"
+#include "support/loopback.hpp"
 
 #include "common/sqlite.hpp"
 
@@ -78,19 +79,6 @@ struct notify_server {
         return out;
     }
 };
-
-/// Waits (bounded) until `pred()`, polling.
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds timeout = 5s)
-{
-    const auto deadline = clock::now() + timeout;
-    while (!pred()) {
-        if (clock::now() > deadline)
-            return false;
-        std::this_thread::sleep_for(5ms);
-    }
-    return true;
-}
 
 /// Sends one event to `user` and returns the id the server gave it (checks the 202).
 std::string send(notify_server& s, const std::string& user, const std::string& data, const std::string& event = "",
@@ -266,7 +254,7 @@ TEST_CASE("notify_server e2e: what is sent while a user is offline arrives on th
     REQUIRE(c->read_events(3));
     CHECK(c->events[2].data == "live");
     c->conn().close();
-    REQUIRE(eventually([&] { return s.metrics().at("open_streams") == 0; }));
+    REQUIRE(test::eventually([&] { return s.metrics().at("open_streams") == 0; }, 5s, 5ms));
     // Delivered ones are not sent again to a new connection without Last-Event-ID.
     send(s, "carol", "away again", "", 0);
     auto c2 = s.stream(carol);
@@ -286,7 +274,7 @@ TEST_CASE("notify_server e2e: a dropped connection resumes with Last-Event-ID, n
         ids.push_back(send(s, "dave", "n" + std::to_string(i), "", 1));
     REQUIRE(c->read_events(3));
     c->conn().reset();  // abruptly
-    REQUIRE(eventually([&] { return s.metrics().at("open_streams") == 0; }));
+    REQUIRE(test::eventually([&] { return s.metrics().at("open_streams") == 0; }, 5s, 5ms));
     for (int i = 3; i < 6; ++i)
         ids.push_back(send(s, "dave", "n" + std::to_string(i), "", 0));
 
@@ -434,7 +422,7 @@ TEST_CASE("notify_server e2e: DELETE /api/events closes all of the user's stream
     auto h1 = s.stream(hal);
     auto h2 = s.stream(s.login("hal", "admin"));
     auto i1 = s.stream(ivy);
-    REQUIRE(eventually([&] { return s.metrics().at("open_streams") == 3; }));
+    REQUIRE(test::eventually([&] { return s.metrics().at("open_streams") == 3; }, 5s, 5ms));
     auto r = request(s.port(), "DELETE", "/api/events", {{"Cookie", hal}});
     REQUIRE(r.status == 200);
     CHECK(json::parse(r.body).at("closed") == 2);
@@ -443,7 +431,7 @@ TEST_CASE("notify_server e2e: DELETE /api/events closes all of the user's stream
     CHECK(!i1->eof());
     send(s, "ivy", "still here", "", 1);
     REQUIRE(i1->read_events(1));
-    CHECK(eventually([&] { return s.metrics().at("open_streams") == 1; }));
+    CHECK(test::eventually([&] { return s.metrics().at("open_streams") == 1; }, 5s, 5ms));
 }
 
 TEST_CASE("notify_server e2e: the ticker is public, a tick a second, and a stalled client stalls no one", "[notify-e2e]")
@@ -484,13 +472,13 @@ TEST_CASE("notify_server e2e: /metrics counts streams, events, bytes, replays an
     const auto kim = s.login("kim");
     auto a = s.stream(kim);
     auto b = s.stream(kim);
-    REQUIRE(eventually([&] { return s.metrics().at("open_streams") == 2; }));
+    REQUIRE(test::eventually([&] { return s.metrics().at("open_streams") == 2; }, 5s, 5ms));
     const auto before = s.metrics().at("events_sent");
     send(s, "kim", "x", "", 2);
     CHECK(s.metrics().at("events_sent") >= before + 2);
     REQUIRE(a->read_events(1));
     a->conn().close();
-    REQUIRE(eventually([&] { return s.metrics().at("bytes_sent") > m0.at("bytes_sent"); }));
+    REQUIRE(test::eventually([&] { return s.metrics().at("bytes_sent") > m0.at("bytes_sent"); }, 5s, 5ms));
 
     // A user stream that stops reading while megabytes are sent to it is closed (its queue is
     // bounded); it can resume from history.
@@ -499,7 +487,7 @@ TEST_CASE("notify_server e2e: /metrics counts streams, events, bytes, replays an
     const std::string big(512 * 1024, 'z');
     for (int i = 0; i < 24 && s.metrics().at("slow_consumer_closes") == 0; ++i)
         send(s, "lee", big);
-    CHECK(eventually([&] { return s.metrics().at("slow_consumer_closes") == 1; }));
+    CHECK(test::eventually([&] { return s.metrics().at("slow_consumer_closes") == 1; }, 5s, 5ms));
     REQUIRE(b->read_events(1));
     CHECK(b->nothing_for(100ms));  // kim's other stream is unaffected
     send(s, "kim", "y", "", 1);

@@ -5,6 +5,7 @@
 #include "examples/support/upload_support.hpp"
 
 #include "catch.hpp"
+#include "support/loopback.hpp"
 
 #include "common/sqlite.hpp"
 
@@ -154,13 +155,7 @@ private:
 /// Waits (bounded) until the job's status says `state`.
 bool wait_state(server& s, const std::string& id, const std::string& state, std::chrono::milliseconds timeout = 30s)
 {
-    const auto deadline = clock::now() + timeout;
-    while (clock::now() < deadline) {
-        if (s.status(id).at("state") == state)
-            return true;
-        std::this_thread::sleep_for(10ms);
-    }
-    return false;
+    return test::eventually([&] { return s.status(id).at("state") == state; }, timeout, 10ms);
 }
 
 } // namespace
@@ -442,9 +437,7 @@ TEST_CASE("upload_server e2e: resuming with Last-Event-ID misses nothing and rep
     const auto seen = json::parse(std::find_if(before.rbegin(), before.rend(), [](auto& e) {
                                       return e.type == "progress";
                                   })->data).at("rows_done").get<std::uint64_t>();
-    const auto deadline = clock::now() + 30s;
-    while (s.status(id).at("rows_done").get<std::uint64_t>() <= seen && clock::now() < deadline)
-        std::this_thread::sleep_for(10ms);
+    REQUIRE(test::eventually([&] { return s.status(id).at("rows_done").get<std::uint64_t>() > seen; }, 30s, 10ms));
 
     auto after = follow(s.port(), id, {{"Last-Event-ID", before.back().id}});
     REQUIRE(!after->events.empty());

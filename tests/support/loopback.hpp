@@ -32,15 +32,44 @@ namespace test {
 using namespace std::chrono_literals;
 using clock = std::chrono::steady_clock;
 
-/// Waits until `pred()` holds, checking every millisecond; false after `timeout`.
+/// Runs `io` on a thread of its own until it runs out of work, and stops it at the end of the
+/// scope, so that a failed check does not leave the test waiting for run() to return.
+class run_in_background {
+public:
+    explicit run_in_background(asio::io_context& io)
+        : io_(io), done_(std::async(std::launch::async, [&io] { io.run(); }))
+    {
+    }
+    run_in_background(const run_in_background&) = delete;
+    run_in_background& operator=(const run_in_background&) = delete;
+    ~run_in_background() { io_.stop(); }  // then done_ waits for the thread
+
+    std::future_status wait_for(std::chrono::milliseconds d) const { return done_.wait_for(d); }
+
+private:
+    asio::io_context& io_;
+    std::future<void> done_;
+};
+
+/// Emitter options with no heartbeat and no write timeout: only what a test does is written.
+inline ssepp::emitter_options quiet()
+{
+    ssepp::emitter_options o;
+    o.heartbeat = 0ms;
+    o.write_timeout = 0ms;
+    return o;
+}
+
+/// Waits until `pred()` holds, checking every `poll` (longer where each check is a request);
+/// false after `timeout`.
 template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds timeout = 5s)
+bool eventually(Pred pred, std::chrono::milliseconds timeout = 5s, std::chrono::milliseconds poll = 1ms)
 {
     const auto deadline = clock::now() + timeout;
     while (!pred()) {
         if (clock::now() > deadline)
             return false;
-        std::this_thread::sleep_for(1ms);
+        std::this_thread::sleep_for(poll);
     }
     return true;
 }
