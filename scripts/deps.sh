@@ -1,14 +1,54 @@
 #!/usr/bin/env bash
-# Installs what ssepp's build, tests and examples need on Debian (bookworm), only what is missing.
+# Installs, with apt-get, the Debian (bookworm) packages that ssepp needs and that are missing.
+#
+#   bash scripts/deps.sh           what configuring the whole tree and building the examples need
+#                                  (README's try-it command)
+#   bash scripts/deps.sh --tests   that, plus what running the tests needs (README's test command)
+#   bash scripts/deps.sh [--tests] --list   prints the packages that would be installed, and exits
+#
+# The default set holds python3 and catch2 too: the tests are configured with the tree (they are
+# on by default when ssepp is the top-level project), and CMake's configure step looks for both.
 set -euo pipefail
-pkgs=(cmake ninja-build g++ ccache pkg-config python3
-      libasio-dev libfmt-dev catch2 libssl-dev
-      libsqlite3-dev node-llhttp libcurl4-openssl-dev nlohmann-json3-dev
-      chromium)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+
+tests=0 list=0
+for arg in "$@"; do
+  case $arg in
+    --tests) tests=1 ;;
+    --list) list=1 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "deps.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+  esac
 done
+
+# A package, or package:command where any `command` on PATH will do instead of the package.
+build=(cmake ninja-build g++ ccache pkg-config python3
+       libasio-dev libfmt-dev catch2 libssl-dev
+       libsqlite3-dev node-llhttp libcurl4-openssl-dev nlohmann-json3-dev)
+test_only=(
+  # Browser tests (tests/browser): Playwright from the npm registry drives Debian's chromium.
+  # Debian's nodejs (18) and npm (9) will do, as will a Node.js >= 18 from elsewhere: NodeSource's
+  # nodejs bundles npm and conflicts with Debian's npm package, so a `node`/`npm` on PATH is kept.
+  chromium nodejs:node npm:npm ca-certificates
+  # Fuzz targets (libFuzzer needs clang).
+  clang-16 libfuzzer-16-dev
+  # tests/sse_cat/driver.py and benchmarks/load_smoke.sh run python3 (also in the default set).
+  python3
+)
+pkgs=("${build[@]}")
+[ $tests -eq 0 ] || pkgs+=("${test_only[@]}")
+
+missing=()
+for entry in "${pkgs[@]}"; do
+  p=${entry%%:*} cmd=${entry#*:}
+  if [ "$cmd" != "$entry" ] && command -v "$cmd" >/dev/null 2>&1; then continue; fi
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
+  [[ " ${missing[*]} " == *" $p "* ]] || missing+=("$p")
+done
+
+if [ $list -eq 1 ]; then
+  [ ${#missing[@]} -eq 0 ] || printf '%s\n' "${missing[@]}"
+  exit 0
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
