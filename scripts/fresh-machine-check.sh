@@ -102,7 +102,8 @@ touch "$marker"
 # This machine's Debian mirror: the first URI serving bookworm (deb822 or one-line format).
 mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null \
          | awk '/^URIs:/ {u=$2} /^Suites:/ && / bookworm( |$)/ {print u; exit}
-                /^deb / && $3 == "bookworm" {print ($2 ~ /^\[/ ? $3 : $2); exit}')
+                /^deb / {i = 2; if ($2 ~ /^\[/) {while ($i !~ /\]$/) i++; i++}
+                         if ($(i + 1) == "bookworm") {print $i; exit}}' || true)
 mirror=${mirror:-http://deb.debian.org/debian}
 
 t0=$(date +%s)
