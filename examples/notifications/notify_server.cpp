@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -86,6 +87,15 @@ public:
 
     ~notify_service()
     {
+        // The workers use everything below: they end first, whatever the members' order. A
+        // running export sees stopping_ and gives up; queued ones never start.
+        {
+            std::lock_guard lock(mtx_);
+            stopping_exports_ = true;
+        }
+        export_cv_.notify_all();
+        workers_.stop();
+        workers_.join();
         std::error_code ec;
         std::filesystem::remove_all(exports_dir_, ec);
     }
@@ -294,11 +304,13 @@ private:
                 csv += fmt::format("{},\"{}\",{},\"{}\",{}\n", q.column_int64(0), escape_csv(q.column_text(1)),
                                    q.column_text(2), escape_csv(q.column_text(3)), q.column_int64(4));
         }
-        // A real export takes a while; this one pretends to, without holding anything.
-        std::this_thread::sleep_for(std::chrono::milliseconds(slow_export_ms));
+        // A real export takes a while; this one pretends to, without holding anything, and
+        // stops pretending when the service goes away.
         std::filesystem::path file;
         {
-            std::lock_guard lock(mtx_);
+            std::unique_lock lock(mtx_);
+            if (export_cv_.wait_for(lock, std::chrono::milliseconds(slow_export_ms), [this] { return stopping_exports_; }))
+                return;
             file = exports_[id].file;
         }
         std::FILE* f = std::fopen(file.c_str(), "wb");
@@ -414,12 +426,15 @@ private:
     bool ticking_ = true; // on the timer's strand
     std::mutex life_mtx_;  // orders stream attachments with shutdown
     bool stopping_ = false;
-    asio::thread_pool workers_{2};
     metrics metrics_;
     std::mutex mtx_;
+    std::condition_variable export_cv_;  // wakes a pretending export at shutdown
+    bool stopping_exports_ = false;
     std::map<std::string, session> sessions_;
     std::set<std::string> admins_; // users who logged in as admin
     std::map<std::string, export_job> exports_;
+    // Last, so that it would be destroyed first, though the destructor joins it already.
+    asio::thread_pool workers_{2};
 };
 
 } // namespace

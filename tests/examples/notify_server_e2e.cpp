@@ -3,6 +3,7 @@
 // orders to admins, exports, the lossy ticker and the metrics, over real sockets, with the
 // streams parsed by ssepp::parser.
 #include "examples/support/http_client.hpp"
+#include "examples/support/notify_stderr.hpp"
 #include "examples/support/process.hpp"
 
 #include "catch.hpp"
@@ -25,13 +26,28 @@ namespace {
 struct notify_server {
     temp_dir dir;
     fs::path db = dir / "notify.db";
+    fs::path err = dir / "stderr.txt";
+    stderr_redirect redirect{err}; // the server's stderr goes to `err`
     server_process proc;
 
     explicit notify_server(std::string export_ms = "100")
         : proc(example_binary("notify_server", "SSEPP_NOTIFY_SERVER"),
                {"--port", "0", "--db", db.string(), "--export-ms", export_ms})
     {
+        redirect.restore();
     }
+
+    ~notify_server()
+    {
+        // Whatever the server said on stderr (a sanitizer report, an exception) goes with the
+        // test's output, as if it had not been captured.
+        proc.signal(SIGKILL);
+        proc.wait_exit(10s);
+        if (const auto text = stderr_text(); !text.empty())
+            std::fprintf(stderr, "notify_server stderr:\n%s\n", text.c_str());
+    }
+
+    std::string stderr_text() const { return read_file(err); }
 
     std::uint16_t port() const { return proc.port(); }
 
@@ -512,4 +528,23 @@ TEST_CASE("notify_server e2e: SIGTERM ends every stream and exits 0", "[notify-e
     const auto code = s.proc.wait_exit(10s);
     REQUIRE(code.has_value());
     CHECK(*code == 0);
+}
+
+// Issue 16 item 5: the export worker wrote into the service's maps after they were destroyed
+// (the pool was joined last). Under ASan this exits non-zero with a heap-use-after-free report.
+TEST_CASE("notify_server e2e: shutdown during export exits 0 with nothing on stderr", "[notify-e2e]")
+{
+    notify_server s("1000");
+    const auto ola = s.login("ola");
+    auto r = request(s.port(), "POST", "/api/exports", {{"Cookie", ola}, {"Content-Type", "application/json"}}, "{}");
+    REQUIRE(r.status == 202);
+    s.proc.signal(SIGINT);
+    const auto code = s.proc.wait_exit(20s);
+    REQUIRE(code.has_value());
+    CHECK(*code == 0);
+    const auto err = s.stderr_text();
+    INFO("stderr: " << err);
+    CHECK(err.find("Sanitizer") == std::string::npos);
+    CHECK(err.find("runtime error") == std::string::npos);
+    CHECK(err.empty());
 }
