@@ -1,10 +1,11 @@
 // examples/common/http.cpp
-// One connection = one llhttp parser, one read buffer, an ordered write queue and an idle
-// timer, all on the connection's strand. A request is dispatched when llhttp reports the
-// message complete; the parser is paused meanwhile so pipelined bytes wait their turn.
+// One connection = one request_parser, one read buffer, an ordered write queue and one
+// deadline timer, all on the connection's strand. A request is dispatched when the parser
+// returns it whole; pipelined bytes wait their turn. Each phase of a connection has its own
+// deadline, set when the phase begins and never pushed back by a lone byte: waiting for a
+// request (idle_timeout), its head (head_timeout from its first byte), its body (body_timeout,
+// extended only by bytes at min_body_rate), its response being read (idle_timeout).
 #include "common/http.hpp"
-
-#include <ssepp/request.hpp>
 
 #include <asio/bind_executor.hpp>
 #include <asio/post.hpp>
@@ -12,104 +13,14 @@
 #include <asio/strand.hpp>
 #include <asio/write.hpp>
 #include <fmt/format.h>
-#include <llhttp.h>
 
 #include <array>
+#include <atomic>
 #include <deque>
 #include <mutex>
 #include <set>
 
 namespace common::http {
-
-namespace {
-
-bool iequals(std::string_view a, std::string_view b)
-{
-    return ssepp::detail::iequals(a, b);
-}
-
-} // namespace
-
-std::string_view request::header(std::string_view name) const
-{
-    for (const auto& [k, v] : headers)
-        if (iequals(k, name))
-            return v;
-    return {};
-}
-
-std::optional<std::string> request::query(std::string_view name) const
-{
-    return ssepp::query_parameter(target, name);
-}
-
-std::optional<std::string> request::cookie(std::string_view name) const
-{
-    auto cookies = header("Cookie");
-    while (!cookies.empty()) {
-        const auto semi = cookies.find(';');
-        auto pair = ssepp::detail::trim_ows(cookies.substr(0, semi));
-        const auto eq = pair.find('=');
-        if (eq != std::string_view::npos && pair.substr(0, eq) == name)
-            return std::string(pair.substr(eq + 1));
-        if (semi == std::string_view::npos)
-            break;
-        cookies.remove_prefix(semi + 1);
-    }
-    return std::nullopt;
-}
-
-response response::json(int status, const nlohmann::json& body)
-{
-    return {status, "application/json", body.dump(), {}};
-}
-
-response response::error(int status, std::string_view reason)
-{
-    return json(status, {{"error", reason}});
-}
-
-response response::html(std::string body)
-{
-    return {200, "text/html; charset=utf-8", std::move(body), {}};
-}
-
-response response::text(int status, std::string body)
-{
-    return {status, "text/plain; charset=utf-8", std::move(body), {}};
-}
-
-response response::empty(int status)
-{
-    return {status, "", "", {}};
-}
-
-std::string_view reason_phrase(int status)
-{
-    switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 413: return "Content Too Large";
-    case 415: return "Unsupported Media Type";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    default: return "Unknown";
-    }
-}
 
 class connection;
 
@@ -123,6 +34,7 @@ struct server::state {
     server_options options;
     std::mutex mtx;
     std::set<std::weak_ptr<connection>, std::owner_less<>> connections;
+    std::atomic<std::size_t> open{0}; // connections in HTTP, against max_connections
     bool stopped = false;
     asio::steady_timer retry; // accept again after an error
 
@@ -134,29 +46,26 @@ struct server::state {
     }
 
     void accept(std::shared_ptr<state> self);
+    void refuse(asio::ip::tcp::socket socket);
 };
 
 class connection : public std::enable_shared_from_this<connection> {
 public:
+    using clock = std::chrono::steady_clock;
+
     connection(asio::ip::tcp::socket socket, std::shared_ptr<server::state> srv)
-        : socket_(std::move(socket)), timer_(socket_.get_executor()), srv_(std::move(srv))
+        : socket_(std::move(socket)), timer_(socket_.get_executor()), srv_(std::move(srv)),
+          parser_({.max_head_bytes = srv_->options.max_head_bytes, .max_body_bytes = srv_->options.max_body_bytes},
+                  srv_->check)
     {
-        llhttp_settings_init(&settings_);
-        settings_.on_message_begin = [](llhttp_t* p) { return self(p)->on_message_begin(); };
-        settings_.on_url = [](llhttp_t* p, const char* d, size_t n) { return self(p)->on_url(d, n); };
-        settings_.on_header_field = [](llhttp_t* p, const char* d, size_t n) { return self(p)->on_field(d, n); };
-        settings_.on_header_value = [](llhttp_t* p, const char* d, size_t n) { return self(p)->on_value(d, n); };
-        settings_.on_header_value_complete = [](llhttp_t* p) { return self(p)->on_value_complete(); };
-        settings_.on_headers_complete = [](llhttp_t* p) { return self(p)->on_headers_complete(); };
-        settings_.on_body = [](llhttp_t* p, const char* d, size_t n) { return self(p)->on_body(d, n); };
-        settings_.on_message_complete = [](llhttp_t*) { return int(HPE_PAUSED); };
-        llhttp_init(&parser_, HTTP_REQUEST, &settings_);
-        parser_.data = this;
+        srv_->open.fetch_add(1, std::memory_order_relaxed);
     }
+
+    ~connection() { release(); }
 
     void start()
     {
-        arm_idle();
+        expect(clock::now() + srv_->options.idle_timeout, on_expiry::close);
         read();
     }
 
@@ -164,67 +73,166 @@ public:
     {
         asio::post(socket_.get_executor(), [self = shared_from_this()] {
             std::error_code ec;
-            self->timer_.cancel();
+            self->finish();
             self->socket_.close(ec);
         });
     }
 
 private:
-    static connection* self(llhttp_t* p) { return static_cast<connection*>(p->data); }
+    enum class on_expiry { close, answer_408 };
+    enum class phase { idle, head, body, responding, closing };
 
-    void arm_idle()
+    // No handler of this connection runs any more (closed, or the socket was taken): the
+    // pending wait ends, and with it the timer's hold on the connection.
+    void finish()
     {
-        timer_.expires_after(srv_->options.idle_timeout);
-        timer_.async_wait([self = shared_from_this()](std::error_code ec) {
-            if (!ec) {
-                std::error_code ignored;
-                self->socket_.close(ignored);
+        done_ = true;
+        timer_.cancel();
+        release();
+    }
+
+    // Gives the connection's place back, once (an event stream no longer counts).
+    void release()
+    {
+        if (counted_) {
+            counted_ = false;
+            srv_->open.fetch_sub(1, std::memory_order_relaxed);
+        }
+    }
+
+    // The one deadline in force: an earlier one than the timer's cancels its wait (the
+    // handler then waits again for the new one); a later one is found when the wait ends.
+    void expect(clock::time_point deadline, on_expiry what)
+    {
+        const bool earlier = deadline < deadline_;
+        deadline_ = deadline;
+        expiry_ = what;
+        if (!waiting_)
+            wait();
+        else if (earlier)
+            timer_.cancel();
+    }
+
+    void wait()
+    {
+        waiting_ = true;
+        timer_.expires_at(deadline_);
+        timer_.async_wait([self = shared_from_this()](std::error_code) {
+            self->waiting_ = false;
+            if (self->done_)
+                return;
+            if (clock::now() < self->deadline_) {
+                self->wait();
+                return;
             }
+            self->expired();
         });
     }
+
+    void expired()
+    {
+        if (expiry_ == on_expiry::answer_408) {
+            const bool head = phase_ == phase::head;
+            phase_ = phase::closing;
+            reading_mode_ = mode::discard;
+            send(response::error(408, head ? fmt::format("request head not complete within {} ms",
+                                                         srv_->options.head_timeout.count())
+                                           : std::string("request body not arriving fast enough")),
+                 true);
+            return;
+        }
+        std::error_code ignored;
+        socket_.close(ignored);
+        finish();
+    }
+
+    enum class mode { parse, discard };
 
     void read()
     {
+        if (reading_)
+            return;
+        reading_ = true;
         socket_.async_read_some(asio::buffer(buf_), [self = shared_from_this()](std::error_code ec, std::size_t n) {
-            if (ec) {
-                self->timer_.cancel();
+            self->reading_ = false;
+            if (ec || self->done_) {
+                std::error_code ignored;
+                self->socket_.close(ignored);
+                self->finish();
                 return;
             }
-            self->arm_idle();
-            self->feed(self->buf_.data(), n);
+            if (self->reading_mode_ == mode::discard) {
+                self->read();
+                return;
+            }
+            self->feed(std::string_view(self->buf_.data(), n));
         });
     }
 
-    // Feeds bytes to llhttp until they are used up (then reads more) or a request is ready.
-    void feed(const char* data, std::size_t n)
+    // Feeds bytes to the parser until they are used up (then reads more) or a request is ready.
+    void feed(std::string_view bytes)
     {
-        const auto err = llhttp_execute(&parser_, data, n);
-        if (err == HPE_OK) {
-            read();
-            return;
-        }
-        if (err == HPE_PAUSED) {
-            const char* stop = llhttp_get_error_pos(&parser_);
-            leftover_.assign(stop, static_cast<std::size_t>(data + n - stop));
-            if (early_) {
-                // The body was not read, so the connection cannot carry another request.
-                send(std::move(*early_), true);
+        for (;;) {
+            const auto [what, used] = parser_.feed(bytes);
+            bytes.remove_prefix(used);
+            switch (what) {
+            case request_parser::event::need_more:
+                follow_phase();
+                read();
+                return;
+            case request_parser::event::expect_continue:
+                write("HTTP/1.1 100 Continue\r\n\r\n", after_write::nothing);
+                continue;
+            case request_parser::event::request:
+                leftover_.assign(bytes);
+                dispatch();
+                return;
+            case request_parser::event::error:
+                // The rest of the request was not read, so the connection cannot carry another.
+                phase_ = phase::closing;
+                reading_mode_ = mode::discard;
+                send(parser_.rejection(), true);
                 return;
             }
-            dispatch();
-            return;
         }
-        if (err == HPE_PAUSED_UPGRADE) {
-            send(response::error(501, "protocol upgrade not supported"), true);
-            return;
+    }
+
+    // A head's deadline runs from its first byte; a body's from its head, extended by what
+    // arrives of it at the minimum rate.
+    void follow_phase()
+    {
+        const auto& o = srv_->options;
+        const auto now = clock::now();
+        switch (parser_.where()) {
+        case request_parser::phase::idle:
+            break;
+        case request_parser::phase::head:
+            if (phase_ != phase::head) {
+                phase_ = phase::head;
+                expect(now + o.head_timeout, on_expiry::answer_408);
+            }
+            break;
+        case request_parser::phase::body: {
+            if (phase_ != phase::body) {
+                phase_ = phase::body;
+                body_start_ = now;
+            }
+            auto allowed = o.body_timeout;
+            if (o.min_body_rate > 0)
+                allowed += std::chrono::milliseconds(parser_.body_bytes() * 1000 / o.min_body_rate);
+            expect(body_start_ + allowed, on_expiry::answer_408);
+            break;
         }
-        const int status = head_too_large_ ? 431 : 400;
-        send(response::error(status, fmt::format("malformed request: {}", llhttp_get_error_reason(&parser_))), true);
+        }
     }
 
     void dispatch()
     {
-        const bool keep_alive = llhttp_should_keep_alive(&parser_) != 0;
+        phase_ = phase::responding;
+        // The client has idle_timeout to read the answer.
+        expect(clock::now() + srv_->options.idle_timeout, on_expiry::close);
+        const bool keep_alive = parser_.keep_alive();
+        req_ = parser_.take_request();
         reply r = [&]() -> reply {
             try {
                 return srv_->on_request(req_);
@@ -233,7 +241,7 @@ private:
             }
         }();
         if (auto* stream = std::get_if<take_socket>(&r)) {
-            timer_.cancel();
+            finish();
             stream->handler(std::move(socket_));
             return;
         }
@@ -249,8 +257,11 @@ private:
             out += fmt::format("Content-Length: {}\r\n", res.body.size());
         for (const auto& [k, v] : res.headers)
             out += fmt::format("{}: {}\r\n", k, v);
-        if (close_after)
+        if (close_after) {
             out += "Connection: close\r\n";
+            // A client that does not read its last answer does not hold the connection.
+            expect(clock::now() + linger, on_expiry::close);
+        }
         out += "\r\n";
         out += res.body;
         write(std::move(out), close_after ? after_write::close : after_write::next_request);
@@ -273,8 +284,10 @@ private:
                           [self = shared_from_this()](std::error_code ec, std::size_t) {
                               const auto then = self->writes_.front().second;
                               self->writes_.pop_front();
-                              if (ec) {
-                                  self->timer_.cancel();
+                              if (ec || self->done_) {
+                                  std::error_code ignored;
+                                  self->socket_.close(ignored);
+                                  self->finish();
                                   return;
                               }
                               if (!self->writes_.empty())
@@ -282,7 +295,6 @@ private:
                               if (then == after_write::close) {
                                   std::error_code ignored;
                                   self->socket_.shutdown(asio::socket_base::shutdown_send, ignored);
-                                  self->timer_.cancel();
                                   self->drain_then_close();
                               } else if (then == after_write::next_request) {
                                   self->next_request();
@@ -290,144 +302,48 @@ private:
                           });
     }
 
-    // After a rejection the client may still be sending its body: read and discard it for a
+    // After a refusal the client may still be sending its body: read and discard it for a
     // moment so that closing does not reset the connection before the client reads our answer.
     void drain_then_close()
     {
-        timer_.expires_after(std::chrono::seconds(2));
-        timer_.async_wait([self = shared_from_this()](std::error_code ec) {
-            if (!ec) {
-                std::error_code ignored;
-                self->socket_.close(ignored);
-            }
-        });
-        drain();
-    }
-
-    void drain()
-    {
-        socket_.async_read_some(asio::buffer(buf_), [self = shared_from_this()](std::error_code ec, std::size_t) {
-            if (!ec) {
-                self->drain();
-                return;
-            }
-            self->timer_.cancel();
-            std::error_code ignored;
-            self->socket_.close(ignored);
-        });
+        phase_ = phase::closing;
+        reading_mode_ = mode::discard;
+        expect(clock::now() + linger, on_expiry::close);
+        read();
     }
 
     void next_request()
     {
-        llhttp_resume(&parser_);
+        phase_ = phase::idle;
+        expect(clock::now() + srv_->options.idle_timeout, on_expiry::close);
         auto rest = std::move(leftover_);
         leftover_.clear();
         if (rest.empty())
             read();
         else
-            feed(rest.data(), rest.size());
+            feed(rest);
     }
 
-    int on_message_begin()
-    {
-        req_ = request{};
-        early_.reset();
-        field_.clear();
-        value_.clear();
-        head_bytes_ = 0;
-        head_too_large_ = false;
-        max_body_ = srv_->options.max_body_bytes;
-        return 0;
-    }
-
-    bool count_head(std::size_t n)
-    {
-        head_bytes_ += n;
-        head_too_large_ = head_bytes_ > srv_->options.max_head_bytes;
-        return !head_too_large_;
-    }
-
-    int on_url(const char* d, std::size_t n)
-    {
-        if (!count_head(n))
-            return -1;
-        req_.target.append(d, n);
-        return 0;
-    }
-
-    int on_field(const char* d, std::size_t n)
-    {
-        if (!count_head(n))
-            return -1;
-        field_.append(d, n);
-        return 0;
-    }
-
-    int on_value(const char* d, std::size_t n)
-    {
-        if (!count_head(n))
-            return -1;
-        value_.append(d, n);
-        return 0;
-    }
-
-    int on_value_complete()
-    {
-        req_.headers.emplace_back(std::move(field_), std::move(value_));
-        field_.clear();
-        value_.clear();
-        return 0;
-    }
-
-    int on_headers_complete()
-    {
-        req_.method = llhttp_method_name(static_cast<llhttp_method_t>(parser_.method));
-        req_.path = req_.target.substr(0, req_.target.find('?'));
-        if (parser_.flags & F_CONTENT_LENGTH)
-            req_.content_length = parser_.content_length;
-        if (srv_->check) {
-            if (auto rejected = srv_->check(req_, max_body_)) {
-                early_ = std::move(*rejected);
-                return HPE_PAUSED;
-            }
-        }
-        if (req_.content_length && *req_.content_length > max_body_) {
-            early_ = response::error(413, fmt::format("body of {} bytes is over the limit of {} bytes",
-                                                      *req_.content_length, max_body_));
-            return HPE_PAUSED;
-        }
-        if (iequals(req_.header("Expect"), "100-continue"))
-            write("HTTP/1.1 100 Continue\r\n\r\n", after_write::nothing);
-        if (req_.content_length)
-            req_.body.reserve(static_cast<std::size_t>(*req_.content_length));
-        return 0;
-    }
-
-    int on_body(const char* d, std::size_t n)
-    {
-        if (req_.body.size() + n > max_body_) {
-            early_ = response::error(413, fmt::format("body is over the limit of {} bytes", max_body_));
-            return HPE_PAUSED;
-        }
-        req_.body.append(d, n);
-        return 0;
-    }
+    // How long a connection that was answered and is closing may take to read the answer.
+    static constexpr auto linger = std::chrono::seconds(2);
 
     asio::ip::tcp::socket socket_;
     asio::steady_timer timer_;
     std::shared_ptr<server::state> srv_;
-    llhttp_settings_t settings_{};
-    llhttp_t parser_{};
+    request_parser parser_;
     std::array<char, 16384> buf_{};
     request req_;
-    std::string field_;
-    std::string value_;
     std::string leftover_;
-    std::optional<response> early_;
     std::deque<std::pair<std::string, after_write>> writes_;
-    std::size_t head_bytes_ = 0;
-    std::size_t max_body_ = 0;
-    bool head_too_large_ = false;
+    clock::time_point deadline_ = clock::time_point::max();
+    clock::time_point body_start_{};
+    on_expiry expiry_ = on_expiry::close;
+    phase phase_ = phase::idle;
+    mode reading_mode_ = mode::parse;
+    bool waiting_ = false;
+    bool reading_ = false;
+    bool done_ = false;
+    bool counted_ = true;
 };
 
 void server::state::accept(std::shared_ptr<state> self)
@@ -453,6 +369,13 @@ void server::state::accept(std::shared_ptr<state> self)
             });
             return;
         }
+        // Only this strand adds connections, so the count cannot pass the cap between the check
+        // and the connection's creation.
+        if (self->open.load(std::memory_order_relaxed) >= self->options.max_connections) {
+            self->refuse(std::move(socket));
+            self->accept(self);
+            return;
+        }
         {
             auto c = std::make_shared<connection>(std::move(socket), self);
             {
@@ -467,6 +390,26 @@ void server::state::accept(std::shared_ptr<state> self)
         }
         self->accept(self);
     });
+}
+
+// Past the cap: a short 503 written at once (it fits any fresh socket's send buffer, so the
+// write does not block), rather than a silent close that a client cannot tell from a crash,
+// and no state kept for the connection. What the client already sent is read first, so
+// that the close does not reset the connection under the answer.
+void server::state::refuse(asio::ip::tcp::socket socket)
+{
+    static const std::string body = R"({"error":"too many connections, try again shortly"})";
+    static const std::string answer = fmt::format("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                                  "Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{}",
+                                                  body.size(), body);
+    std::error_code ec;
+    socket.non_blocking(true, ec);
+    socket.write_some(asio::buffer(answer), ec);
+    std::array<char, 4096> sink;
+    for (int i = 0; i < 16 && !ec; ++i)
+        socket.read_some(asio::buffer(sink), ec);
+    socket.shutdown(asio::socket_base::shutdown_send, ec);
+    socket.close(ec);
 }
 
 server::server(asio::io_context& io, const asio::ip::tcp::endpoint& endpoint, handler on_request,
@@ -484,6 +427,11 @@ server::~server()
 asio::ip::tcp::endpoint server::local_endpoint() const
 {
     return state_->acceptor.local_endpoint();
+}
+
+std::size_t server::connections() const
+{
+    return state_->open.load(std::memory_order_relaxed);
 }
 
 void server::stop()

@@ -1,12 +1,13 @@
 // examples/common/http.hpp
-// The examples' HTTP/1.1 front: requests parsed by llhttp, keep-alive, early rejection from the
-// request head (413 before the body arrives, Expect: 100-continue), and the hand-off of a
-// connection's socket to an event stream.
+// The examples' HTTP/1.1 front: requests parsed by request_parser (llhttp), keep-alive, early
+// rejection from the request head (413 before the body arrives, Expect: 100-continue), and the
+// hand-off of a connection's socket to an event stream.
 #pragma once
+
+#include "common/request_parser.hpp"
 
 #include <asio/io_context.hpp>
 #include <asio/ip/tcp.hpp>
-#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -21,37 +22,6 @@
 
 namespace common::http {
 
-struct request {
-    std::string method;
-    std::string target;  // as sent
-    std::string path;    // target before '?'
-    std::vector<std::pair<std::string, std::string>> headers;
-    std::string body;
-    std::optional<std::uint64_t> content_length;
-
-    /// The value of header `name` (case-insensitive), or empty.
-    std::string_view header(std::string_view name) const;
-    /// The value of query parameter `name`, decoded.
-    std::optional<std::string> query(std::string_view name) const;
-    /// The value of cookie `name`.
-    std::optional<std::string> cookie(std::string_view name) const;
-};
-
-struct response {
-    int status = 200;
-    std::string content_type = "application/json";
-    std::string body;
-    std::vector<std::pair<std::string, std::string>> headers;
-
-    static response json(int status, const nlohmann::json& body);
-    /// `{"error": reason}` with `status`.
-    static response error(int status, std::string_view reason);
-    static response html(std::string body);
-    static response text(int status, std::string body);
-    /// A status without a body (204, 304).
-    static response empty(int status);
-};
-
 /// A reply that takes the connection's socket out of HTTP, for an event stream: `handler`
 /// gets the socket (on its strand) and owns it from then on.
 struct take_socket {
@@ -61,11 +31,24 @@ struct take_socket {
 using reply = std::variant<response, take_socket>;
 
 struct server_options {
+    /// The request head as sent (see parser_limits); over it: 431.
     std::size_t max_head_bytes = 16 * 1024;
     /// Default body limit; head_check may raise it per request.
     std::size_t max_body_bytes = std::size_t(1) << 20;
-    /// A keep-alive connection with no request in progress closes after this long.
+    /// A keep-alive connection with no request in progress, or whose client does not read its
+    /// response, closes after this long.
     std::chrono::milliseconds idle_timeout = std::chrono::seconds(60);
+    /// A request head must arrive whole within this long of its first byte, however slowly
+    /// its bytes trickle in; else 408 and the connection closes.
+    std::chrono::milliseconds head_timeout = std::chrono::seconds(20);
+    /// A body must arrive within body_timeout of its head, plus one second for every
+    /// min_body_rate bytes received (0: no extension): a client that keeps up that rate may
+    /// take as long as it needs, one that stalls or trickles gets 408.
+    std::chrono::milliseconds body_timeout = std::chrono::seconds(20);
+    std::size_t min_body_rate = 8 * 1024;
+    /// HTTP connections at once (sockets taken for event streams are not counted). Past it a
+    /// new connection is answered 503 with Retry-After at once, and closed.
+    std::size_t max_connections = 512;
 };
 
 /// An HTTP/1.1 server. Each connection runs on its own strand, so `handler` may be called
@@ -73,10 +56,8 @@ struct server_options {
 class server {
 public:
     using handler = std::function<reply(request&)>;
-    /// Called once a request's head is complete, before its body: returns a response to
-    /// reject the request at once (the connection then closes), and may change `max_body`.
-    /// A Content-Length above `max_body` is answered 413 without reading the body.
-    using head_check = std::function<std::optional<response>(const request&, std::size_t& max_body)>;
+    /// See common::http::head_check: a refusal closes the connection after the answer.
+    using head_check = http::head_check;
 
     server(asio::io_context& io, const asio::ip::tcp::endpoint& endpoint, handler on_request,
            head_check check = {}, server_options options = {});
@@ -89,13 +70,13 @@ public:
     /// Stops accepting and closes the HTTP connections (not the sockets already taken).
     void stop();
 
+    /// HTTP connections open now (those counted against server_options::max_connections).
+    std::size_t connections() const;
+
     struct state;
 
 private:
     std::shared_ptr<state> state_;
 };
-
-/// The standard reason phrase of `status`.
-std::string_view reason_phrase(int status);
 
 } // namespace common::http
