@@ -28,11 +28,14 @@ std::vector<std::string> keys(std::initializer_list<const char*> ks)
 
 ssepp::event data(std::string d) { return {.data = std::move(d)}; }
 
+// The registries whose generated ids a test checks use this epoch: "e-<position>".
+std::string id(int n) { return "e-" + std::to_string(n); }
+
 } // namespace
 
 TEST_CASE("registry fans an event out to every connection of its key, formatted once", "[registry]")
 {
-    fake_registry reg;
+    fake_registry reg({.id_epoch = "e"});
     auto t1 = fake(), t2 = fake(), t3 = fake(), other = fake();
     reg.attach("u1", t1);
     reg.attach("u1", t2);
@@ -48,7 +51,7 @@ TEST_CASE("registry fans an event out to every connection of its key, formatted 
     auto r = reg.send("u1", data("hello"));
     REQUIRE(r);
     CHECK(r.connections == 3);
-    CHECK(r.id == "1");
+    CHECK(r.id == id(1));
     REQUIRE(t1->frames().size() == 1);
     REQUIRE(t2->frames().size() == 1);
     REQUIRE(t3->frames().size() == 1);
@@ -56,12 +59,12 @@ TEST_CASE("registry fans an event out to every connection of its key, formatted 
     // One formatted frame, the same object queued to all three.
     CHECK(t1->frames()[0] == t2->frames()[0]);
     CHECK(t1->frames()[0] == t3->frames()[0]);
-    CHECK(*t1->frames()[0] == "id: 1\ndata: hello\n\n");
+    CHECK(*t1->frames()[0] == "id: e-1\ndata: hello\n\n");
 
     auto b = reg.broadcast(data("all"));
     REQUIRE(b);
     CHECK(b.connections == 4);
-    CHECK(b.id == "2");
+    CHECK(b.id == id(2));
     const auto f = other->frames().at(0);
     for (auto& e : {t1, t2, t3})
         CHECK(e->frames().at(1) == f);
@@ -111,14 +114,14 @@ TEST_CASE("registry: a connection under several keys gets each event once", "[re
 
 TEST_CASE("registry: ids, the application's own ids, and invalid events", "[registry]")
 {
-    fake_registry reg;
+    fake_registry reg({.id_epoch = "e"});
     auto c = fake();
     reg.attach("k", c);
-    CHECK(reg.send("k", data("1")).id == "1");
+    CHECK(reg.send("k", data("1")).id == id(1));
     auto own = reg.send("k", {.id = "order-17", .data = "2"});
     CHECK(own.id == "order-17");
-    CHECK(reg.send("k", data("3")).id == "3");  // the own-id event took position 2
-    CHECK(reg.broadcast(data("4")).id == "4");
+    CHECK(reg.send("k", data("3")).id == id(3));  // the own-id event took position 2
+    CHECK(reg.broadcast(data("4")).id == id(4));
 
     SECTION("an invalid event is rejected: nothing sent, retained, or numbered")
     {
@@ -130,7 +133,7 @@ TEST_CASE("registry: ids, the application's own ids, and invalid events", "[regi
         CHECK(!reg.broadcast({.event = "a\nb", .data = "x"}));
         CHECK(reg.broadcast({}).error == ssepp::errc::empty_event);  // not made valid by an id
         CHECK(c->frames().size() == before);
-        CHECK(reg.send("k", data("5")).id == "5");  // positions not consumed
+        CHECK(reg.send("k", data("5")).id == id(5));  // positions not consumed
         auto late = fake();
         reg.attach("k", late);
         CHECK(late->data() == strings{"1", "2", "3", "4", "5"});
@@ -147,7 +150,7 @@ TEST_CASE("registry: ids, the application's own ids, and invalid events", "[regi
     }
     SECTION("last_id")
     {
-        CHECK(reg.last_id("k") == "3");
+        CHECK(reg.last_id("k") == id(3));
         CHECK(reg.last_id("none") == std::nullopt);
     }
 }
@@ -208,7 +211,7 @@ TEST_CASE("registry: history is bounded by count and by bytes", "[registry]")
 
 TEST_CASE("registry: Last-Event-ID resumes after that event, merged across keys", "[registry]")
 {
-    fake_registry reg({.max_events = 4});
+    fake_registry reg({.max_events = 4, .id_epoch = "e"});
     const auto ab = keys({"a", "b"});
     reg.send("a", data("a1"));               // 1
     reg.send("b", data("b1"));               // 2
@@ -220,7 +223,7 @@ TEST_CASE("registry: Last-Event-ID resumes after that event, merged across keys"
     SECTION("from the middle, then live")
     {
         auto c = fake();
-        auto r = reg.attach(std::span<const std::string>(ab), c, {.last_event_id = "1"});
+        auto r = reg.attach(std::span<const std::string>(ab), c, {.last_event_id = id(1)});
         CHECK(r.resumed);
         CHECK(!r.gap);
         CHECK(r.replayed == 4);
@@ -230,7 +233,7 @@ TEST_CASE("registry: Last-Event-ID resumes after that event, merged across keys"
         // ids as sent: assigned positions, the application's own kept
         const auto ev = c->events();
         CHECK(ev[2].id == "own");
-        CHECK(ev[3].id == "6");
+        CHECK(ev[3].id == id(6));
     }
     SECTION("an application id is found by value")
     {
@@ -243,7 +246,7 @@ TEST_CASE("registry: Last-Event-ID resumes after that event, merged across keys"
     SECTION("from the newest: nothing to replay, Last-Event-ID wins over replay::all")
     {
         auto c = fake();
-        auto r = reg.attach("b", c, {.last_event_id = "6"});
+        auto r = reg.attach("b", c, {.last_event_id = id(6)});
         CHECK(r.resumed);
         CHECK(r.replayed == 0);
         CHECK(c->frames().empty());
@@ -251,7 +254,7 @@ TEST_CASE("registry: Last-Event-ID resumes after that event, merged across keys"
     SECTION("Last-Event-ID wins over replay::none")
     {
         auto c = fake();
-        auto r = reg.attach("b", c, {.last_event_id = "2", .otherwise = ssepp::replay::none});
+        auto r = reg.attach("b", c, {.last_event_id = id(2), .otherwise = ssepp::replay::none});
         CHECK(r.resumed);
         CHECK(c->data() == strings{"x1", "b2"});
     }
@@ -272,7 +275,7 @@ TEST_CASE("registry: Last-Event-ID resumes after that event, merged across keys"
     SECTION("an id of another key is not this connection's: gap")
     {
         auto c = fake();
-        auto r = reg.attach("a", c, {.last_event_id = "5"});
+        auto r = reg.attach("a", c, {.last_event_id = id(5)});
         CHECK(r.gap);
         CHECK(c->data() == strings{"a1", "x1", "a2"});
     }
@@ -281,7 +284,7 @@ TEST_CASE("registry: Last-Event-ID resumes after that event, merged across keys"
         for (int i = 0; i < 4; ++i)
             reg.send("a", data("more"));  // evicts a1 (id 1) and own (4)
         auto c = fake();
-        auto r = reg.attach("a", c, {.last_event_id = "1", .on_gap = ssepp::event{.data = "gap"}});
+        auto r = reg.attach("a", c, {.last_event_id = id(1), .on_gap = ssepp::event{.data = "gap"}});
         CHECK(r.gap);
         CHECK(c->data() == strings{"gap", "x1", "more", "more", "more", "more"});
     }
@@ -301,7 +304,7 @@ TEST_CASE("registry: Last-Event-ID resumes after that event, merged across keys"
         for (int i = 0; i < 4; ++i)
             reg.send("a", data("a" + std::to_string(i + 3)));  // evicts a1 (1) and own (4)
         auto c = fake();
-        auto r = reg.attach(std::span<const std::string>(ab), c, {.last_event_id = "6"});
+        auto r = reg.attach(std::span<const std::string>(ab), c, {.last_event_id = id(6)});
         CHECK(r.resumed);
         CHECK(!r.gap);
         CHECK(c->data() == strings{"a3", "a4", "a5", "a6"});
@@ -378,6 +381,7 @@ TEST_CASE("registry: replay policies without Last-Event-ID", "[registry]")
     SECTION("undelivered: broadcasts sent while offline arrive, broadcasts received do not again")
     {
         const ssepp::attach_options undelivered{.otherwise = replay::undelivered};
+        reg.send("user", data("own"));  // the key has a history, so it is remembered
         auto c1 = fake();
         reg.attach("user", c1, undelivered);
         reg.broadcast(data("while online"));
@@ -386,6 +390,21 @@ TEST_CASE("registry: replay policies without Last-Event-ID", "[registry]")
         auto c2 = fake();
         reg.attach("user", c2, undelivered);
         CHECK(c2->data() == strings{"while offline"});
+    }
+    SECTION("undelivered: a key with nothing retained is forgotten; its next connection gets every "
+            "retained broadcast, a duplicate rather than a loss")
+    {
+        const ssepp::attach_options undelivered{.otherwise = replay::undelivered};
+        auto c1 = fake();
+        reg.attach("user", c1, undelivered);
+        reg.broadcast(data("while online"));
+        c1->close();
+        CHECK(!reg.contains("user"));
+        CHECK(reg.key_count() == 0);
+        reg.broadcast(data("while offline"));
+        auto c2 = fake();
+        reg.attach("user", c2, undelivered);
+        CHECK(c2->data() == strings{"while online", "while offline"});
     }
     SECTION("undelivered: an undelivered event already evicted is a gap")
     {
@@ -411,18 +430,18 @@ TEST_CASE("registry: replay policies without Last-Event-ID", "[registry]")
 
 TEST_CASE("registry: finish sends the outcome, completes, lingers, then forgets", "[registry]")
 {
-    fake_registry reg({.finished_linger = 100ms});
+    fake_registry reg({.finished_linger = 100ms, .id_epoch = "e"});
     auto live = fake();
     reg.attach("job", live);
     reg.send("job", data("50%"));
     auto r = reg.finish("job", {.event = "complete", .data = "done"});
     REQUIRE(r);
     CHECK(r.connections == 1);
-    CHECK(r.id == "2");
+    CHECK(r.id == id(2));
     CHECK(live->data() == strings{"50%", "done"});
     CHECK(live->completed());
     CHECK(reg.finished("job"));
-    CHECK(reg.last_id("job") == "2");
+    CHECK(reg.last_id("job") == id(2));
 
     CHECK(reg.send("job", data("late")).error == ssepp::errc::closed);
     CHECK(reg.finish("job", data("again")).error == ssepp::errc::closed);
@@ -437,7 +456,7 @@ TEST_CASE("registry: finish sends the outcome, completes, lingers, then forgets"
     CHECK(late->completed());
     late->close();
     auto resumed = fake();
-    auto b = reg.attach("job", resumed, {.last_event_id = "1"});
+    auto b = reg.attach("job", resumed, {.last_event_id = id(1)});
     CHECK(b.finished);
     CHECK(resumed->data() == strings{"done"});
     CHECK(resumed->completed());
@@ -636,26 +655,18 @@ TEST_CASE("registry: no key entry outlives its use", "[registry]")
             reg.erase("user" + std::to_string(i));
         CHECK(counted_key::live == 0);
     }
-    SECTION("an undelivered connection's broadcast watermark is kept until those broadcasts are gone")
+    SECTION("retained broadcasts keep no key alive (issue 16: 100k keys once stayed forever)")
     {
-        auto c1 = fake();
-        reg.attach("user", c1, undelivered);
-        reg.broadcast(data("while online"));
-        c1->close();
-        CHECK(!reg.contains("user"));
-        reg.broadcast(data("while offline"));
-        auto c2 = fake();
-        reg.attach("user", c2, undelivered);
-        CHECK(c2->data() == strings{"while offline"});  // not "while online" again
-        c2->close();
-        CHECK(counted_key::live == 2);  // the watermark: its entry, and its place in the index
-        reg.broadcast(data("3"));
-        reg.broadcast(data("4"));  // "while offline" and all before it evicted
+        reg.broadcast(data("retained"));
+        for (int i = 0; i < 2000; ++i) {
+            auto c = fake();
+            reg.attach(counted_key("user" + std::to_string(i)), c, undelivered);
+            reg.broadcast(data("b"));
+            c->close();
+        }
+        CHECK(reg.key_count() == 0);
         CHECK(counted_key::live == 0);
-        auto c3 = fake();
-        reg.attach("user", c3, undelivered);
-        CHECK(c3->data() == strings{"3", "4"});
-        c3->close();
+        CHECK(reg.size() == 0);
     }
     SECTION("finished keys are forgotten after the linger")
     {
@@ -728,7 +739,7 @@ TEST_CASE("registry: random operations agree with a model", "[registry]")
         REQUIRE(r);
         ++seq;
         CHECK(r.connections == expected_n);
-        CHECK(r.id == (own_id ? *e.id : std::to_string(seq)));
+        CHECK(r.id == (own_id ? *e.id : reg.id_epoch() + "-" + std::to_string(seq)));
         log.push_back({seq, r.id, key, d});
         for (auto& c : conns)
             if (c.attached && !c.completed && relevant(c, log.back()))
@@ -871,7 +882,7 @@ TEST_CASE("registry: attach with Last-Event-ID races publishers without gap or d
     CHECK(seen == order);
     std::vector<int> next(threads, 0);
     for (std::size_t i = 0; i < order.size(); ++i) {
-        REQUIRE(order[i].id == std::to_string(i + 1));
+        REQUIRE(order[i].id == reg.id_epoch() + "-" + std::to_string(i + 1));
         const auto colon = order[i].data.find(':');
         const int t = std::stoi(order[i].data.substr(0, colon));
         CHECK(std::stoi(order[i].data.substr(colon + 1)) == next[t]++);

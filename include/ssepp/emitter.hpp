@@ -127,6 +127,20 @@ struct close_node_for final : close_node {
     F f;
 };
 
+// The on_drained() handler: one allocation, held only while a producer waits.
+struct drain_node {
+    std::size_t threshold = 0;
+    virtual void invoke() = 0;
+    virtual ~drain_node() = default;
+};
+
+template <class F>
+struct drain_node_for final : drain_node {
+    explicit drain_node_for(F fn) : f(std::move(fn)) {}
+    void invoke() override { f(); }
+    F f;
+};
+
 } // namespace detail
 
 /// One server-sent event stream over a transport.
@@ -232,15 +246,21 @@ public:
     }
 
     /// Queues bytes that are already whole frames (the registry's path: formatted once for all).
-    std::error_code send(shared_frame frame)
+    /// `seq`, when not 0, tags the frame: written_seq() reports the last tag written, so that
+    /// the sender learns what reached the transport (the registry passes its positions).
+    /// @returns as send(event), and errc::event_too_large, with nothing queued and the stream
+    /// open, for a frame larger than emitter_options::max_queued_bytes.
+    std::error_code send(shared_frame frame, std::uint64_t seq = 0)
     {
         std::unique_lock lock(mtx_);
         if (state_ != state::open)
             return errc::closed;
         if (!frame || frame->empty())
             return {};
+        if (frame->size() > max_queued_bytes_)
+            return errc::event_too_large;
         pending_bytes_ += frame->size();
-        pending_.push_back(std::move(frame));
+        pending_.push_back({std::move(frame), seq});
         if (pending_bytes_ + inflight_bytes_ > max_queued_bytes_) {
             if (policy_ == overflow_policy::close) {
                 abort_locked(close_reason::overflow, errc::overflow);
@@ -292,6 +312,34 @@ public:
         return pending_bytes_ + inflight_bytes_;
     }
 
+    /// emitter_options::max_queued_bytes.
+    std::size_t max_queued_bytes() const noexcept { return max_queued_bytes_; }
+
+    /// The tag (see send(shared_frame, seq)) of the last tagged frame the transport accepted
+    /// whole; 0 before any. What was queued after it may be lost if the stream does not
+    /// complete.
+    std::uint64_t written_seq() const noexcept { return written_seq_.load(std::memory_order_acquire); }
+
+    /// Calls `handler()` once, on the transport's executor, when queued_bytes() is at most
+    /// `threshold` after a write (at once, posted, if it is already): a producer with more to
+    /// send than the bound allows feeds it as it drains. One handler at a time (a new one
+    /// replaces the last); it is dropped, uncalled, when the stream ends.
+    template <class Handler>
+        requires std::invocable<Handler&>
+    void on_drained(std::size_t threshold, Handler handler)
+    {
+        std::unique_lock lock(mtx_);
+        if (state_ >= state::aborting)
+            return;
+        if (pending_bytes_ + inflight_bytes_ <= threshold) {
+            lock.unlock();
+            asio::post(get_executor(), std::move(handler));
+            return;
+        }
+        drained_.reset(new detail::drain_node_for<Handler>(std::move(handler)));
+        drained_->threshold = threshold;
+    }
+
     /// Events dropped under overflow_policy::drop_oldest.
     std::uint64_t dropped() const
     {
@@ -304,6 +352,11 @@ public:
 
 private:
     enum class state : std::uint8_t { open, closing, aborting, closed };
+    // A queued frame and its tag (0: none).
+    struct queued {
+        shared_frame frame;
+        std::uint64_t seq = 0;
+    };
     enum class after { nothing, close_completed };
 
     // Durations are kept as 32-bit milliseconds (up to 49 days; longer is clamped): three of
@@ -424,7 +477,7 @@ private:
         // Keep at least the newest frame so the stream keeps moving.
         std::size_t n = 0;
         while (n + 1 < pending_.size() && pending_bytes_ + inflight_bytes_ > max_queued_bytes_)
-            pending_bytes_ -= pending_[n++]->size();
+            pending_bytes_ -= pending_[n++].frame->size();
         pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(n));
         dropped_ += n;
     }
@@ -461,8 +514,8 @@ private:
                 // An idle stream holds no batch memory: most connections are idle most of the
                 // time, and re-growing these for the next event is cheap by comparison.
                 std::vector<asio::const_buffer>().swap(bufs_);
-                std::vector<shared_frame>().swap(owners_);
-                std::vector<shared_frame>().swap(pending_);
+                std::vector<queued>().swap(owners_);
+                std::vector<queued>().swap(pending_);
                 return state_ == state::closing ? after::close_completed : after::nothing;
             }
         }
@@ -475,7 +528,7 @@ private:
     }
 
     // Appends one buffer to the batch; `owner` keeps its bytes alive until they are written.
-    void push_buffer_locked(asio::const_buffer b, shared_frame owner)
+    void push_buffer_locked(asio::const_buffer b, queued owner)
     {
         if (b.size() == 0)
             return;
@@ -484,9 +537,9 @@ private:
         inflight_bytes_ += b.size();
     }
 
-    void push_frame_locked(shared_frame f)
+    void push_frame_locked(queued f)
     {
-        const asio::const_buffer b(f->data(), f->size());
+        const asio::const_buffer b(f.frame->data(), f.frame->size());
         push_buffer_locked(b, std::move(f));
     }
 
@@ -498,24 +551,24 @@ private:
         owners_.reserve(pending_.size() + 4);
         // The head is raw HTTP; with chunked framing the body bytes after it form one chunk.
         if (head_)
-            push_frame_locked(std::exchange(head_, nullptr));
+            push_frame_locked({std::exchange(head_, nullptr)});
         if (prelude_ != nullptr || !pending_.empty()) {
             const std::size_t body = pending_bytes_ + (prelude_ ? prelude_->size() : 0);
             if (chunked_) {
                 const auto n = fmt::format_to_n(chunk_size_.data(), chunk_size_.size(), "{:x}\r\n", body).size;
-                push_buffer_locked(asio::const_buffer(chunk_size_.data(), n), nullptr);
+                push_buffer_locked(asio::const_buffer(chunk_size_.data(), n), {});
             }
             if (prelude_)
-                push_frame_locked(std::exchange(prelude_, nullptr));
+                push_frame_locked({std::exchange(prelude_, nullptr)});
             for (auto& f : pending_)
                 push_frame_locked(std::move(f));
             pending_.clear();
             pending_bytes_ = 0;
             if (chunked_)
-                push_buffer_locked(asio::const_buffer("\r\n", 2), nullptr);
+                push_buffer_locked(asio::const_buffer("\r\n", 2), {});
         } else if (state_ == state::closing && chunked_ && !terminated_) {
             terminated_ = true;
-            push_frame_locked(chunk_terminator());
+            push_frame_locked({chunk_terminator()});
         }
         return !bufs_.empty();
     }
@@ -542,9 +595,15 @@ private:
                 break;
             }
             n -= b.size();
-            owners_[buf_pos_].reset();  // written: free it now, not at the end of the batch
+            auto& owner = owners_[buf_pos_];
+            if (owner.seq)
+                written_seq_.store(owner.seq, std::memory_order_release);
+            owner.frame.reset();  // written: free it now, not at the end of the batch
             ++buf_pos_;
         }
+        // A producer waiting for room is told once the queue is low enough.
+        if (drained_ && pending_bytes_ + inflight_bytes_ <= drained_->threshold)
+            asio::post(get_executor(), [self = this->shared_from_this(), h = std::move(drained_)] { h->invoke(); });
         if (write_next_locked() == after::close_completed) {
             lock.unlock();
             finish_completed();
@@ -643,6 +702,7 @@ private:
     void close_now(close_reason reason, std::error_code ec)
     {
         detail::close_node* handlers = nullptr;
+        std::unique_ptr<detail::drain_node> drained;  // dropped outside the lock: it may own us
         {
             std::lock_guard lock(mtx_);
             if (state_ == state::closed)
@@ -666,6 +726,7 @@ private:
                 detail::shutdown_send(transport_);
             detail::close_transport(transport_);
             handlers = std::exchange(handlers_, nullptr);
+            drained = std::move(drained_);
         }
         detail::stream_service::remove(*this);
         detail::close_node::invoke_all(handlers, reason, ec);
@@ -693,7 +754,7 @@ private:
                 asio::post(get_executor(), [self = std::move(self)] {
                     std::lock_guard lock(self->mtx_);
                     if (self->state_ == state::open && self->pending_.empty() && !self->writing_) {
-                        self->pending_.push_back(heartbeat_frame());
+                        self->pending_.push_back({heartbeat_frame()});
                         self->pending_bytes_ += heartbeat_frame()->size();
                         self->kick_locked();
                     }
@@ -703,12 +764,13 @@ private:
 
     Transport transport_;
     mutable detail::small_mutex mtx_;
-    std::vector<shared_frame> pending_;      // queued, not yet being written
+    std::vector<queued> pending_;            // queued, not yet being written
     std::vector<asio::const_buffer> bufs_;   // the batch being written, consumed as written
-    std::vector<shared_frame> owners_;       // what each of bufs_ points into (null: framing)
+    std::vector<queued> owners_;             // what each of bufs_ points into (null: framing)
     std::size_t pending_bytes_ = 0;
     std::size_t inflight_bytes_ = 0;         // bytes of the batch not yet written
     detail::close_node* handlers_ = nullptr;  // most recent first
+    std::unique_ptr<detail::drain_node> drained_;  // see on_drained()
     shared_frame head_;
     shared_frame prelude_;
     std::size_t max_queued_bytes_;
@@ -719,6 +781,7 @@ private:
     std::atomic<std::int64_t> last_write_ns_{0};
     std::atomic<std::int64_t> write_started_ns_{0};  // 0: no write in flight
     std::atomic<std::uint64_t> bytes_written_{0};
+    std::atomic<std::uint64_t> written_seq_{0};
     std::uint64_t dropped_ = 0;
     std::error_code reason_ec_;
     close_reason reason_ = close_reason::completed;

@@ -22,7 +22,8 @@ enum class errc {
     empty_event,
     /// The parser met a line longer than its configured limit.
     line_too_long,
-    /// The parser met an event larger than its configured limit.
+    /// An event larger than a configured limit: the parser's, a connection's queue bound, or
+    /// the registry's history_options::max_event_bytes. Nothing was queued or retained.
     event_too_large,
     /// The connection is closed; the event was not queued.
     closed,
@@ -46,7 +47,7 @@ public:
         case errc::invalid_retry: return "event retry is negative";
         case errc::empty_event: return "event has no field to write";
         case errc::line_too_long: return "line longer than the parser's limit";
-        case errc::event_too_large: return "event larger than the parser's limit";
+        case errc::event_too_large: return "event larger than the configured limit";
         case errc::closed: return "connection closed";
         case errc::overflow: return "connection queue overflow (slow consumer)";
         case errc::timeout: return "timeout";

@@ -18,11 +18,12 @@
 #include <cstdint>
 #include <deque>
 #include <limits>
-#include <map>
+#include <random>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -34,8 +35,9 @@ namespace ssepp {
 enum class replay {
     /// Everything retained: a late subscriber to a job's progress misses nothing.
     all,
-    /// Only what no connection of the key has been sent yet: notifications for a user who was
-    /// offline.
+    /// Only what no connection of the key has written yet: notifications for a user who was
+    /// offline. An event counts as delivered once a connection of the key wrote it to its
+    /// transport (queued to a connection that then failed, it is replayed again).
     undelivered,
     /// Nothing: live events only (a ticker).
     none,
@@ -53,7 +55,8 @@ struct attach_options {
 };
 
 struct attach_result {
-    /// Events queued from history.
+    /// Events replayed from history: queued at once, or fed to the connection as it drains
+    /// when they are more than its queue bound allows.
     std::size_t replayed = 0;
     /// last_event_id was found: the replay starts right after it.
     bool resumed = false;
@@ -72,6 +75,16 @@ struct history_options {
     std::size_t max_bytes = std::size_t(1) << 20;
     /// How long a finished key's history (and so its outcome) stays after finish().
     std::chrono::milliseconds finished_linger = std::chrono::minutes(5);
+    /// Largest event accepted, formatted; a larger one is rejected with
+    /// errc::event_too_large. Every connection attached must be able to queue one such event
+    /// (emitter_options::max_queued_bytes at least this), so that any retained event reaches
+    /// any client.
+    std::size_t max_event_bytes = std::size_t(64) << 10;
+    /// Generated ids are "<epoch>-<position>". Empty (the default) draws a random epoch, so
+    /// that a registry's ids never repeat those of an earlier process or another node and a
+    /// client resuming with an id from before a restart is told of the gap, not skipped ahead.
+    /// Set it to something unique per process (a node name and boot count) to choose.
+    std::string id_epoch{};
 };
 
 /// The result of send(), finish() and broadcast().
@@ -91,18 +104,23 @@ struct send_result {
 /// number of connections (a user with three tabs).
 ///
 /// Every event sent gets a place in one registry-wide order, and an event without an id gets
-/// its position as id, so a connection under several keys resumes from one Last-Event-ID:
-/// attach() replays, merged in order from all its keys, every retained event after that one,
-/// then live ones follow, with no gap and no duplicate while other threads publish.
-/// broadcast() reaches every connection and is retained as if every connection shared one
-/// more key.
+/// an id from its position ("<epoch>-<position>", see history_options::id_epoch), so a
+/// connection under several keys resumes from one Last-Event-ID: attach() replays, merged in
+/// order from all its keys, every retained event after that one, then live ones follow, with
+/// no gap and no duplicate while other threads publish. broadcast() reaches every connection
+/// and is retained as if every connection shared one more key.
+///
+/// A replay larger than a connection's queue bound is fed to it as it drains, live events
+/// queued behind it, so any retained history reaches any client; a connection that falls
+/// further behind than its queue bound meanwhile meets its overflow policy.
 ///
 /// Thread-safe. An event is formatted once, under the registry's lock (that fixes its place
 /// in the order), and queued to each emitter without copying.
 ///
-/// @tparam Emitter basic_emitter<T> or anything with start(), send(shared_frame), complete()
-/// and on_close(handler), none of which may call back into the registry (close handlers run
-/// later, on the emitter's executor).
+/// @tparam Emitter basic_emitter<T> or anything with its start(), send(shared_frame, seq),
+/// complete(), on_close(handler), is_open(), queued_bytes(), max_queued_bytes(),
+/// written_seq() and on_drained(threshold, handler), none of which may call back into the
+/// registry (handlers run later, on the emitter's executor).
 template <class Key = std::string, class Emitter = emitter>
 class basic_registry {
 public:
@@ -110,8 +128,9 @@ public:
     using emitter_type = Emitter;
     using emitter_ptr = std::shared_ptr<Emitter>;
 
+    /// @throws std::invalid_argument for an id_epoch with CR, LF or NUL.
     explicit basic_registry(history_options options = {})
-        : state_(std::make_shared<state>(options))
+        : state_(std::make_shared<state>(std::move(options)))
     {
     }
 
@@ -134,13 +153,21 @@ public:
     /// of its keys and every broadcast. It leaves the registry by itself when it closes.
     ///
     /// Without last_event_id, replay::undelivered replays, per key, the key's retained events
-    /// after the last one that was sent to a live connection of that key, and the retained
-    /// broadcasts after the last one sent to a connection of any of the keys; `gap` is set when
-    /// such an undelivered event of a key was already evicted.
+    /// after the last one a connection of that key wrote, and the retained broadcasts after
+    /// the last one a connection of any of the keys wrote; `gap` is set when such an
+    /// undelivered event of a key was already evicted. A key is remembered only while it has
+    /// connections, a history or a lingering finish: a key with none is forgotten, and its
+    /// next connection is replayed every retained broadcast (a duplicate rather than a loss).
+    ///
+    /// @throws std::invalid_argument when `em` cannot queue an event of
+    /// history_options::max_event_bytes (its max_queued_bytes() is smaller).
     attach_result attach(std::span<const Key> keys, emitter_ptr em, const attach_options& options = {})
     {
-        attach_result result;
         auto& s = *state_;
+        if (em->max_queued_bytes() < s.options.max_event_bytes)
+            throw std::invalid_argument("ssepp::basic_registry::attach: the emitter's max_queued_bytes is "
+                                        "below history_options::max_event_bytes");
+        attach_result result;
         std::lock_guard lock(s.mtx);
         s.purge_locked();
         auto owned = std::make_unique<member>();
@@ -155,16 +182,12 @@ public:
             if (std::find(channels.begin(), channels.end(), c) != channels.end())
                 continue;
             reserve_one(c->members);
-            s.activate_locked(*c);
-            m->add(c);
             channels.push_back(c);
-            if (!c->finished)
-                ++m->unfinished;
         }
+        m->more.reserve(channels.size() > 2 ? channels.size() - 2 : 0);
 
         // Per channel, the position after which retained events are replayed.
         std::vector<std::uint64_t> after(channels.size(), 0);
-        bool mark_delivered = true;
         if (options.last_event_id) {
             if (auto seq = find_locked(channels, *options.last_event_id)) {
                 std::fill(after.begin(), after.end(), *seq);
@@ -172,16 +195,15 @@ public:
                 for (auto* c : channels)
                     result.gap |= c->evicted_through > *seq;
             } else {
-                result.gap = true;  // unknown or evicted: the whole retained history follows
+                result.gap = true;  // unknown, foreign or evicted: the whole retained history follows
             }
         } else if (options.otherwise == replay::none) {
             std::fill(after.begin(), after.end(), s.next_seq);
-            mark_delivered = false;
         } else if (options.otherwise == replay::undelivered) {
             for (std::size_t i = 1; i < channels.size(); ++i) {
-                after[i] = channels[i]->delivered_through;
-                after[0] = std::max(after[0], s.broadcasts_delivered(*channels[i]));
-                result.gap |= channels[i]->evicted_through > channels[i]->delivered_through;
+                after[i] = s.delivered_locked(*channels[i], false);
+                after[0] = std::max(after[0], s.delivered_locked(*channels[i], true));
+                result.gap |= channels[i]->evicted_through > after[i];
             }
         }
 
@@ -198,20 +220,28 @@ public:
                     replay.push_back(&r);
         std::sort(replay.begin(), replay.end(), [](auto* a, auto* b) { return a->seq < b->seq; });
         e.start();
-        for (const auto* r : replay)
-            e.send(r->frame);
+        m->after_broadcasts = after[0];
+        for (std::size_t i = 1; i < channels.size(); ++i) {
+            m->add(channels[i], after[i]);
+            if (!channels[i]->finished)
+                ++m->unfinished;
+        }
+        if (!replay.empty()) {
+            m->backlog = std::make_unique<pending_feed>();
+            for (const auto* r : replay) {
+                m->backlog->frames.emplace_back(r->seq, r->frame);
+                m->backlog->bytes += r->frame->size();
+            }
+            // Live events may pile up behind the replay by one queue bound at most.
+            m->backlog->limit = m->backlog->bytes + e.max_queued_bytes();
+            s.feed_locked(*m, false);
+        }
         result.replayed = replay.size();
 
-        m->for_each_channel([&](channel* c) {
-            c->members.push_back(m);
-            if (mark_delivered) {
-                c->delivered_through = std::max(c->delivered_through, s.next_seq);
-                c->broadcast_delivered_through = std::max(c->broadcast_delivered_through, s.next_seq);
-            }
-        });
+        m->for_each_channel([&](channel* c, std::uint64_t) { c->members.push_back(m); });
         result.finished = m->first != nullptr && m->unfinished == 0;
         if (result.finished)
-            e.complete();
+            s.complete_locked(*m, true);
         m->index = static_cast<std::uint32_t>(s.all.size());
         s.all.push_back(owned.release());
         e.on_close([w = std::weak_ptr<state>(state_), m](close_reason, std::error_code) {
@@ -222,7 +252,7 @@ public:
     }
 
     /// Sends `e` to every connection under `key`, and retains it in the key's history.
-    /// An event without id gets the registry's next position as id.
+    /// An event without id gets an id from the registry's next position.
     send_result send(const Key& key, event e)
     {
         auto& s = *state_;
@@ -231,7 +261,6 @@ public:
         auto it = s.lookup_locked(key);
         if (it->second.finished)
             return {.error = errc::closed};
-        s.activate_locked(it->second);
         auto result = s.deliver_locked(it->second, std::move(e));
         s.erase_if_unused_locked(it);
         return result;
@@ -260,7 +289,6 @@ public:
         auto& c = it->second;
         if (c.finished)
             return {.error = errc::closed};
-        s.activate_locked(c);
         auto result = s.deliver_locked(c, std::move(last), true);
         if (!result) {
             s.erase_if_unused_locked(it);
@@ -271,11 +299,13 @@ public:
         s.lingering.emplace_back(c.linger_until, key);
         for (auto* m : c.members)
             if (--m->unfinished == 0)
-                m->em->complete();
+                s.complete_locked(*m, true);
         return result;
     }
 
-    /// Completes every connection under `key` (each flushes, then closes); the history stays.
+    /// Completes every connection under `key` (each flushes what it has queued, then closes;
+    /// a replay still being fed stops, and the client resumes it with its Last-Event-ID); the
+    /// history stays.
     /// @returns how many connections were completed.
     std::size_t close(const Key& key)
     {
@@ -285,7 +315,7 @@ public:
         if (it == s.keys.end())
             return 0;
         for (auto* m : it->second.members)
-            m->em->complete();
+            s.complete_locked(*m, false);
         return it->second.members.size();
     }
 
@@ -298,11 +328,8 @@ public:
         if (it == s.keys.end())
             return;
         for (auto* m : it->second.members)
-            m->em->complete();
-        it->second.history.clear();
-        it->second.history_bytes = 0;
-        it->second.finished = false;
-        s.erase_if_unused_locked(it, true);
+            s.complete_locked(*m, false);
+        s.forget_locked(it);
     }
 
     /// Completes every connection (for shutdown); they leave as they close.
@@ -311,7 +338,7 @@ public:
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
         for (auto* m : s.all)
-            m->em->complete();
+            s.complete_locked(*m, false);
     }
 
     /// Bytes queued or being written over all live connections: with size(), what a publisher
@@ -338,6 +365,16 @@ public:
         std::lock_guard lock(state_->mtx);
         auto it = state_->keys.find(key);
         return it == state_->keys.end() ? 0 : it->second.members.size();
+    }
+
+    /// Keys the registry holds anything for (connections, a history, a lingering finish):
+    /// what its memory grows with besides connections and retained events.
+    std::size_t key_count() const
+    {
+        auto& s = *state_;
+        std::lock_guard lock(s.mtx);
+        s.purge_locked();
+        return s.keys.size();
     }
 
     /// Whether `key` has a history or connections (a finished key lingers).
@@ -372,6 +409,10 @@ public:
         return it->second.history.back().id;
     }
 
+    /// The epoch of the ids this registry generates (history_options::id_epoch, or the one
+    /// it drew).
+    const std::string& id_epoch() const noexcept { return state_->epoch; }
+
 private:
     // Room for one more element, so that linking a member in cannot throw; growing
     // geometrically (reserve(size() + 1) would reallocate, and copy, on every attach).
@@ -394,40 +435,69 @@ private:
         std::vector<member*> members;
         std::deque<record> history;
         std::size_t history_bytes = 0;
-        std::uint64_t evicted_through = 0;              // last position dropped from history
-        std::uint64_t delivered_through = 0;            // last own event sent to a live connection
-        std::uint64_t broadcast_delivered_through = 0;  // last broadcast sent to a live connection
+        std::uint64_t evicted_through = 0;  // last position dropped from history
+        // Last own event, and last broadcast, that a connection of the key that has since
+        // closed wrote (live connections are asked: state::delivered_locked()).
+        std::uint64_t delivered_through = 0;
+        std::uint64_t broadcast_delivered_through = 0;
         std::chrono::steady_clock::time_point linger_until{};
         bool finished = false;
-        // Kept only for broadcast_delivered_through (see state::idle): its place there.
-        std::optional<typename std::multimap<std::uint64_t, Key>::iterator> idle;
         const Key* key = nullptr;  // its own key in the map (nodes are stable)
 
         bool unused() const noexcept { return members.empty() && history.empty() && !finished; }
     };
 
-    // One per attached connection. Its keys' channels are stable: a channel with members stays
-    // in the map. The first is held inline, as most connections have one key.
+    // What a connection is still to be fed, in order: the replay, then the live events that
+    // arrived while it was fed. Allocated only while there is something.
+    struct pending_feed {
+        std::deque<std::pair<std::uint64_t, shared_frame>> frames;
+        std::size_t bytes = 0;
+        std::size_t limit = 0;  // past it, the emitter's overflow policy decides
+    };
+
+    // One per attached connection, with the position after which it was sent everything of
+    // each channel (the replay's start): what it wrote then proves what was delivered. Its
+    // keys' channels are stable: a channel with members stays in the map. The first is held
+    // inline, as most connections have one key.
     struct member {
         emitter_ptr em;
         channel* first = nullptr;
-        std::vector<channel*> more;
+        std::uint64_t first_after = 0;
+        std::vector<std::pair<channel*, std::uint64_t>> more;
+        std::uint64_t after_broadcasts = 0;
+        std::unique_ptr<pending_feed> backlog;
         std::uint32_t index = 0;       // in state::all
         std::uint32_t unfinished = 0;  // keys not finished yet
+        bool complete_after_backlog = false;
 
-        void add(channel* c) { first ? more.push_back(c) : void(first = c); }
+        void add(channel* c, std::uint64_t after)
+        {
+            if (first)
+                more.emplace_back(c, after);
+            else
+                first = c, first_after = after;
+        }
+        std::uint64_t after(const channel* c) const
+        {
+            if (c == first)
+                return first_after;
+            for (const auto& [ch, a] : more)
+                if (ch == c)
+                    return a;
+            return 0;
+        }
         template <class F>
         void for_each_channel(F f) const
         {
             if (first)
-                f(first);
-            for (auto* c : more)
-                f(c);
+                f(first, first_after);
+            for (const auto& [c, a] : more)
+                f(c, a);
         }
     };
 
-    struct state {
-        explicit state(history_options o) : options(o) {}
+    struct state : std::enable_shared_from_this<state> {
+        explicit state(history_options o) : options(std::move(o)), epoch(make_epoch(options.id_epoch)) {}
 
         state(const state&) = delete;
         state& operator=(const state&) = delete;
@@ -436,6 +506,22 @@ private:
         {
             for (auto* m : all)
                 delete m;
+        }
+
+        static std::string make_epoch(const std::string& given)
+        {
+            if (given.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
+                throw std::invalid_argument("ssepp::history_options::id_epoch contains CR, LF or NUL");
+            if (!given.empty())
+                return given;
+            // 40 random bits as 8 base-36 digits: compact, and a repeat across restarts is a
+            // one-in-a-trillion event.
+            std::random_device rd;
+            auto bits = ((std::uint64_t(rd()) << 32) ^ rd()) & ((std::uint64_t(1) << 40) - 1);
+            std::string out(8, '0');
+            for (auto i = out.size(); i-- > 0; bits /= 36)
+                out[i] = "0123456789abcdefghijklmnopqrstuvwxyz"[bits % 36];
+            return out;
         }
 
         // Fixes the event's place in the order, formats it once, retains it, queues it.
@@ -447,24 +533,81 @@ private:
                 return {.error = ec};
             const auto seq = next_seq + 1;
             if (!e.id)
-                e.id = fmt::format_int(seq).str();
+                e.id = fmt::format("{}-{}", epoch, seq);
             std::error_code ec;
             auto frame = make_frame(e, ec);
             if (ec)
                 return {.error = ec};
+            if (frame->size() > options.max_event_bytes)
+                return {.error = errc::event_too_large};
             next_seq = seq;
             retain_locked(c, record{seq, *e.id, frame}, keep);
-            const bool everyone_ = &c == &everyone;
-            const auto& targets = everyone_ ? all : c.members;
-            for (auto* m : targets)
-                m->em->send(frame);
-            // A key with connections has been sent every broadcast: broadcasts_delivered()
-            // reads that off last_broadcast instead of this loop touching every key.
-            if (everyone_ && !targets.empty())
-                last_broadcast = seq;
-            else if (!targets.empty())
-                c.delivered_through = seq;
+            const auto& targets = &c == &everyone ? all : c.members;
+            for (auto* m : targets) {
+                if (m->backlog)
+                    push_backlog_locked(*m, seq, frame);
+                else
+                    m->em->send(frame, seq);
+            }
             return {.connections = targets.size(), .id = std::move(*e.id)};
+        }
+
+        // Behind a replay still being fed: in order after it, within the backlog's bound.
+        void push_backlog_locked(member& m, std::uint64_t seq, const shared_frame& frame)
+        {
+            auto& b = *m.backlog;
+            b.frames.emplace_back(seq, frame);
+            b.bytes += frame->size();
+            feed_locked(m, b.bytes > b.limit);
+        }
+
+        // Queues the member's backlog to its emitter while the emitter's bound has room (all of
+        // it, regardless, when `force`: the emitter's overflow policy then decides), and asks
+        // to be called again when the emitter has drained to half its bound.
+        void feed_locked(member& m, bool force)
+        {
+            auto& b = *m.backlog;
+            auto& e = *m.em;
+            const auto bound = e.max_queued_bytes();
+            while (!b.frames.empty()) {
+                auto& [seq, frame] = b.frames.front();
+                if (!force && e.queued_bytes() + frame->size() > bound) {
+                    e.on_drained(bound / 2, [w = this->weak_from_this(), mp = &m, ep = &e] {
+                        if (auto st = w.lock())
+                            st->refill(mp, ep);
+                    });
+                    return;
+                }
+                b.bytes -= frame->size();
+                const auto ec = e.send(std::move(frame), seq);
+                b.frames.pop_front();
+                if (ec)
+                    break;  // ending: it leaves through its close handler
+            }
+            m.backlog.reset();
+            if (m.complete_after_backlog)
+                e.complete();
+        }
+
+        // The emitter has room again. The member is alive while its emitter is open: it is
+        // deleted only by the close handler, which needs the lock held here.
+        void refill(member* m, Emitter* e)
+        {
+            std::lock_guard lock(mtx);
+            if (e->is_open() && m->backlog)
+                feed_locked(*m, false);
+        }
+
+        // Completes a connection; `after_backlog`: once its backlog is fed (a finish), else at
+        // once, dropping the backlog.
+        void complete_locked(member& m, bool after_backlog)
+        {
+            if (m.backlog && after_backlog) {
+                m.complete_after_backlog = true;
+                return;
+            }
+            m.backlog.reset();
+            m.em->complete();
         }
 
         void retain_locked(channel& c, record r, bool keep)
@@ -476,22 +619,31 @@ private:
             }
             c.history_bytes += r.frame->size();
             c.history.push_back(std::move(r));
-            bool evicted = false;
             while (c.history.size() > 1 && (c.history.size() > cap || c.history_bytes > options.max_bytes)) {
                 c.history_bytes -= c.history.front().frame->size();
                 c.evicted_through = c.history.front().seq;
                 c.history.pop_front();
-                evicted = true;
             }
-            if (evicted && &c == &everyone)
-                drop_idle_locked();
         }
 
-        // The last broadcast a connection of `c` was sent.
-        std::uint64_t broadcasts_delivered(const channel& c) const noexcept
+        // The last position through which `c`'s own events (or the broadcasts) are known
+        // written by a connection of `c`: the closed connections' watermark, extended by each
+        // live connection that was sent everything after it and has written further.
+        std::uint64_t delivered_locked(const channel& c, bool broadcasts) const
         {
-            return c.members.empty() ? c.broadcast_delivered_through
-                                     : std::max(c.broadcast_delivered_through, last_broadcast);
+            auto through = broadcasts ? c.broadcast_delivered_through : c.delivered_through;
+            for (bool grew = true; grew;) {
+                grew = false;
+                for (const auto* m : c.members) {
+                    const auto from = broadcasts ? m->after_broadcasts : m->after(&c);
+                    const auto written = m->em->written_seq();
+                    if (from <= through && written > through) {
+                        through = written;
+                        grew = true;
+                    }
+                }
+            }
+            return through;
         }
 
         // The key's channel, made if need be; it learns its key for detach().
@@ -505,8 +657,13 @@ private:
         void detach(member* m)
         {
             std::lock_guard lock(mtx);
-            m->for_each_channel([&](channel* c) {
-                c->broadcast_delivered_through = broadcasts_delivered(*c);  // while it has members
+            // What it wrote, of what it was sent from its replay's start on, was delivered.
+            const auto written = m->em->written_seq();
+            m->for_each_channel([&](channel* c, std::uint64_t from) {
+                if (from <= c->delivered_through)
+                    c->delivered_through = std::max(c->delivered_through, written);
+                if (m->after_broadcasts <= c->broadcast_delivered_through)
+                    c->broadcast_delivered_through = std::max(c->broadcast_delivered_through, written);
                 auto& v = c->members;
                 if (auto pos = std::find(v.begin(), v.end(), m); pos != v.end()) {
                     *pos = v.back();
@@ -520,45 +677,20 @@ private:
             delete m;
         }
 
-        // Erases a key with no connections, no history and no finish to remember, unless
-        // replay::undelivered still needs to know which retained broadcasts its connections
-        // were sent (then it waits in `idle` until those broadcasts are evicted). `forget`:
-        // erase it regardless.
-        void erase_if_unused_locked(typename std::unordered_map<Key, channel>::iterator it, bool forget = false)
+        // Erases a key with no connections, no history and no finish to remember.
+        void erase_if_unused_locked(typename std::unordered_map<Key, channel>::iterator it)
         {
-            auto& c = it->second;
-            if (!c.unused())
-                return;
-            if (!forget && !everyone.history.empty()
-                && everyone.history.front().seq <= c.broadcast_delivered_through) {
-                if (!c.idle)
-                    c.idle = idle.emplace(c.broadcast_delivered_through, it->first);
-                return;
-            }
-            activate_locked(c);
-            keys.erase(it);
-        }
-
-        // The key is in use again: it leaves `idle`.
-        void activate_locked(channel& c)
-        {
-            if (c.idle) {
-                idle.erase(*c.idle);
-                c.idle.reset();
-            }
-        }
-
-        // Erases the idle keys whose watermark is older than every retained broadcast.
-        void drop_idle_locked()
-        {
-            const auto oldest = everyone.history.empty() ? std::numeric_limits<std::uint64_t>::max()
-                                                         : everyone.history.front().seq;
-            while (!idle.empty() && idle.begin()->first < oldest) {
-                auto it = keys.find(idle.begin()->second);
-                idle.erase(idle.begin());
-                it->second.idle.reset();
+            if (it->second.unused())
                 keys.erase(it);
-            }
+        }
+
+        // Drops the key's history and finish; the key goes once its connections have left.
+        void forget_locked(typename std::unordered_map<Key, channel>::iterator it)
+        {
+            it->second.history.clear();
+            it->second.history_bytes = 0;
+            it->second.finished = false;
+            erase_if_unused_locked(it);
         }
 
         // Forgets finished keys whose linger is over.
@@ -573,35 +705,31 @@ private:
                 // Skip a key erased, or erased and finished again since (its own entry follows).
                 if (it == keys.end() || !it->second.finished || it->second.linger_until > now)
                     continue;
-                it->second.history.clear();
-                it->second.history_bytes = 0;
-                it->second.finished = false;
-                erase_if_unused_locked(it);
+                forget_locked(it);
             }
         }
 
         history_options options;
+        std::string epoch;
         std::mutex mtx;
         std::unordered_map<Key, channel> keys;
         channel everyone;
         std::vector<member*> all;
-        // Keys kept only for their broadcast watermark, by that watermark.
-        std::multimap<std::uint64_t, Key> idle;
         std::deque<std::pair<std::chrono::steady_clock::time_point, Key>> lingering;
         std::uint64_t next_seq = 0;
-        std::uint64_t last_broadcast = 0;  // the last broadcast sent to at least one connection
     };
 
-    // The position of the newest retained event whose id is `id`, in any of `channels`.
+    // The position of the oldest retained event whose id is `id`, in any of `channels`: on
+    // duplicate ids a replay from the oldest repeats events rather than skipping them.
     static std::optional<std::uint64_t> find_locked(const std::vector<channel*>& channels,
                                                     std::string_view id)
     {
         std::optional<std::uint64_t> found;
         for (auto* c : channels)
-            for (auto it = c->history.rbegin(); it != c->history.rend(); ++it)
-                if (it->id == id) {
-                    if (!found || it->seq > *found)
-                        found = it->seq;
+            for (const auto& r : c->history)
+                if (r.id == id) {
+                    if (!found || r.seq < *found)
+                        found = r.seq;
                     break;
                 }
         return found;

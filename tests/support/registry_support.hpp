@@ -65,7 +65,8 @@ public:
         ++starts_;
     }
 
-    std::error_code send(ssepp::shared_frame frame)
+    /// Every frame queued counts as written at once (written_seq()).
+    std::error_code send(ssepp::shared_frame frame, std::uint64_t seq = 0)
     {
         std::lock_guard lock(mtx_);
         if (closed_ || completed_)
@@ -73,8 +74,26 @@ public:
         if (starts_ == 0)
             ++sent_before_start_;
         frames_.push_back(std::move(frame));
+        if (seq)
+            written_seq_ = seq;
         return {};
     }
+
+    bool is_open() const
+    {
+        std::lock_guard lock(mtx_);
+        return !closed_ && !completed_;
+    }
+    std::size_t queued_bytes() const { return 0; }
+    std::size_t max_queued_bytes() const { return std::size_t(1) << 30; }
+    std::uint64_t written_seq() const
+    {
+        std::lock_guard lock(mtx_);
+        return written_seq_;
+    }
+    /// Never needed: nothing stays queued here.
+    template <class Handler>
+    void on_drained(std::size_t, Handler) {}
 
     /// Not used by the registry (it queues only frames); formats like basic_emitter.
     std::error_code send(const ssepp::event& e)
@@ -147,6 +166,7 @@ private:
     int starts_ = 0;
     int completes_ = 0;
     std::size_t sent_before_start_ = 0;
+    std::uint64_t written_seq_ = 0;
     bool completed_ = false;
     bool closed_ = false;
 };
@@ -193,7 +213,7 @@ inline std::string last_event_id_header(std::string_view id)
 /// A registry served on 127.0.0.1: every request attaches a new emitter under the keys its
 /// target names (see target()). The registry is destroyed before the io_context it uses.
 struct registry_server_options {
-    ssepp::history_options history{};
+    ssepp::history_options history{.id_epoch = "e"};
     ssepp::emitter_options emitter{};
     int threads = 1;
 };
