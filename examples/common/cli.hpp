@@ -83,7 +83,7 @@ private:
     {
         fmt::print(out, "usage: {} [options]\n", program_);
         for (const auto& f : flags_)
-            fmt::print(out, "  {:<18} {} (default: {})\n", f.name + " V", f.help, f.default_value);
+            fmt::print(out, "  {:<24} {} (default: {})\n", f.name + " V", f.help, f.default_value);
     }
 
     std::string program_;

@@ -48,6 +48,13 @@ private:
     std::uint64_t line_;
 };
 
+/// What is wrong with a malformed record's quoting.
+enum class fault : std::uint8_t {
+    none,
+    quote_in_unquoted_field,   // `ab"c`
+    text_after_closing_quote,  // `"ab"c`
+};
+
 /// One record. The views are valid until the reader's next call (and while the text lives).
 struct record {
     /// 1-based line where the record starts.
@@ -59,6 +66,9 @@ struct record {
     std::span<const std::string_view> fields;
     /// The record's quoting is broken (see above); its fields are not to be trusted.
     bool malformed = false;
+    /// For a malformed record: what, and in which field (0-based).
+    csv::fault fault = csv::fault::none;
+    std::size_t fault_field = 0;
 };
 
 class reader {
@@ -138,7 +148,9 @@ bool reader::advance(record* out)
     if constexpr (Keep)
         spans_.clear();
     bool malformed = false;
-    for (;;) { // one field per iteration; p is at its first byte
+    csv::fault what = csv::fault::none;
+    std::size_t field_index = 0;
+    for (;; ++field_index) { // one field per iteration; p is at its first byte
         if (p < size && text[p] == '"') {
             const std::uint64_t quote_line = line_;
             const std::size_t begin = p + 1;
@@ -166,6 +178,7 @@ bool reader::advance(record* out)
             p = q + 1; // after the closing quote
             if (p < size && text[p] != ',' && text[p] != '\n' && text[p] != '\r') {
                 malformed = true;
+                what = csv::fault::text_after_closing_quote;
                 break;
             }
             if constexpr (Keep)
@@ -176,6 +189,7 @@ bool reader::advance(record* out)
                 ++p;
             if (p < size && text[p] == '"') {
                 malformed = true;
+                what = csv::fault::quote_in_unquoted_field;
                 break;
             }
             if constexpr (Keep)
@@ -203,6 +217,8 @@ bool reader::advance(record* out)
         out->offset = start;
         out->fields = fields_;
         out->malformed = malformed;
+        out->fault = what;
+        out->fault_field = malformed ? field_index : 0;
     }
     return true;
 }

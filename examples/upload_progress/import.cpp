@@ -82,6 +82,31 @@ bool parse_quantity(std::string_view s, std::int64_t& quantity) noexcept
     return ec == std::errc{} && end == s.data() + s.size();
 }
 
+// Why a price or a quantity was refused, for the row-error: the rule it broke. Only called for
+// a value the parser refused.
+std::string_view number_problem(std::string_view s, bool decimal) noexcept
+{
+    if (s.empty())
+        return decimal ? "price is empty" : "quantity is empty";
+    if (s.front() == '-')
+        return decimal ? "price must not be negative" : "quantity must not be negative";
+    const std::size_t dot = s.find('.');
+    const auto digits = [](std::string_view d) { return !d.empty() && std::all_of(d.begin(), d.end(), is_digit); };
+    if (!decimal) {
+        if (digits(s))
+            return "quantity is too large";
+        return "quantity must be a whole number written in digits only (like 12)";
+    }
+    if (dot != std::string_view::npos && digits(s.substr(0, dot)) && digits(s.substr(dot + 1))) {
+        if (s.size() - dot - 1 > 2)
+            return "price must be a number with at most 2 decimals";
+        return "price is too large";
+    }
+    if (dot == std::string_view::npos && digits(s))
+        return "price is too large";
+    return "price must be a number with at most 2 decimals, in digits with an optional '.' (like 12.50)";
+}
+
 struct columns {
     std::array<std::size_t, 4> index; // sku, name, price, quantity
     std::size_t needed;               // fields a row needs: the largest index + 1
@@ -339,18 +364,39 @@ private:
         return i < rec.fields.size() ? trim_ows(rec.fields[i]) : std::string_view{};
     }
 
+    // The name of a column of the file by its index: one of ours, or its number.
+    std::string column_name(std::size_t index) const
+    {
+        for (std::size_t c = 0; c < required_columns.size(); ++c)
+            if (cols_.index[c] == index)
+                return std::string("the ") + std::string(required_columns[c]) + " field";
+        return "field " + std::to_string(index + 1);
+    }
+
     void validate(const csv::record& rec)
     {
         const auto fixed = [](std::string_view r) { return [r] { return r; }; };
         const std::string_view sku = field(rec, 0);
-        if (rec.malformed)
-            return reject(rec.line, sku, fixed("malformed quotes"));
-        if (rec.fields.size() < cols_.needed)
-            return reject(rec.line, sku, fixed("missing fields"));
+        if (rec.malformed) {
+            return reject(rec.line, sku, [&] {
+                if (rec.fault == csv::fault::text_after_closing_quote)
+                    return "malformed quotes in " + column_name(rec.fault_field)
+                           + ": text after its closing quote (a quoted field ends at its closing quote)";
+                return "malformed quotes in " + column_name(rec.fault_field)
+                       + ": a quote in an unquoted field (quote the whole field and double the quotes in it)";
+            });
+        }
+        if (rec.fields.size() < cols_.needed) {
+            const auto have = rec.fields.size();
+            return reject(rec.line, sku, [this, have] {
+                return "row has " + std::to_string(have) + (have == 1 ? " field" : " fields") + ", "
+                       + std::to_string(cols_.needed) + " needed to reach the " + std::string(last_column_name()) + " column";
+            });
+        }
         if (sku.empty())
-            return reject(rec.line, sku, fixed("missing sku"));
+            return reject(rec.line, sku, fixed("sku is empty"));
         if (!valid_utf8(sku))
-            return reject(rec.line, sku, fixed("invalid UTF-8 in sku"));
+            return reject(rec.line, sku, fixed("sku is not valid UTF-8"));
         if (const kept_row* first = first_with(sku)) {
             const std::uint64_t first_line = first->line;
             return reject(rec.line, sku, [first_line] {
@@ -361,14 +407,14 @@ private:
         set_key(kept, sku, 0);
         const std::string_view name = field(rec, 1);
         if (name.empty())
-            return reject(rec.line, sku, fixed("missing name"));
+            return reject(rec.line, sku, fixed("name is empty"));
         if (!valid_utf8(name))
-            return reject(rec.line, sku, fixed("invalid UTF-8 in name"));
+            return reject(rec.line, sku, fixed("name is not valid UTF-8"));
         std::int64_t number = 0;
-        if (!parse_price(field(rec, 2), number))
-            return reject(rec.line, sku, fixed("bad price"));
-        if (!parse_quantity(field(rec, 3), number))
-            return reject(rec.line, sku, fixed("bad quantity"));
+        if (const auto price = field(rec, 2); !parse_price(price, number))
+            return reject(rec.line, sku, fixed(number_problem(price, true)));
+        if (const auto quantity = field(rec, 3); !parse_quantity(quantity, number))
+            return reject(rec.line, sku, fixed(number_problem(quantity, false)));
         kept.good = 1;
         // The longest sku, and the prefix all good skus share, for the sort keys.
         longest_sku_ = std::max(longest_sku_, sku.size());
@@ -380,6 +426,16 @@ private:
                                               first_sku_.begin() + shared_prefix_);
             shared_prefix_ = static_cast<std::size_t>(shared.first - sku.begin());
         }
+    }
+
+    // The required column furthest right in the file.
+    std::string_view last_column_name() const
+    {
+        std::size_t best = 0;
+        for (std::size_t c = 1; c < required_columns.size(); ++c)
+            if (cols_.index[c] > cols_.index[best])
+                best = c;
+        return required_columns[best];
     }
 
     // Reads a good row again and upserts it.

@@ -3,6 +3,7 @@
 // progress at /api/upload/<id>/events, and a reconnecting client resumes from Last-Event-ID.
 // The HTTP contract is in README.md beside this file.
 #include "common/http.hpp"
+#include "common/http_flags.hpp"
 #include "common/multipart.hpp"
 #include "common/random_id.hpp"
 #include "common/server_main.hpp"
@@ -17,6 +18,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -31,7 +33,31 @@ namespace {
 struct job {
     std::string state = "queued";  // queued, processing, completed, failed
     upload::progress progress{};
+    std::size_t bytes = 0;         // of its upload, held until it ends
+    /// Once it ended: its terminal event as sent, id included, for a client that comes after
+    /// the history lingered out.
+    std::optional<ssepp::event> outcome{};
 };
+
+/// What the service holds at most, so that requests nobody authenticated cannot grow its
+/// memory without bound.
+struct service_limits {
+    std::size_t max_upload_bytes = std::size_t(64) << 20;
+    /// Jobs accepted and not ended (queued or running), and the bytes of their uploads: past
+    /// either, 503 with Retry-After.
+    std::size_t max_queued_jobs = 16;
+    std::size_t max_queued_bytes = std::size_t(256) << 20;
+    /// Finished jobs remembered; past it the oldest is forgotten (404), history and all.
+    std::size_t max_finished_jobs = 100;
+    /// How long a finished job's whole event history stays for replay.
+    std::chrono::milliseconds finished_linger = std::chrono::minutes(10);
+    /// How long a finished job's status and outcome stay (at least finished_linger): a client
+    /// that comes back after the history is gone still gets the terminal event, then the end.
+    std::chrono::milliseconds finished_ttl = std::chrono::hours(1);
+};
+
+/// Seconds a client refused for capacity is told to wait: about what a large import takes.
+constexpr int retry_after_seconds = 5;
 
 // Paces a job's progress events to the contract: no two closer than min_gap, and never more
 // than max_quiet without one while the job runs. The importer reports every 100 to 250 ms, but
@@ -120,24 +146,28 @@ private:
 
 class upload_service {
 public:
-    upload_service(std::string db_path, std::size_t max_upload_bytes)
-        : db_path_(std::move(db_path)), max_upload_bytes_(max_upload_bytes)
+    upload_service(std::string db_path, service_limits limits)
+        : db_path_(std::move(db_path)), limits_(limits),
+          streams_({.max_events = 5000, .max_bytes = 4 << 20, .finished_linger = limits.finished_linger})
     {
+        limits_.finished_ttl = std::max(limits_.finished_ttl, limits_.finished_linger);
         common::sqlite::db db(db_path_);
         upload::ensure_schema(db);
     }
 
-    // Rejects from the head alone: wrong type (415), too large (413, by the server).
-    std::optional<response> check(const request& req, std::size_t& max_body) const
+    // Rejects from the head alone: wrong type (415), too large (413, by the server), no room
+    // in the queue (503), so that a refused body is never read.
+    std::optional<response> check(const request& req, std::size_t& max_body)
     {
         if (req.method != "POST" || req.path != "/api/upload/csv")
             return std::nullopt;
-        max_body = max_upload_bytes_;
+        max_body = limits_.max_upload_bytes;
         const auto type = req.header("Content-Type");
         const auto media = ssepp::detail::trim_ows(type.substr(0, type.find(';')));
         if (!common::multipart::boundary(type) && !ssepp::detail::iequals(media, "text/csv"))
             return response::error(415, "send the file as multipart/form-data (field 'file') or as text/csv");
-        return std::nullopt;
+        std::lock_guard lock(mtx_);
+        return no_room_locked(req.content_length.value_or(0));
     }
 
     common::http::reply handle(request& req)
@@ -190,7 +220,12 @@ private:
         const auto id = common::random_id();
         {
             std::lock_guard lock(mtx_);
-            jobs_[id] = job{};
+            // Checked again with the real size: others may have been queued since the head.
+            if (auto refused = no_room_locked(req.body.size()))
+                return std::move(*refused);
+            jobs_[id] = job{.bytes = req.body.size()};
+            ++queued_jobs_;
+            queued_bytes_ += req.body.size();
         }
         ++running_; // queued counts as running, for the shutdown grace
         // The body moves to the worker, and the CSV with it as an offset into it.
@@ -238,39 +273,122 @@ private:
             // reads the products when `complete` arrives finds the file free.
             pacer.stop();
             set_state(id, "completed");
-            streams_.finish(id, {.event = "complete",
-                                 .data = json{{"rows", s.rows}, {"inserted", s.inserted}, {"updated", s.updated},
-                                              {"errors", s.errors}, {"elapsed_ms", s.elapsed.count()},
-                                              {"products", "/api/products"}}
-                                             .dump()});
+            end(id, {.event = "complete",
+                     .data = json{{"rows", s.rows}, {"inserted", s.inserted}, {"updated", s.updated},
+                                  {"errors", s.errors}, {"elapsed_ms", s.elapsed.count()},
+                                  {"products", "/api/products"}}
+                                 .dump()});
         } catch (const std::exception& e) {
             pacer.stop();
             set_state(id, "failed");
             const std::string reason = cancel_ ? "shutting down" : e.what();
-            streams_.finish(id, {.event = "error", .data = json{{"reason", reason}}.dump()});
+            end(id, {.event = "error", .data = json{{"reason", reason}}.dump()});
         }
         --running_;
     }
 
+    // Sends the terminal event, then records it (with the id it got) and frees the job's place
+    // in the queue.
+    void end(const std::string& id, ssepp::event terminal)
+    {
+        const auto sent = streams_.finish(id, terminal);
+        terminal.id = sent.id;
+        std::vector<std::string> forget;
+        {
+            std::lock_guard lock(mtx_);
+            auto& j = jobs_[id];
+            if (sent)
+                j.outcome = std::move(terminal);
+            --queued_jobs_;
+            queued_bytes_ -= j.bytes;
+            j.bytes = 0;
+            finished_.push_back({std::chrono::steady_clock::now(), id});
+            forget = prune_locked();
+        }
+        for (const auto& f : forget)
+            streams_.erase(f);
+    }
+
+    // Forgets the finished jobs past their time or past the count, oldest first: their ids
+    // (whose histories the caller erases, outside mtx_).
+    std::vector<std::string> prune_locked()
+    {
+        std::vector<std::string> out;
+        const auto now = std::chrono::steady_clock::now();
+        while (!finished_.empty()
+               && (finished_.size() > limits_.max_finished_jobs || finished_.front().first + limits_.finished_ttl <= now)) {
+            jobs_.erase(finished_.front().second);
+            out.push_back(std::move(finished_.front().second));
+            finished_.pop_front();
+        }
+        return out;
+    }
+
+    void prune()
+    {
+        std::vector<std::string> forget;
+        {
+            std::lock_guard lock(mtx_);
+            forget = prune_locked();
+        }
+        for (const auto& f : forget)
+            streams_.erase(f);
+    }
+
+    std::optional<response> no_room_locked(std::size_t body_bytes) const
+    {
+        std::optional<response> r;
+        if (queued_jobs_ >= limits_.max_queued_jobs)
+            r = response::error(503, fmt::format("{} uploads are waiting or running, the most this server queues; "
+                                                 "try again later", queued_jobs_));
+        else if (queued_bytes_ + body_bytes > limits_.max_queued_bytes)
+            r = response::error(503, fmt::format("the uploads waiting or running hold {} bytes; {} more would pass "
+                                                 "the limit of {} bytes; try again later",
+                                                 queued_bytes_, body_bytes, limits_.max_queued_bytes));
+        if (r)
+            r->headers.emplace_back("Retry-After", std::to_string(retry_after_seconds));
+        return r;
+    }
+
+    std::optional<ssepp::event> outcome(const std::string& id)
+    {
+        std::lock_guard lock(mtx_);
+        auto it = jobs_.find(id);
+        return it == jobs_.end() ? std::nullopt : it->second.outcome;
+    }
+
     common::http::reply events(std::string id, const request& req)
     {
+        prune();
         if (!known(id))
             return response::error(404, "unknown transaction");
         auto resume = ssepp::last_event_id(req.header("Last-Event-ID"), req.target);
         // The client already has the terminal event: 204 tells EventSource to stop reconnecting.
-        if (resume && streams_.finished(id) && streams_.last_id(id) == resume)
-            return response::empty(204);
+        if (resume) {
+            const auto last = outcome(id);
+            if ((last && last->id == resume) || (streams_.finished(id) && streams_.last_id(id) == resume))
+                return response::empty(204);
+        }
         return common::http::take_socket{[this, id, resume](asio::ip::tcp::socket socket) {
             std::lock_guard lock(life_mtx_);
             if (stopping_)
                 return;  // shutdown already completed the streams: this one would stay open
-            streams_.attach(id, ssepp::make_emitter(std::move(socket)),
-                            {.last_event_id = resume, .otherwise = ssepp::replay::all});
+            const auto r = streams_.attach(id, ssepp::make_emitter(std::move(socket)),
+                                           {.last_event_id = resume, .otherwise = ssepp::replay::all});
+            if (r.finished)
+                return;
+            // The job ended and its history lingered out (the registry forgot it): its outcome,
+            // from the job's record with its id, ends the stream, which otherwise would wait
+            // forever. A job still running has no outcome yet; one that ends meanwhile
+            // finishes the key itself (a second finish is refused, so nothing is sent twice).
+            if (auto last = outcome(id))
+                streams_.finish(id, std::move(*last));
         }};
     }
 
     common::http::reply status(const std::string& id)
     {
+        prune();
         std::lock_guard lock(mtx_);
         auto it = jobs_.find(id);
         if (it == jobs_.end())
@@ -321,10 +439,13 @@ private:
     }
 
     std::string db_path_;
-    std::size_t max_upload_bytes_;
-    ssepp::registry streams_{{.max_events = 5000, .max_bytes = 4 << 20, .finished_linger = std::chrono::minutes(10)}};
+    service_limits limits_;
+    ssepp::registry streams_;
     std::mutex mtx_;
     std::map<std::string, job> jobs_;
+    std::size_t queued_jobs_ = 0;   // accepted and not ended
+    std::size_t queued_bytes_ = 0;  // their uploads
+    std::deque<std::pair<std::chrono::steady_clock::time_point, std::string>> finished_;  // in the order they ended
     // One import at a time: SQLite has one writer, and a second import would wait for the
     // first's lock (or fail with "database is locked") while looking "processing".
     asio::thread_pool workers_{1};
@@ -339,23 +460,38 @@ private:
 int main(int argc, char** argv)
 {
     common::server_flags server;
+    common::http_flags front;
+    service_limits limits;
     std::string db = "upload.db";
     std::size_t max_upload_mb = 64;
+    std::size_t max_queued_mb = limits.max_queued_bytes >> 20;
+    std::int64_t linger_ms = limits.finished_linger.count();
+    std::int64_t ttl_ms = limits.finished_ttl.count();
     int grace_ms = 10000;
     common::cli args("upload_server");
     server.add_to(args)
         .flag("--db", db, "SQLite database file")
         .flag("--max-upload-mb", max_upload_mb, "largest upload accepted, in MiB")
-        .flag("--grace-ms", grace_ms, "on SIGINT/SIGTERM, how long running jobs may finish")
-        .parse(argc, argv);
+        .flag("--max-queued-jobs", limits.max_queued_jobs, "uploads waiting or running at once; past it: 503")
+        .flag("--max-queued-mb", max_queued_mb, "MiB of uploads waiting or running at once; past it: 503")
+        .flag("--max-finished-jobs", limits.max_finished_jobs, "finished jobs remembered; the oldest go first")
+        .flag("--finished-linger-ms", linger_ms, "how long a finished job's event history stays for replay")
+        .flag("--finished-ttl-ms", ttl_ms, "how long a finished job's status and outcome stay")
+        .flag("--grace-ms", grace_ms, "on SIGINT/SIGTERM, how long running jobs may finish");
+    front.add_to(args).parse(argc, argv);
+    limits.max_upload_bytes = max_upload_mb << 20;
+    limits.max_queued_bytes = max_queued_mb << 20;
+    limits.finished_linger = std::chrono::milliseconds(linger_ms);
+    limits.finished_ttl = std::chrono::milliseconds(ttl_ms);
+    auto http_options = front.get();
+    http_options.max_body_bytes = limits.max_upload_bytes;
 
     try {
         asio::io_context io;
-        upload_service service(db, max_upload_mb << 20);
+        upload_service service(db, limits);
         common::http::server http(
             io, server.endpoint(), [&](request& r) { return service.handle(r); },
-            [&](const request& r, std::size_t& max_body) { return service.check(r, max_body); },
-            {.max_body_bytes = max_upload_mb << 20});
+            [&](const request& r, std::size_t& max_body) { return service.check(r, max_body); }, http_options);
         fmt::print("upload_server listening on http://{}:{}/\n", server.host, http.local_endpoint().port());
         std::fflush(stdout);
 

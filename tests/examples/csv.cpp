@@ -150,6 +150,29 @@ TEST_CASE("csv: text after a closing quote makes that record malformed", "[csv]"
     CHECK(all == std::vector<rec>{{1, {"1"}, true}, {2, {"2"}, true}, {3, {"3", "fine"}}});
 }
 
+TEST_CASE("csv: a malformed record says what is wrong, and in which field", "[csv]")
+{
+    const std::string text = "a,b\"c,d\n"       // a quote in field 1 (0-based)
+                             "\"x\"y,z\n"        // text after the closing quote of field 0
+                             "1,2,\"3\" ,4\n"    // a space after the closing quote of field 2
+                             "ok,\"fine\"\n";
+    upload::csv::reader reader(text);
+    upload::csv::record r;
+    using upload::csv::fault;
+    const std::vector<std::pair<fault, std::size_t>> want{{fault::quote_in_unquoted_field, 1},
+                                                          {fault::text_after_closing_quote, 0},
+                                                          {fault::text_after_closing_quote, 2},
+                                                          {fault::none, 0}};
+    for (const auto& [what, field] : want) {
+        REQUIRE(reader.next(r));
+        INFO("line " << r.line);
+        CHECK(r.malformed == (what != fault::none));
+        CHECK(r.fault == what);
+        CHECK(r.fault_field == field);
+    }
+    CHECK_FALSE(reader.next(r));
+}
+
 TEST_CASE("csv: after malformed quotes, reading resumes at the next physical line", "[csv]")
 {
     // The stray quote would open a quoted field if it were honoured; it is not.

@@ -36,6 +36,12 @@ struct generated_csv {
     std::map<std::string, product> good; // by sku
 };
 
+/// The row-error reasons of malformed quoting in the name column.
+inline const std::string text_after_quote_in_name
+    = "malformed quotes in the name field: text after its closing quote (a quoted field ends at its closing quote)";
+inline const std::string quote_inside_name
+    = "malformed quotes in the name field: a quote in an unquoted field (quote the whole field and double the quotes in it)";
+
 /// `rows` data rows after the header `sku,name,price,quantity`; when `bad_every` > 0, every
 /// bad_every-th row (1-based) is bad, cycling through the kinds the importer reports. Skus are
 /// spread so that the file is not in sku order, and start with `prefix`. Line ends are LF, or
@@ -64,15 +70,15 @@ inline generated_csv make_csv(std::uint64_t rows, std::uint64_t bad_every = 0, b
             switch ((i / bad_every) % 6) {
             case 0:
                 g.text += sku + "," + name + ",12.345," + std::to_string(qty) + eol;
-                g.errors.push_back({line, sku, "bad price"});
+                g.errors.push_back({line, sku, "price must be a number with at most 2 decimals"});
                 break;
             case 1:
                 g.text += sku + "," + name + "," + price + ",-1" + eol;
-                g.errors.push_back({line, sku, "bad quantity"});
+                g.errors.push_back({line, sku, "quantity must not be negative"});
                 break;
             case 2:
                 g.text += sku + ",," + price + "," + std::to_string(qty) + eol;
-                g.errors.push_back({line, sku, "missing name"});
+                g.errors.push_back({line, sku, "name is empty"});
                 break;
             case 3:
                 g.text += last_good_sku + "," + name + "," + price + "," + std::to_string(qty) + eol;
@@ -81,11 +87,11 @@ inline generated_csv make_csv(std::uint64_t rows, std::uint64_t bad_every = 0, b
                 break;
             case 4:
                 g.text += sku + ",\"bad \"quote\"," + price + "," + std::to_string(qty) + eol;
-                g.errors.push_back({line, sku, "malformed quotes"});
+                g.errors.push_back({line, sku, text_after_quote_in_name});
                 break;
             default:
                 g.text += "," + name + "," + price + "," + std::to_string(qty) + eol;
-                g.errors.push_back({line, "", "missing sku"});
+                g.errors.push_back({line, "", "sku is empty"});
                 break;
             }
             ++g.rows;
