@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -28,9 +29,45 @@ using json = nlohmann::json;
 
 namespace {
 
+using steady = std::chrono::steady_clock;
+
+/// What one client may make the server hold, and for how long (flags of the same names).
+struct limits {
+    std::size_t max_sessions = 10'000;
+    /// Users the server keeps state for: a user who has a session, or whose notifications are
+    /// kept for a later connection. Each holds at most 256 events and 256 KiB of history.
+    std::size_t max_users = 10'000;
+    /// Admins get every order alert, so each one costs every order a send.
+    std::size_t max_admins = 100;
+    /// Exports running or queued, over all users, and per user.
+    std::size_t max_exports = 8;
+    std::size_t max_user_exports = 1;
+    /// A session without an open stream that has not been used for this long is gone.
+    std::chrono::milliseconds session_idle{std::chrono::minutes(30)};
+    /// A user without a session, without exports running, and with nothing published to them
+    /// for this long is forgotten with their history (and their admin role).
+    std::chrono::milliseconds user_ttl{std::chrono::hours(24)};
+};
+
+/// Largest order (as compact JSON): its order-created event must fit the registry's bound.
+constexpr std::size_t max_order_bytes = 32 * 1024;
+
+/// Finished exports kept per user (older ones are deleted with their files).
+constexpr std::size_t kept_exports_per_user = 4;
+
 struct session {
     std::string user;
     bool admin = false;
+    steady::time_point last_used{};
+    std::size_t streams = 0; // a session with an open stream is never idle
+};
+
+struct user_state {
+    std::size_t sessions = 0;
+    std::size_t exports_running = 0;
+    bool admin = false; // logged in as admin once: gets order alerts while the user is kept
+    steady::time_point last_active{};
+    std::deque<std::string> finished_exports; // oldest first
 };
 
 struct export_job {
@@ -65,6 +102,26 @@ std::string decode_path(std::string_view s)
 /// count as delivery). Only admin sessions attach it.
 std::string admin_key(std::string_view user) { return fmt::format("admin:{}", user); }
 
+/// Whether the request's body is declared JSON. A cross-site HTML form can only send
+/// form-urlencoded, multipart or text/plain bodies, and fetch() from another site cannot send
+/// application/json without a CORS preflight, which this server never grants: requiring it on
+/// every state-changing request is half of the CSRF defence (the SameSite=Strict cookie is the
+/// other half).
+bool json_content_type(const request& req)
+{
+    const auto ct = req.header("Content-Type");
+    return ssepp::detail::iequals(ssepp::detail::trim_ows(ct.substr(0, ct.find(';'))), "application/json");
+}
+
+/// `status` with a JSON reason and Retry-After: when to try again, in whole seconds (at least 1).
+response refuse(int status, std::string_view reason, std::chrono::milliseconds retry_after)
+{
+    auto r = response::error(status, reason);
+    const auto seconds = std::max<std::int64_t>(1, (retry_after.count() + 999) / 1000);
+    r.headers.emplace_back("Retry-After", std::to_string(seconds));
+    return r;
+}
+
 /// Counters for /metrics, fed by the registries' results and the emitters' close reasons.
 struct metrics {
     std::atomic<std::uint64_t> events_sent{0}, bytes_sent{0}, slow_consumer_closes{0}, replays_served{0};
@@ -72,7 +129,8 @@ struct metrics {
 
 class notify_service {
 public:
-    notify_service(asio::io_context& io, std::string db_path) : io_(io), db_path_(std::move(db_path))
+    notify_service(asio::io_context& io, std::string db_path, limits lim, std::chrono::milliseconds export_time)
+        : io_(io), db_path_(std::move(db_path)), limits_(lim), export_time_(export_time)
     {
         common::sqlite::db db(db_path_);
         db.exec("PRAGMA journal_mode=WAL;"
@@ -88,7 +146,7 @@ public:
     ~notify_service()
     {
         // The workers use everything below: they end first, whatever the members' order. A
-        // running export sees stopping_ and gives up; queued ones never start.
+        // running export sees stopping_exports_ and gives up; queued ones never start.
         {
             std::lock_guard lock(mtx_);
             stopping_exports_ = true;
@@ -106,25 +164,36 @@ public:
         const auto& p = req.path;
         if (m == "GET" && p == "/")
             return response::html(std::string(notifications::page_html));
-        if (m == "POST" && p == "/api/login")
-            return login(req);
-        if (p == "/api/events" && m == "GET")
+        if (m == "GET" && p == "/api/events")
             return events(req);
-        if (p == "/api/events" && m == "DELETE")
-            return close_streams(req);
-        if (m == "POST" && p.starts_with("/api/notifications/"))
-            return notify(decode_path(p.substr(std::string_view("/api/notifications/").size())), req);
-        if (m == "POST" && p == "/api/orders")
-            return place_order(req);
-        if (m == "POST" && p == "/api/exports")
-            return start_export(req);
         if (m == "GET" && p.starts_with("/api/exports/") && p.ends_with("/file"))
             return export_file(p.substr(13, p.size() - 13 - 5), req);
         if (m == "GET" && p == "/api/ticker")
             return ticker(req);
         if (m == "GET" && p == "/metrics")
             return show_metrics();
-        return response::error(404, "no such resource");
+
+        // State-changing requests: JSON only (CSRF), then a session for all but the login.
+        const bool login_path = p == "/api/login";
+        const bool known = (m == "POST" && (login_path || p.starts_with("/api/notifications/") || p == "/api/orders"
+                                            || p == "/api/exports"))
+                           || (m == "DELETE" && p == "/api/events");
+        if (!known)
+            return response::error(404, "no such resource");
+        if (!json_content_type(req))
+            return response::error(415, "send the body as JSON, with Content-Type: application/json");
+        if (login_path)
+            return login(req);
+        auto s = current(req);
+        if (!s)
+            return response::error(401, "log in first (POST /api/login)");
+        if (m == "DELETE")
+            return close_streams(*s);
+        if (p == "/api/orders")
+            return place_order(*s, req);
+        if (p == "/api/exports")
+            return start_export(*s);
+        return notify(*s, decode_path(p.substr(std::string_view("/api/notifications/").size())), req);
     }
 
     /// Ends every stream and the ticker (shutdown): then nothing is left for the io_context.
@@ -143,16 +212,110 @@ public:
     }
 
 private:
-    std::optional<session> current(const request& req)
+    struct caller {
+        std::string token;
+        std::string user;
+        bool admin = false;
+    };
+
+    /// The request's live session, now used (its idle time starts again), or nullopt.
+    std::optional<caller> current(const request& req)
     {
         auto token = req.cookie("session");
         if (!token)
             return std::nullopt;
         std::lock_guard lock(mtx_);
+        const auto now = steady::now();
+        expire_locked(now);
         auto it = sessions_.find(*token);
         if (it == sessions_.end())
             return std::nullopt;
-        return it->second;
+        it->second.last_used = now;
+        accounts_.at(it->second.user).last_active = now;
+        return caller{*token, it->second.user, it->second.admin};
+    }
+
+    /// Forgets idle sessions, then users with nothing left, once the earliest of them is due
+    /// (next_*_expiry_ are lower bounds, so most calls cost nothing).
+    void expire_locked(steady::time_point now)
+    {
+        if (now >= next_session_expiry_) {
+            next_session_expiry_ = steady::time_point::max();
+            for (auto it = sessions_.begin(); it != sessions_.end();) {
+                auto& s = it->second;
+                const auto due = s.last_used + limits_.session_idle;
+                if (s.streams == 0 && due <= now) {
+                    auto& a = accounts_.at(s.user);
+                    --a.sessions;
+                    note_user_idle_locked(a);
+                    it = sessions_.erase(it);
+                    continue;
+                }
+                if (s.streams == 0)
+                    next_session_expiry_ = std::min(next_session_expiry_, due);
+                ++it;
+            }
+        }
+        if (now >= next_user_expiry_) {
+            next_user_expiry_ = steady::time_point::max();
+            for (auto it = accounts_.begin(); it != accounts_.end();) {
+                auto& a = it->second;
+                if (a.sessions > 0 || a.exports_running > 0) {
+                    ++it;
+                    continue;
+                }
+                const auto due = a.last_active + limits_.user_ttl;
+                if (due > now) {
+                    next_user_expiry_ = std::min(next_user_expiry_, due);
+                    ++it;
+                    continue;
+                }
+                users_.erase(user_key(it->first));
+                if (a.admin) {
+                    users_.erase(admin_key(it->first));
+                    admins_.erase(it->first);
+                }
+                for (const auto& id : a.finished_exports)
+                    forget_export_locked(id);
+                it = accounts_.erase(it);
+            }
+        }
+    }
+
+    /// `a` may now expire (no session or export left): the next sweep must look at it.
+    void note_user_idle_locked(const user_state& a)
+    {
+        if (a.sessions == 0 && a.exports_running == 0)
+            next_user_expiry_ = std::min(next_user_expiry_, a.last_active + limits_.user_ttl);
+    }
+
+    /// How long until the next idle session (or user) may go: the Retry-After of a refusal
+    /// at capacity. When none can go yet (every session has a stream), a whole idle period.
+    static std::chrono::milliseconds until(steady::time_point due, steady::time_point now, std::chrono::milliseconds otherwise)
+    {
+        if (due == steady::time_point::max())
+            return otherwise;
+        return std::chrono::duration_cast<std::chrono::milliseconds>(due - now);
+    }
+
+    /// The state of `user`, created if new and there is room: nullptr when at max_users.
+    user_state* account_locked(const std::string& user, steady::time_point now)
+    {
+        auto it = accounts_.find(user);
+        if (it == accounts_.end()) {
+            if (accounts_.size() >= limits_.max_users)
+                return nullptr;
+            it = accounts_.emplace(user, user_state{}).first;
+        }
+        it->second.last_active = now;
+        note_user_idle_locked(it->second);  // one without a session expires from now
+        return &it->second;
+    }
+
+    response too_many_users(steady::time_point now)
+    {
+        return refuse(503, fmt::format("the server holds the most users it may ({}); try again later", limits_.max_users),
+                      until(next_user_expiry_, now, limits_.user_ttl));
     }
 
     static std::optional<json> parse_json(const request& req)
@@ -172,12 +335,31 @@ private:
         const auto role = (*body)["role"].get<std::string>();
         if (user.empty() || user.size() > 64 || (role != "admin" && role != "customer"))
             return response::error(400, "user must be 1 to 64 bytes, role admin or customer");
+        const bool admin = role == "admin";
         const auto token = common::random_id();
         {
             std::lock_guard lock(mtx_);
-            sessions_[token] = {user, role == "admin"};
-            if (role == "admin")
+            const auto now = steady::now();
+            expire_locked(now);
+            if (sessions_.size() >= limits_.max_sessions)
+                return refuse(503, fmt::format("the server holds the most sessions it may ({}); try again later",
+                                               limits_.max_sessions),
+                              until(next_session_expiry_, now, limits_.session_idle));
+            auto known = accounts_.find(user);
+            if (admin && (known == accounts_.end() || !known->second.admin) && admins_.size() >= limits_.max_admins)
+                return refuse(503, fmt::format("the server has the most admins it may ({}); try again later",
+                                               limits_.max_admins),
+                              until(next_user_expiry_, now, limits_.user_ttl));
+            auto* a = account_locked(user, now);
+            if (!a)
+                return too_many_users(now);
+            ++a->sessions;
+            if (admin) {
+                a->admin = true;
                 admins_.insert(user);
+            }
+            sessions_[token] = {user, admin, now, 0};
+            next_session_expiry_ = std::min(next_session_expiry_, now + limits_.session_idle);
         }
         auto r = response::json(200, {{"user", user}, {"role", role}});
         r.headers.emplace_back("Set-Cookie", fmt::format("session={}; Path=/; HttpOnly; SameSite=Strict", token));
@@ -195,29 +377,55 @@ private:
         if (s->admin)
             keys.emplace_back(admin_key(s->user));
         auto resume = ssepp::last_event_id(req.header("Last-Event-ID"), req.target);
-        return common::http::take_socket{[this, keys = std::move(keys), resume](asio::ip::tcp::socket socket) {
+        // The HTTP front calls this at once, on this thread: the session cannot expire between.
+        return common::http::take_socket{[this, keys = std::move(keys), resume, token = s->token](asio::ip::tcp::socket socket) {
             std::lock_guard lock(life_mtx_);
             if (stopping_)
                 return;  // shutdown already completed the streams: this one would stay open
+            if (!stream_opened(token))
+                return;  // expired meanwhile after all: the socket closes
             auto stream = ssepp::make_emitter(std::move(socket));
-            watch(*stream);
+            watch(*stream, token);
             auto r = users_.attach(keys, stream, {.last_event_id = resume, .otherwise = ssepp::replay::undelivered});
             metrics_.replays_served += r.replayed ? 1 : 0;
         }};
     }
 
-    common::http::reply close_streams(const request& req)
+    bool stream_opened(const std::string& token)
     {
-        auto s = current(req);
-        if (!s)
-            return response::error(401, "log in first (POST /api/login)");
-        return response::json(200, {{"closed", users_.close(user_key(s->user))}});
+        std::lock_guard lock(mtx_);
+        auto it = sessions_.find(token);
+        if (it == sessions_.end())
+            return false;
+        ++it->second.streams;
+        return true;
+    }
+
+    void stream_closed(const std::string& token)
+    {
+        std::lock_guard lock(mtx_);
+        auto it = sessions_.find(token);
+        if (it == sessions_.end() || it->second.streams == 0)
+            return;
+        auto& s = it->second;
+        const auto now = steady::now();
+        s.last_used = now;  // idle from now on, not from the login
+        if (--s.streams == 0)
+            next_session_expiry_ = std::min(next_session_expiry_, now + limits_.session_idle);
+    }
+
+    common::http::reply close_streams(const caller& s)
+    {
+        return response::json(200, {{"closed", users_.close(user_key(s.user))}});
     }
 
     // Sends one event to a user, as given: data byte for byte (CR and CRLF arrive as LF,
     // which is all the protocol carries), event name and id checked before anything is sent.
-    common::http::reply notify(const std::string& user, const request& req)
+    // A user may send to themself; only an admin sends to others.
+    common::http::reply notify(const caller& s, const std::string& user, const request& req)
     {
+        if (user != s.user && !s.admin)
+            return response::error(403, "only an admin sends notifications to other users");
         auto body = parse_json(req);
         if (!body)
             return response::error(400, "invalid JSON");
@@ -237,14 +445,27 @@ private:
         // The protocol allows NUL in an event name; this API does not (nor in an id).
         if (e.event.find('\0') != std::string::npos)
             return response::error(400, "the event name holds NUL");
-        auto sent = users_.send(user_key(user), std::move(e));
+        if (user.empty() || user.size() > 64)
+            return response::error(400, "user must be 1 to 64 bytes");
+        ssepp::send_result sent;
+        {
+            // Under the lock, so that the user cannot expire between the check and the send
+            // (which would leave a key no one counts).
+            std::lock_guard lock(mtx_);
+            const auto now = steady::now();
+            expire_locked(now);
+            if (!account_locked(user, now))
+                return too_many_users(now);
+            sent = users_.send(user_key(user), std::move(e));
+        }
         if (!sent)
             return response::error(400, sent.error.message());
         count(sent);
         return response::json(202, {{"id", sent.id}, {"delivered_to", sent.connections}});
     }
 
-    common::http::reply place_order(const request& req)
+    // An order by the session user for themself, or by an admin for anyone.
+    common::http::reply place_order(const caller& s, const request& req)
     {
         auto body = parse_json(req);
         if (!body || !(*body)["customer"].is_string() || !(*body)["items"].is_array() || (*body)["items"].empty())
@@ -252,54 +473,69 @@ private:
         for (const auto& item : (*body)["items"])
             if (!item.is_object() || !item["sku"].is_string() || !item["qty"].is_number_integer() || item["qty"].get<std::int64_t>() <= 0)
                 return response::error(400, "each item needs a string sku and a positive integer qty");
+        const auto customer = (*body)["customer"].get<std::string>();
+        if (customer != s.user && !s.admin)
+            return response::error(403, "only an admin places orders for another customer");
+        // The order goes to admins as one event, which the registry bounds (64 KiB).
+        if (body->dump().size() > max_order_bytes)
+            return response::error(400, fmt::format("an order must be at most {} bytes as JSON", max_order_bytes));
         std::int64_t id = 0;
         {
             common::sqlite::db db(db_path_);
             db.busy_timeout(std::chrono::seconds(5)); // orders come on several threads at once
             common::sqlite::transaction tx(db);
             common::sqlite::statement order(db, "INSERT INTO orders(customer) VALUES (?)");
-            order.bind(1, (*body)["customer"].get<std::string>()).run();
+            order.bind(1, customer).run();
             id = db.last_insert_rowid();
             common::sqlite::statement item(db, "INSERT INTO order_items(order_id, sku, qty) VALUES (?, ?, ?)");
             for (const auto& i : (*body)["items"])
                 item.bind(1, id).bind(2, i["sku"].get<std::string>()).bind(3, i["qty"].get<std::int64_t>()).run();
             tx.commit();
         }
-        const json order{{"order_id", id}, {"customer", (*body)["customer"]}, {"items", (*body)["items"]}};
-        std::vector<std::string> admins;
+        const json order{{"order_id", id}, {"customer", customer}, {"items", (*body)["items"]}};
+        const auto data = order.dump();
         {
-            std::lock_guard lock(mtx_);
-            admins.assign(admins_.begin(), admins_.end());
+            std::lock_guard lock(mtx_);  // an admin expiring meanwhile would leave a key behind
+            for (const auto& admin : admins_)
+                count(users_.send(admin_key(admin), {.event = "order-created", .data = data}));
         }
-        for (const auto& admin : admins)
-            count(users_.send(admin_key(admin), {.event = "order-created", .data = order.dump()}));
         return response::json(201, order);
     }
 
-    // A slow export on a worker: only the user who asked gets export-ready, and only they can
-    // download the file.
-    common::http::reply start_export(const request& req)
+    // A slow export on a worker: the session user's orders (an admin's: everyone's); only the
+    // user who asked gets export-ready, and only they can download the file.
+    common::http::reply start_export(const caller& s)
     {
-        auto s = current(req);
-        if (!s)
-            return response::error(401, "log in first (POST /api/login)");
         const auto id = common::random_id();
         {
             std::lock_guard lock(mtx_);
-            exports_[id] = {s->user, exports_dir_ / (id + ".csv"), false};
+            auto& a = accounts_.at(s.user);
+            if (a.exports_running >= limits_.max_user_exports)
+                return refuse(429, fmt::format("{} export(s) of yours still running; wait for export-ready", a.exports_running),
+                              export_time_);
+            if (exports_running_ >= limits_.max_exports)
+                return refuse(503, fmt::format("the server runs the most exports it may ({}); try again later",
+                                               limits_.max_exports),
+                              export_time_);
+            ++a.exports_running;
+            ++exports_running_;
+            exports_[id] = {s.user, exports_dir_ / (id + ".csv"), false};
         }
-        asio::post(workers_, [this, id, user = s->user] { run_export(id, user); });
+        asio::post(workers_, [this, id, user = s.user, all = s.admin] { run_export(id, user, all); });
         return response::json(202, {{"export_id", id}, {"file", fmt::format("/api/exports/{}/file", id)}});
     }
 
-    void run_export(const std::string& id, const std::string& user)
+    void run_export(const std::string& id, const std::string& user, bool all)
     {
         std::string csv = "order_id,customer,created_at,sku,qty\n";
         {
             common::sqlite::db db(db_path_);
             db.busy_timeout(std::chrono::seconds(5));
-            common::sqlite::statement q(db, "SELECT o.id, o.customer, o.created_at, i.sku, i.qty FROM orders o "
-                                            "JOIN order_items i ON i.order_id = o.id ORDER BY o.id");
+            common::sqlite::statement q(db, fmt::format("SELECT o.id, o.customer, o.created_at, i.sku, i.qty FROM orders o "
+                                                        "JOIN order_items i ON i.order_id = o.id {}ORDER BY o.id",
+                                                        all ? "" : "WHERE o.customer = ? "));
+            if (!all)
+                q.bind(1, user);
             while (q.step())
                 csv += fmt::format("{},\"{}\",{},\"{}\",{}\n", q.column_int64(0), escape_csv(q.column_text(1)),
                                    q.column_text(2), escape_csv(q.column_text(3)), q.column_int64(4));
@@ -309,21 +545,39 @@ private:
         std::filesystem::path file;
         {
             std::unique_lock lock(mtx_);
-            if (export_cv_.wait_for(lock, std::chrono::milliseconds(slow_export_ms), [this] { return stopping_exports_; }))
+            if (export_cv_.wait_for(lock, export_time_, [this] { return stopping_exports_; }))
                 return;
-            file = exports_[id].file;
+            file = exports_.at(id).file;
         }
         std::FILE* f = std::fopen(file.c_str(), "wb");
         if (f) {
             std::fwrite(csv.data(), 1, csv.size(), f);
             std::fclose(f);
         }
-        {
-            std::lock_guard lock(mtx_);
-            exports_[id].ready = f != nullptr;
-        }
         const json ready{{"export_id", id}, {"url", fmt::format("/api/exports/{}/file", id)}};
+        std::lock_guard lock(mtx_);
+        exports_.at(id).ready = f != nullptr;
+        --exports_running_;
+        auto& a = accounts_.at(user);  // kept while the export runs
+        --a.exports_running;
+        a.last_active = steady::now();
+        a.finished_exports.push_back(id);
+        if (a.finished_exports.size() > kept_exports_per_user) {
+            forget_export_locked(a.finished_exports.front());
+            a.finished_exports.pop_front();
+        }
+        note_user_idle_locked(a);
         count(users_.send(user_key(user), {.event = f ? "export-ready" : "export-failed", .data = ready.dump()}));
+    }
+
+    void forget_export_locked(const std::string& id)
+    {
+        auto it = exports_.find(id);
+        if (it == exports_.end())
+            return;
+        std::error_code ec;
+        std::filesystem::remove(it->second.file, ec);
+        exports_.erase(it);
     }
 
     static std::string escape_csv(std::string_view s)
@@ -376,7 +630,7 @@ private:
             auto stream = ssepp::make_emitter(std::move(socket), {.write_timeout = std::chrono::milliseconds(0),
                                                                   .max_queued_bytes = 16 * 1024,
                                                                   .overflow = ssepp::overflow_policy::drop_oldest});
-            watch(*stream);
+            watch(*stream, {});
             ticker_.attach("ticker", stream, {.otherwise = ssepp::replay::none});
         }};
     }
@@ -395,44 +649,59 @@ private:
 
     common::http::reply show_metrics()
     {
+        std::size_t sessions = 0, users = 0, admins = 0, exports = 0;
+        {
+            std::lock_guard lock(mtx_);
+            expire_locked(steady::now());
+            sessions = sessions_.size();
+            users = accounts_.size();
+            admins = admins_.size();
+            exports = exports_running_;
+        }
         return response::text(200, fmt::format("open_streams {}\nevents_sent {}\nbytes_sent {}\nslow_consumer_closes {}\n"
-                                               "replays_served {}\n",
+                                               "replays_served {}\nsessions {}\nusers {}\nadmins {}\nexports_running {}\n",
                                                users_.size() + ticker_.size(), metrics_.events_sent.load(),
                                                metrics_.bytes_sent.load(), metrics_.slow_consumer_closes.load(),
-                                               metrics_.replays_served.load()));
+                                               metrics_.replays_served.load(), sessions, users, admins, exports));
     }
 
     void count(const ssepp::send_result& r) { metrics_.events_sent += r.connections; }
 
-    void watch(ssepp::emitter& stream)
+    /// `token`: the session whose stream this is (empty for the ticker).
+    void watch(ssepp::emitter& stream, std::string token)
     {
-        stream.on_close([this, &stream](ssepp::close_reason reason, std::error_code) {
+        stream.on_close([this, &stream, token = std::move(token)](ssepp::close_reason reason, std::error_code) {
             metrics_.bytes_sent += stream.bytes_written();
             if (reason == ssepp::close_reason::overflow)
                 ++metrics_.slow_consumer_closes;
+            if (!token.empty())
+                stream_closed(token);
         });
     }
 
-public:
-    int slow_export_ms = 1500;
-
-private:
     asio::io_context& io_;
     std::string db_path_;
+    const limits limits_;
+    const std::chrono::milliseconds export_time_;  // how long an export pretends to work
     std::filesystem::path exports_dir_;
-    ssepp::registry users_{{.max_events = 256}};  // per user: what waits for an offline user
-    ssepp::registry ticker_{{.max_events = 0}};
+    // Per user: what waits for an offline user. 256 KiB bounds what max_users can hold.
+    ssepp::registry users_{{.max_events = 256, .max_bytes = 256 * 1024}};
+    ssepp::registry ticker_{{.max_events = 0, .max_event_bytes = 16 * 1024}};  // its emitters queue 16 KiB
     asio::steady_timer ticker_timer_{asio::make_strand(io_)};
     bool ticking_ = true; // on the timer's strand
     std::mutex life_mtx_;  // orders stream attachments with shutdown
     bool stopping_ = false;
     metrics metrics_;
-    std::mutex mtx_;
+    std::mutex mtx_;  // everything below; taken before the registry's own lock, never after
     std::condition_variable export_cv_;  // wakes a pretending export at shutdown
     bool stopping_exports_ = false;
-    std::map<std::string, session> sessions_;
-    std::set<std::string> admins_; // users who logged in as admin
+    std::map<std::string, session> sessions_;   // by token
+    std::map<std::string, user_state> accounts_; // by user name
+    std::set<std::string> admins_;              // users in accounts_ with admin set
     std::map<std::string, export_job> exports_;
+    std::size_t exports_running_ = 0;
+    steady::time_point next_session_expiry_ = steady::time_point::max(); // no idle session is due before
+    steady::time_point next_user_expiry_ = steady::time_point::max();    // no idle user is due before
     // Last, so that it would be destroyed first, though the destructor joins it already.
     asio::thread_pool workers_{2};
 };
@@ -444,15 +713,26 @@ int main(int argc, char** argv)
     common::server_flags server;
     std::string db = "notify.db";
     int export_ms = 1500;
+    limits lim;
+    auto session_idle_ms = lim.session_idle.count();
+    auto user_ttl_ms = lim.user_ttl.count();
     common::cli args("notify_server");
     server.add_to(args)
         .flag("--db", db, "SQLite database file")
         .flag("--export-ms", export_ms, "how long an export pretends to work")
+        .flag("--max-sessions", lim.max_sessions, "sessions held at once (503 past it)")
+        .flag("--max-users", lim.max_users, "users held at once, with a session or notifications kept (503 past it)")
+        .flag("--max-admins", lim.max_admins, "admins at once (503 past it)")
+        .flag("--max-exports", lim.max_exports, "exports running or queued at once (503 past it)")
+        .flag("--max-user-exports", lim.max_user_exports, "exports running or queued per user (429 past it)")
+        .flag("--session-idle-ms", session_idle_ms, "a session without a stream unused this long is gone")
+        .flag("--user-ttl-ms", user_ttl_ms, "a user without a session, untouched this long, is forgotten with their notifications")
         .parse(argc, argv);
+    lim.session_idle = std::chrono::milliseconds(session_idle_ms);
+    lim.user_ttl = std::chrono::milliseconds(user_ttl_ms);
     try {
         asio::io_context io;
-        notify_service service(io, db);
-        service.slow_export_ms = export_ms;
+        notify_service service(io, db, lim, std::chrono::milliseconds(export_ms));
         common::http::server http(io, server.endpoint(), [&](request& r) { return service.handle(r); });
         fmt::print("notify_server listening on http://{}:{}/\n", server.host, http.local_endpoint().port());
         std::fflush(stdout);

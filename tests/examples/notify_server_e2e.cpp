@@ -30,11 +30,18 @@ struct notify_server {
     stderr_redirect redirect{err}; // the server's stderr goes to `err`
     server_process proc;
 
-    explicit notify_server(std::string export_ms = "100")
-        : proc(example_binary("notify_server", "SSEPP_NOTIFY_SERVER"),
-               {"--port", "0", "--db", db.string(), "--export-ms", export_ms})
+    /// `flags`: more command-line flags (the limits).
+    explicit notify_server(std::string export_ms = "100", std::vector<std::string> flags = {})
+        : proc(example_binary("notify_server", "SSEPP_NOTIFY_SERVER"), args(export_ms, std::move(flags)))
     {
         redirect.restore();
+    }
+
+    std::vector<std::string> args(const std::string& export_ms, std::vector<std::string> flags) const
+    {
+        std::vector<std::string> a{"--port", "0", "--db", db.string(), "--export-ms", export_ms};
+        a.insert(a.end(), flags.begin(), flags.end());
+        return a;
     }
 
     ~notify_server()
@@ -62,10 +69,28 @@ struct notify_server {
         return set.substr(0, set.find(';'));
     }
 
-    /// POST /api/notifications/<user> with `body`; the response.
-    http_response notify(const std::string& user, const json& body)
+    /// A POST (or DELETE) as the API wants it: JSON, with the session cookie (none if empty).
+    http_response post(const std::string& target, const std::string& cookie, const std::string& body = "{}",
+                       const std::string& method = "POST")
     {
-        return request(port(), "POST", "/api/notifications/" + user, {{"Content-Type", "application/json"}}, body.dump());
+        header_list h{{"Content-Type", "application/json"}};
+        if (!cookie.empty())
+            h.emplace_back("Cookie", cookie);
+        return request(port(), method, target, h, body);
+    }
+
+    /// An admin session that sends the tests' notifications (admin "ops", logged in once).
+    const std::string& publisher()
+    {
+        if (publisher_.empty())
+            publisher_ = login("ops", "admin");
+        return publisher_;
+    }
+
+    /// POST /api/notifications/<user> with `body`, as `cookie` (by default the publisher).
+    http_response notify(const std::string& user, const json& body, std::string cookie = {})
+    {
+        return post("/api/notifications/" + user, cookie.empty() ? publisher() : cookie, body.dump());
     }
 
     /// A user's stream, head read (200 required).
@@ -94,7 +119,33 @@ struct notify_server {
         }
         return out;
     }
+
+private:
+    std::string publisher_;
 };
+
+/// A refusal as the API gives it: `status`, a JSON body with a string "error".
+void check_refusal(const http_response& r, int status)
+{
+    INFO(r.head << r.body);
+    CHECK(r.status == status);
+    CHECK(r.header("Content-Type").value_or("") == "application/json");
+    const auto j = json::parse(r.body, nullptr, false);
+    CHECK((j.is_object() && j.contains("error") && j["error"].is_string()));
+}
+
+/// A refusal at capacity: also a Retry-After of whole seconds, 1 to `max_seconds`.
+void check_retry_after(const http_response& r, int status, int max_seconds)
+{
+    check_refusal(r, status);
+    const auto after = r.header("Retry-After");
+    REQUIRE(after.has_value());
+    INFO("Retry-After: " << *after);
+    const int seconds = std::stoi(*after);
+    CHECK(std::to_string(seconds) == *after);
+    CHECK(seconds >= 1);
+    CHECK(seconds <= max_seconds);
+}
 
 /// Sends one event to `user` and returns the id the server gave it (checks the 202).
 std::string send(notify_server& s, const std::string& user, const std::string& data, const std::string& event = "",
@@ -125,6 +176,7 @@ TEST_CASE("notify_server e2e: login sets an HttpOnly session cookie, no session 
     CHECK(cookie.starts_with("session="));
     CHECK(cookie.find("HttpOnly") != std::string::npos);
     CHECK(cookie.find("Path=/") != std::string::npos);
+    CHECK(cookie.find("SameSite=Strict") != std::string::npos);
     CHECK(cookie.substr(8, cookie.find(';') - 8).size() == 32);
     // A second login gets a session of its own.
     CHECK(s.login("alice", "admin") != cookie.substr(0, cookie.find(';')));
@@ -144,8 +196,10 @@ TEST_CASE("notify_server e2e: login sets an HttpOnly session cookie, no session 
         CHECK(r401.status == 401);
         CHECK(r401.header("Content-Type").value_or("") == "application/json");
         CHECK(json::parse(r401.body).contains("error"));
-        CHECK(request(s.port(), "DELETE", "/api/events", h).status == 401);
-        CHECK(request(s.port(), "POST", "/api/exports", h).status == 401);
+        header_list json_h = h;
+        json_h.emplace_back("Content-Type", "application/json");
+        CHECK(request(s.port(), "DELETE", "/api/events", json_h).status == 401);
+        CHECK(request(s.port(), "POST", "/api/exports", json_h, "{}").status == 401);
         CHECK(request(s.port(), "GET", "/api/exports/x/file", h).status == 401);
     }
     auto page = request(s.port(), "GET", "/");
@@ -219,7 +273,8 @@ TEST_CASE("notify_server e2e: bad notifications are 400 and send nothing", "[not
     };
     for (const auto& body : bad) {
         INFO(body);
-        auto r = request(s.port(), "POST", "/api/notifications/alice", {{"Content-Type", "application/json"}}, body);
+        auto r = request(s.port(), "POST", "/api/notifications/alice",
+                         {{"Content-Type", "application/json"}, {"Cookie", s.publisher()}}, body);
         CHECK(r.status == 400);
         CHECK(json::parse(r.body).contains("error"));
     }
@@ -316,9 +371,10 @@ TEST_CASE("notify_server e2e: an order is stored and every admin, only admins, g
     const auto ada = s.login("ada", "admin");  // an admin with no connection for now
     auto admin1 = s.stream(s.login("ann", "admin"));
     auto admin2 = s.stream(s.login("abe", "admin"));
-    auto customer = s.stream(s.login("cleo", "customer"));
+    const auto cleo = s.login("cleo", "customer");
+    auto customer = s.stream(cleo);
     const json order{{"customer", "cleo"}, {"items", json::array({{{"sku", "SKU-1"}, {"qty", 2}}, {{"sku", "Ü-2"}, {"qty", 1}}})}};
-    auto r = request(s.port(), "POST", "/api/orders", {{"Content-Type", "application/json"}}, order.dump());
+    auto r = s.post("/api/orders", cleo, order.dump());
     REQUIRE(r.status == 201);
     const auto created = json::parse(r.body);
     const auto order_id = created.at("order_id").get<std::int64_t>();
@@ -359,16 +415,17 @@ TEST_CASE("notify_server e2e: an order is stored and every admin, only admins, g
     for (const auto* bad : {R"({"customer":"x","items":[]})", R"({"customer":"x","items":[{"sku":"a","qty":0}]})",
                             R"({"customer":"x","items":[{"sku":1,"qty":1}]})", R"({"items":[{"sku":"a","qty":1}]})", "{"}) {
         INFO(bad);
-        CHECK(request(s.port(), "POST", "/api/orders", {{"Content-Type", "application/json"}}, bad).status == 400);
+        CHECK(s.post("/api/orders", cleo, bad).status == 400);
     }
-    // Orders placed at once from many connections are all stored.
+    // Orders placed at once from many connections (by an admin, for any customer) are all stored.
+    const auto ops = s.publisher();
     std::vector<std::thread> threads;
     std::atomic<int> created_ok{0};
     for (int t = 0; t < 8; ++t)
         threads.emplace_back([&, t] {
             for (int i = 0; i < 10; ++i) {
                 try {  // no Catch2 assertions off the main thread
-                    auto rr = request(s.port(), "POST", "/api/orders", {{"Content-Type", "application/json"}},
+                    auto rr = request(s.port(), "POST", "/api/orders", {{"Content-Type", "application/json"}, {"Cookie", ops}},
                                       json{{"customer", "c" + std::to_string(t)},
                                            {"items", json::array({{{"sku", "S"}, {"qty", 1}}})}}.dump());
                     created_ok += rr.status == 201;
@@ -385,15 +442,14 @@ TEST_CASE("notify_server e2e: an order is stored and every admin, only admins, g
 TEST_CASE("notify_server e2e: an export's export-ready and file reach only the user who asked", "[notify-e2e]")
 {
     notify_server s;
-    const auto erin = s.login("erin");
+    // A customer's export holds their own orders: this one's name tests the CSV quoting.
+    const std::string erin_name = R"(say "hi")";
+    const auto erin = s.login(erin_name);
     const auto frank = s.login("frank");
     auto e = s.stream(erin);
     auto f = s.stream(frank);
-    REQUIRE(request(s.port(), "POST", "/api/orders", {{"Content-Type", "application/json"}},
-                    R"({"customer":"say \"hi\"","items":[{"sku":"A,1","qty":3}]})")
-                .status
-            == 201);
-    auto r = request(s.port(), "POST", "/api/exports", {{"Cookie", erin}});
+    REQUIRE(s.post("/api/orders", erin, R"({"customer":"say \"hi\"","items":[{"sku":"A,1","qty":3}]})").status == 201);
+    auto r = s.post("/api/exports", erin);
     REQUIRE(r.status == 202);
     const auto x = json::parse(r.body);
     const auto export_id = x.at("export_id").get<std::string>();
@@ -416,7 +472,7 @@ TEST_CASE("notify_server e2e: an export's export-ready and file reach only the u
     CHECK(file.body.find(R"(,"A,1",3)") != std::string::npos);
     // Another user: as if it did not exist. Another session of the same user: fine.
     CHECK(request(s.port(), "GET", url, {{"Cookie", frank}}).status == 404);
-    CHECK(request(s.port(), "GET", url, {{"Cookie", s.login("erin")}}).status == 200);
+    CHECK(request(s.port(), "GET", url, {{"Cookie", s.login(erin_name)}}).status == 200);
     CHECK(request(s.port(), "GET", "/api/exports/nope/file", {{"Cookie", erin}}).status == 404);
 }
 
@@ -424,7 +480,7 @@ TEST_CASE("notify_server e2e: an export not ready yet is 409", "[notify-e2e]")
 {
     notify_server s("3000");
     const auto gus = s.login("gus");
-    auto r = request(s.port(), "POST", "/api/exports", {{"Cookie", gus}});
+    auto r = s.post("/api/exports", gus);
     REQUIRE(r.status == 202);
     const auto url = json::parse(r.body).at("file").get<std::string>();
     CHECK(request(s.port(), "GET", url, {{"Cookie", gus}}).status == 409);
@@ -439,7 +495,7 @@ TEST_CASE("notify_server e2e: DELETE /api/events closes all of the user's stream
     auto h2 = s.stream(s.login("hal", "admin"));
     auto i1 = s.stream(ivy);
     REQUIRE(test::eventually([&] { return s.metrics().at("open_streams") == 3; }, 5s, 5ms));
-    auto r = request(s.port(), "DELETE", "/api/events", {{"Cookie", hal}});
+    auto r = s.post("/api/events", hal, "", "DELETE");
     REQUIRE(r.status == 200);
     CHECK(json::parse(r.body).at("closed") == 2);
     CHECK(h1->read_to_eof(5s));
@@ -500,8 +556,9 @@ TEST_CASE("notify_server e2e: /metrics counts streams, events, bytes, replays an
     // bounded); it can resume from history.
     const auto lee = s.login("lee");
     auto slow = s.stream(lee, {}, 4096);
-    const std::string big(512 * 1024, 'z');
-    for (int i = 0; i < 24 && s.metrics().at("slow_consumer_closes") == 0; ++i)
+    // (Each event under the registry's 64 KiB bound: 12 MiB at most, as before.)
+    const std::string big(48 * 1024, 'z');
+    for (int i = 0; i < 256 && s.metrics().at("slow_consumer_closes") == 0; ++i)
         send(s, "lee", big);
     CHECK(test::eventually([&] { return s.metrics().at("slow_consumer_closes") == 1; }, 5s, 5ms));
     REQUIRE(b->read_events(1));
@@ -536,7 +593,7 @@ TEST_CASE("notify_server e2e: shutdown during export exits 0 with nothing on std
 {
     notify_server s("1000");
     const auto ola = s.login("ola");
-    auto r = request(s.port(), "POST", "/api/exports", {{"Cookie", ola}, {"Content-Type", "application/json"}}, "{}");
+    auto r = s.post("/api/exports", ola);
     REQUIRE(r.status == 202);
     s.proc.signal(SIGINT);
     const auto code = s.proc.wait_exit(20s);
@@ -547,4 +604,296 @@ TEST_CASE("notify_server e2e: shutdown during export exits 0 with nothing on std
     CHECK(err.find("Sanitizer") == std::string::npos);
     CHECK(err.find("runtime error") == std::string::npos);
     CHECK(err.empty());
+}
+
+// Issue 16 item 8: CSRF. A cross-site HTML form can send only form-urlencoded, multipart or
+// text/plain bodies (and no DELETE); every state-changing request must say JSON.
+TEST_CASE("notify_server e2e: csrf: a state-changing request that is not JSON is 415 and changes nothing",
+          "[notify-e2e]")
+{
+    notify_server s;
+    const auto ada = s.login("ada", "admin");
+    auto stream = s.stream(ada);
+    REQUIRE(test::eventually([&] { return s.metrics().at("open_streams") == 1; }, 5s, 5ms));
+    const auto sessions = s.metrics().at("sessions");
+    struct call {
+        std::string method, target, body;
+    };
+    const std::vector<call> calls{
+        {"POST", "/api/login", R"({"user":"eve","role":"admin"})"},
+        {"POST", "/api/notifications/ada", R"({"data":"forged"})"},
+        {"POST", "/api/orders", R"({"customer":"ada","items":[{"sku":"X","qty":1}]})"},
+        {"POST", "/api/exports", "{}"},
+        {"DELETE", "/api/events", ""},
+    };
+    for (const auto& c : calls)
+        for (const std::optional<std::string>& type :
+             {std::optional<std::string>{}, std::optional<std::string>{"application/x-www-form-urlencoded"},
+              std::optional<std::string>{"multipart/form-data; boundary=x"}, std::optional<std::string>{"text/plain"},
+              std::optional<std::string>{"application/jsonx"}, std::optional<std::string>{"text/json"}}) {
+            INFO(c.method << " " << c.target << " Content-Type: " << type.value_or("(none)"));
+            header_list h{{"Cookie", ada}};
+            if (type)
+                h.emplace_back("Content-Type", *type);
+            check_refusal(request(s.port(), c.method, c.target, h, c.body), 415);
+        }
+    // Nothing happened: no session, no event, no order, no export, the stream still open.
+    CHECK(stream->nothing_for(200ms));
+    auto m = s.metrics();
+    CHECK(m.at("sessions") == sessions);
+    CHECK(m.at("exports_running") == 0);
+    CHECK(m.at("open_streams") == 1);
+    {
+        common::sqlite::db db(s.db.string(), SQLITE_OPEN_READONLY);
+        common::sqlite::statement q(db, "SELECT count(*) FROM orders");
+        REQUIRE(q.step());
+        CHECK(q.column_int64(0) == 0);
+    }
+    // JSON with parameters or in another case is JSON.
+    for (const auto* type : {"application/json; charset=utf-8", "Application/JSON", "application/json ;charset=UTF-8"}) {
+        INFO(type);
+        auto r = request(s.port(), "POST", "/api/notifications/ada", {{"Cookie", ada}, {"Content-Type", type}},
+                         R"({"data":"real"})");
+        CHECK(r.status == 202);
+    }
+    REQUIRE(stream->read_events(3));
+    CHECK(stream->events[0].data == "real");
+}
+
+TEST_CASE("notify_server e2e: publishing needs a session, a user publishes to themself, only admins to others",
+          "[notify-e2e]")
+{
+    notify_server s;
+    const auto alice = s.login("alice");
+    const auto bob = s.login("bob");
+    const auto ann = s.login("ann", "admin");
+    auto a = s.stream(alice);
+    auto b = s.stream(bob);
+    // No session, or one the server never gave: 401.
+    check_refusal(s.post("/api/notifications/alice", "", R"({"data":"x"})"), 401);
+    check_refusal(s.post("/api/notifications/alice", "session=0123456789abcdef0123456789abcdef", R"({"data":"x"})"), 401);
+    // A customer to someone else: 403, even with a bad body (nothing about it is checked first).
+    check_refusal(s.notify("alice", {{"data", "from bob"}}, bob), 403);
+    check_refusal(s.post("/api/notifications/alice", bob, "not json"), 403);
+    // A customer session of a user who is also an admin elsewhere is no admin.
+    check_refusal(s.notify("alice", {{"data", "x"}}, s.login("ann", "customer")), 403);
+    CHECK(a->nothing_for(200ms));
+    // To themself: fine. An admin to anyone: fine.
+    auto self = s.notify("bob", {{"data", "note to self"}}, bob);
+    CHECK(self.status == 202);
+    REQUIRE(b->read_events(1));
+    CHECK(b->events[0].data == "note to self");
+    auto admin = s.notify("alice", {{"data", "from ann"}}, ann);
+    CHECK(admin.status == 202);
+    REQUIRE(a->read_events(1));
+    CHECK(a->events[0].data == "from ann");
+    // An event over the registry's 64 KiB bound is refused, not cut.
+    check_refusal(s.notify("alice", {{"data", std::string(70 * 1024, 'x')}}, ann), 400);
+    CHECK(a->nothing_for(100ms));
+    CHECK(b->nothing_for(100ms));
+}
+
+TEST_CASE("notify_server e2e: orders need a session, a customer orders only for themself", "[notify-e2e]")
+{
+    notify_server s;
+    const auto cleo = s.login("cleo");
+    auto admin = s.stream(s.publisher());
+    const auto item = json::array({{{"sku", "S"}, {"qty", 1}}});
+    check_refusal(s.post("/api/orders", "", json{{"customer", "cleo"}, {"items", item}}.dump()), 401);
+    check_refusal(s.post("/api/orders", cleo, json{{"customer", "dora"}, {"items", item}}.dump()), 403);
+    CHECK(admin->nothing_for(200ms));
+    CHECK(s.post("/api/orders", cleo, json{{"customer", "cleo"}, {"items", item}}.dump()).status == 201);
+    CHECK(s.post("/api/orders", s.publisher(), json{{"customer", "dora"}, {"items", item}}.dump()).status == 201);
+    REQUIRE(admin->read_events(2));
+    CHECK(json::parse(admin->events[0].data).at("customer") == "cleo");
+    CHECK(json::parse(admin->events[1].data).at("customer") == "dora");
+    common::sqlite::db db(s.db.string(), SQLITE_OPEN_READONLY);
+    db.busy_timeout(5s);
+    common::sqlite::statement q(db, "SELECT customer FROM orders ORDER BY id");
+    std::vector<std::string> customers;
+    while (q.step())
+        customers.emplace_back(q.column_text(0));
+    CHECK(customers == std::vector<std::string>{"cleo", "dora"});
+    // An order too large for its order-created event is refused before it is stored.
+    check_refusal(s.post("/api/orders", cleo,
+                         json{{"customer", "cleo"}, {"items", json::array({{{"sku", std::string(40000, 'S')}, {"qty", 1}}})}}.dump()),
+                  400);
+    CHECK(admin->nothing_for(100ms));
+}
+
+namespace {
+
+/// Starts an export as `cookie`, waits for its export-ready on `stream` (whose events so far
+/// are `seen`) and returns the CSV.
+std::string export_csv(notify_server& s, const std::string& cookie, sse_client& stream)
+{
+    const auto seen = stream.events.size();
+    auto r = s.post("/api/exports", cookie);
+    INFO(r.head << r.body);
+    REQUIRE(r.status == 202);
+    const auto url = json::parse(r.body).at("file").get<std::string>();
+    REQUIRE(stream.read_until([&] {
+        for (auto i = seen; i < stream.events.size(); ++i)
+            if (stream.events[i].type == "export-ready")
+                return true;
+        return false;
+    }, 10s));
+    auto file = request(s.port(), "GET", url, {{"Cookie", cookie}});
+    REQUIRE(file.status == 200);
+    return file.body;
+}
+
+/// The customer column of each CSV row.
+std::vector<std::string> customers_in(const std::string& csv)
+{
+    std::vector<std::string> out;
+    std::size_t at = csv.find('\n') + 1;  // after the header
+    while (at < csv.size()) {
+        const auto q1 = csv.find('"', at);
+        const auto q2 = csv.find('"', q1 + 1);
+        out.push_back(csv.substr(q1 + 1, q2 - q1 - 1));
+        at = csv.find('\n', q2) + 1;
+    }
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("notify_server e2e: an export holds only the requester's orders, an admin's all of them", "[notify-e2e]")
+{
+    notify_server s;
+    const auto cleo = s.login("cleo");
+    const auto dora = s.login("dora");
+    const auto ann = s.login("ann", "admin");
+    auto cs = s.stream(cleo);
+    auto ds = s.stream(dora);
+    auto as = s.stream(ann);
+    const auto item = json::array({{{"sku", "S"}, {"qty", 1}}});
+    for (const auto& [who, cookie] : {std::pair{"cleo", cleo}, {"dora", dora}, {"cleo", cleo}})
+        REQUIRE(s.post("/api/orders", cookie, json{{"customer", who}, {"items", item}}.dump()).status == 201);
+    REQUIRE(s.post("/api/orders", ann, json{{"customer", "zed"}, {"items", item}}.dump()).status == 201);
+    CHECK(customers_in(export_csv(s, cleo, *cs)) == std::vector<std::string>{"cleo", "cleo"});
+    CHECK(customers_in(export_csv(s, dora, *ds)) == std::vector<std::string>{"dora"});
+    CHECK(customers_in(export_csv(s, ann, *as)) == std::vector<std::string>{"cleo", "dora", "cleo", "zed"});
+    // A user with no orders gets the header alone.
+    auto es = s.stream(s.login("eli"));
+    CHECK(export_csv(s, s.login("eli"), *es) == "order_id,customer,created_at,sku,qty\n");
+}
+
+// Issue 16 item 6: what unauthenticated (or any) clients can make the server hold is bounded.
+TEST_CASE("notify_server e2e: limits: sessions are capped (503), idle ones expire, one with a stream does not",
+          "[notify-e2e]")
+{
+    notify_server s("100", {"--max-sessions", "2", "--session-idle-ms", "300"});
+    const auto alice = s.login("alice");
+    auto a = s.stream(alice);
+    const auto bob = s.login("bob");
+    auto full = request(s.port(), "POST", "/api/login", {{"Content-Type", "application/json"}},
+                        R"({"user":"carol","role":"customer"})");
+    check_retry_after(full, 503, 1);
+    CHECK(full.header("Set-Cookie") == std::nullopt);
+    CHECK(s.metrics().at("sessions") == 2);
+    // Bob's session, unused, expires; alice's (older, but with a stream) stays.
+    REQUIRE(test::eventually([&] { return s.metrics().at("sessions") == 1; }, 5s, 10ms));
+    check_refusal(s.post("/api/events", bob, "", "DELETE"), 401);
+    auto self = s.notify("alice", {{"data", "still here"}}, alice);
+    CHECK(self.status == 202);
+    REQUIRE(a->read_events(1));
+    // Room again: carol gets in; then the cap holds again.
+    const auto carol = s.login("carol");
+    check_retry_after(request(s.port(), "POST", "/api/login", {{"Content-Type", "application/json"}},
+                              R"({"user":"dan","role":"customer"})"),
+                      503, 1);
+    // A session whose stream ended is idle from then: it expires too.
+    a->conn().close();
+    REQUIRE(test::eventually([&] { return s.metrics().at("sessions") == 0; }, 5s, 10ms));
+    check_refusal(s.post("/api/events", alice, "", "DELETE"), 401);
+    CHECK(s.login("dan").starts_with("session="));
+}
+
+TEST_CASE("notify_server e2e: limits: users are capped (503), a user with nothing left is forgotten", "[notify-e2e]")
+{
+    notify_server s("100", {"--max-users", "3", "--user-ttl-ms", "300"});
+    const auto ops = s.publisher();      // user 1
+    const auto alice = s.login("alice"); // user 2
+    auto a = s.stream(alice);
+    CHECK(s.notify("bob", {{"data", "for later"}}).status == 202);  // user 3: kept for bob
+    CHECK(s.metrics().at("users") == 3);
+    check_retry_after(s.notify("carol", {{"data", "x"}}), 503, 1);
+    check_retry_after(request(s.port(), "POST", "/api/login", {{"Content-Type", "application/json"}},
+                              R"({"user":"dan","role":"customer"})"),
+                      503, 1);
+    // Users the server has are not refused.
+    CHECK(s.notify("alice", {{"data", "hi"}}).status == 202);
+    CHECK(s.notify("bob", {{"data", "for later 2"}}).status == 202);
+    REQUIRE(a->read_events(1));
+    // Bob has no session: after the TTL he is forgotten with what waited for him, and carol
+    // has his place. Users with a session stay.
+    REQUIRE(test::eventually([&] { return s.metrics().at("users") == 2; }, 5s, 10ms));
+    CHECK(s.notify("carol", {{"data", "x"}}).status == 202);
+    CHECK(s.notify("alice", {{"data", "hi again"}}).status == 202);
+    REQUIRE(a->read_events(2));
+    CHECK(s.metrics().at("users") == 3);
+    REQUIRE(test::eventually([&] { return s.metrics().at("users") == 2; }, 5s, 10ms));  // carol goes too
+    const auto bob = s.login("bob");
+    auto b = s.stream(bob);
+    CHECK(b->nothing_for(200ms));  // what waited for him went with him
+}
+
+TEST_CASE("notify_server e2e: limits: admins are capped (503), a forgotten admin frees a place", "[notify-e2e]")
+{
+    notify_server s("100", {"--max-admins", "1", "--session-idle-ms", "200", "--user-ttl-ms", "200"});
+    auto ann = s.login("ann", "admin");
+    check_retry_after(request(s.port(), "POST", "/api/login", {{"Content-Type", "application/json"}},
+                              R"({"user":"abe","role":"admin"})"),
+                      503, 1);
+    // The admin there is welcome again; a customer is no admin.
+    CHECK(s.login("ann", "admin").starts_with("session="));
+    CHECK(s.login("abe", "customer").starts_with("session="));
+    CHECK(s.metrics().at("admins") == 1);
+    // Ann's sessions go idle, then ann: abe may be admin now.
+    REQUIRE(test::eventually([&] { return s.metrics().at("admins") == 0; }, 5s, 10ms));
+    auto abe_admin = s.stream(s.login("abe", "admin"));
+    CHECK(s.metrics().at("admins") == 1);
+    // Only abe gets order alerts now.
+    CHECK(s.post("/api/orders", s.login("cleo"), R"({"customer":"cleo","items":[{"sku":"S","qty":1}]})").status == 201);
+    REQUIRE(abe_admin->read_events(1));
+    CHECK(abe_admin->events[0].type == "order-created");
+}
+
+TEST_CASE("notify_server e2e: limits: exports in flight per user (429) and in all (503)", "[notify-e2e]")
+{
+    notify_server s("600", {"--max-exports", "2", "--max-user-exports", "1"});
+    const auto erin = s.login("erin");
+    const auto fay = s.login("fay");
+    const auto gil = s.login("gil");
+    auto es = s.stream(erin);
+    CHECK(s.post("/api/exports", erin).status == 202);
+    check_retry_after(s.post("/api/exports", erin), 429, 1);
+    CHECK(s.post("/api/exports", fay).status == 202);
+    check_retry_after(s.post("/api/exports", gil), 503, 1);
+    CHECK(s.metrics().at("exports_running") == 2);
+    // Once erin's is done, she and gil may start one.
+    REQUIRE(es->read_events(1, 10s));
+    CHECK(es->events[0].type == "export-ready");
+    CHECK(s.post("/api/exports", gil).status == 202);
+    REQUIRE(test::eventually([&] { return s.metrics().at("exports_running") < 2; }, 10s, 10ms));
+    CHECK(s.post("/api/exports", erin).status == 202);
+}
+
+TEST_CASE("notify_server e2e: limits: a user's finished exports are kept four at a time", "[notify-e2e]")
+{
+    notify_server s("0");
+    const auto hal = s.login("hal");
+    auto hs = s.stream(hal);
+    std::vector<std::string> files;
+    for (int i = 0; i < 5; ++i) {
+        auto r = s.post("/api/exports", hal);
+        REQUIRE(r.status == 202);
+        files.push_back(json::parse(r.body).at("file").get<std::string>());
+        REQUIRE(hs->read_events(static_cast<std::size_t>(i) + 1, 10s));
+    }
+    CHECK(request(s.port(), "GET", files[0], {{"Cookie", hal}}).status == 404);  // the oldest went
+    for (int i = 1; i < 5; ++i)
+        CHECK(request(s.port(), "GET", files[static_cast<std::size_t>(i)], {{"Cookie", hal}}).status == 200);
 }
