@@ -43,18 +43,25 @@ run('browser upload', 90000, async ({ cleanup }) => {
     errors: document.querySelector('#nerrors').textContent,
     errorItems: document.querySelectorAll('#errors li').length,
     firstError: document.querySelector('#errors li')?.textContent,
+    errorTexts: [...document.querySelectorAll('#errors li')].map((li) => li.textContent),
     summary: document.querySelector('#summary').textContent,
     link: document.querySelector('#summary a')?.getAttribute('href'),
     tx: document.querySelector('#tx').textContent,
     hash: location.hash,
   }));
-  console.log('shown:', JSON.stringify(shown));
+  console.log('shown:', JSON.stringify({ ...shown, errorTexts: shown.errorTexts.slice(0, 5) }));
   equal(shown.state, 'completed', 'state');
   equal(shown.done, String(ROWS), 'rows done');
   equal(shown.total, String(ROWS), 'rows total');
   equal(shown.errors, String(ERRORS), 'errors');
   equal(shown.errorItems, ERRORS, 'row errors listed');
   check(/^line \d+/.test(shown.firstError), `a row error names its line: ${shown.firstError}`);
+  // Each reason says which rule the row broke (issue 16 item 8), never a bare "bad price".
+  const vague = shown.errorTexts.filter((t) => /: (bad price|bad quantity|missing name|missing sku|malformed quotes)$/.test(t));
+  equal(vague.length, 0, `vague row-error reasons: ${vague.slice(0, 3).join(' | ')}`);
+  for (const rule of ['price must be a number with at most 2 decimals', 'quantity must not be negative',
+                      'sku is empty', 'name is empty', 'duplicate sku (first at line ', 'malformed quotes in the name field: '])
+    check(shown.errorTexts.some((t) => t.includes(rule)), `a row error says "${rule}"`);
   check(shown.summary.startsWith(`Imported ${GOOD} of ${ROWS} rows (${GOOD} new, 0 updated, ${ERRORS} errors) in `),
         `summary: ${shown.summary}`);
   equal(shown.link, '/api/products', 'products link');
