@@ -170,6 +170,23 @@ TEST_CASE("an invalid event is refused and leaves no trace on the wire", "[emitt
     check_closed_once(srv, s, ssepp::close_reason::completed);
 }
 
+TEST_CASE("an event larger than the queue bound is refused; the stream stays open", "[emitter]")
+{
+    auto options = quiet();
+    options.max_queued_bytes = 1024;
+    sse_server srv({.options = options});
+    test::client c(srv.port());
+    auto s = srv.at(0);
+    CHECK(s.em->send({.data = payload(2000)}) == ssepp::errc::event_too_large);
+    CHECK(s.em->is_open());
+    CHECK(s.em->queued_bytes() <= options.max_queued_bytes);
+    s.em->complete({.data = "after"});
+    REQUIRE(c.read_to_eof());
+    REQUIRE(c.events.size() == 1);
+    CHECK(c.events[0].data == "after");
+    check_closed_once(srv, s, ssepp::close_reason::completed);
+}
+
 TEST_CASE("send() returns at once from another thread while the client reads nothing", "[emitter]")
 {
     auto options = quiet();
@@ -743,6 +760,45 @@ TEST_CASE("a write that fails without the peer leaving closes with close_reason:
         CHECK(st->closed);
         CHECK(em->send({.data = "late"}) == ssepp::errc::closed);
     }
+}
+
+TEST_CASE("written_seq tracks the last tagged frame the transport took; on_drained fires once below "
+          "its threshold",
+          "[emitter]")
+{
+    asio::io_context io;
+    auto st = std::make_shared<manual_state>();
+    auto options = quiet();
+    options.write_head = false;
+    options.retry_hint = std::nullopt;
+    auto em = ssepp::make_emitter(manual_transport(io, st), options);
+    em->start();
+    CHECK(em->written_seq() == 0);
+    em->send(ssepp::make_raw_frame("data: 1\n\n"), 7);
+    pump(io);
+    REQUIRE(st->handler);  // frame 7 in flight, alone
+    em->send(ssepp::make_raw_frame("data: 2\n\n"), 9);
+    em->send(ssepp::make_raw_frame(": untagged\n\n"));
+    int drained = 0;
+    em->on_drained(12, [&] { ++drained; });
+    pump(io);
+    CHECK(drained == 0);  // 32 bytes queued
+    complete_write(*st, 4);  // part of frame 7: not written yet
+    pump(io);
+    CHECK(em->written_seq() == 0);
+    complete_write(*st, st->offered);  // the rest of 7; then 9 and the comment start
+    pump(io);
+    CHECK(em->written_seq() == 7);
+    CHECK(drained == 0);  // 22 bytes still queued
+    complete_write(*st, st->offered);
+    pump(io);
+    CHECK(em->written_seq() == 9);  // the untagged comment leaves the tag as it was
+    CHECK(drained == 1);
+    em->on_drained(100, [&] { ++drained; });  // already below: posted at once
+    pump(io);
+    CHECK(drained == 2);
+    em->close();
+    pump(io);
 }
 
 TEST_CASE("one write at a time, queued_bytes counts what is not yet written, written frames are freed", "[emitter]")

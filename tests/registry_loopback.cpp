@@ -465,3 +465,112 @@ TEST_CASE("registry over sockets: destroyed while connections are open", "[regis
         });
     }));
 }
+
+TEST_CASE("registry over sockets: a replay larger than the queue bound flows as the client reads, "
+          "then the live events, with no duplicate",
+          "[registry]")
+{
+    // Issue 16: 1,500 retained events of 2 KiB behind a 1 MiB bound used to overflow at attach,
+    // every time, so the client never got past them.
+    constexpr std::size_t bound = 1 << 20;
+    constexpr int retained = 1500, live = 200;
+    test::registry_server srv({.history = {.max_events = 4000, .max_bytes = 16 << 20, .id_epoch = "e"},
+                               .emitter = {.max_queued_bytes = bound}});
+    auto& reg = srv.reg();
+    const std::string payload(2048, 'p');
+    for (int i = 0; i < retained; ++i)
+        reg.send("job", data("r" + std::to_string(i) + " " + payload));
+
+    test::client c(srv.port(), target("job", "all", false, 16 << 10, "slow"), "", 32 << 10);
+    REQUIRE(test::eventually([&] { return reg.size() == 1; }));
+    const auto em = srv.find("slow")->emitter.lock();
+    REQUIRE(em);
+    CHECK(srv.find("slow")->result.replayed == std::size_t(retained));
+    std::size_t peak = 0;
+    int sent_live = 0;
+    const auto deadline = test::clock::now() + 30s;
+    // A slow reader: a few events at a time, live events published in between.
+    while (c.events.size() < std::size_t(retained + live) && test::clock::now() < deadline) {
+        for (int i = 0; i < 5 && sent_live < live; ++i)
+            REQUIRE(reg.send("job", data("l" + std::to_string(sent_live++) + " " + payload)));
+        peak = std::max(peak, em->queued_bytes());
+        if (!c.read_events(std::min<std::size_t>(retained + live, c.events.size() + 20), 5s))
+            break;
+    }
+    REQUIRE(c.events.size() == std::size_t(retained + live));
+    CHECK(!srv.find("slow")->closed);
+    CHECK(peak <= bound);
+    std::uint64_t prev = 0;
+    for (int i = 0; i < retained + live; ++i) {
+        const auto& e = c.events[std::size_t(i)];
+        const auto want = i < retained ? "r" + std::to_string(i) : "l" + std::to_string(i - retained);
+        REQUIRE(e.data.substr(0, e.data.find(' ')) == want);
+        REQUIRE(number(e.id) == prev + 1);  // one order, no gap, no duplicate
+        prev = number(e.id);
+    }
+}
+
+TEST_CASE("registry over sockets: a client that stops reading during its replay meets its overflow policy",
+          "[registry]")
+{
+    // The backlog behind a replay is bounded too: a stalled client does not hold the whole
+    // live stream in memory.
+    constexpr std::size_t bound = 64 << 10;
+    test::registry_server srv({.history = {.max_events = 1000, .max_bytes = 1 << 20, .id_epoch = "e"},
+                               .emitter = {.max_queued_bytes = bound, .overflow = ssepp::overflow_policy::close}});
+    auto& reg = srv.reg();
+    const std::string payload(1000, 'p');
+    for (int i = 0; i < 300; ++i)
+        reg.send("feed", data(payload));
+    test::client stalled(srv.port(), target("feed", "all", false, 4096, "stalled"), "", 4096);
+    REQUIRE(test::eventually([&] { return reg.size() == 1; }));
+    // Publish until the connection refuses: its stream is ending.
+    int published = 0;
+    while (published < 2000 && reg.send("feed", data(payload)).connections == 1)
+        ++published;
+    CHECK(published < 400);  // within one queue bound of live events, not the whole stream
+    REQUIRE(test::eventually([&] { return srv.find("stalled")->closed.has_value(); }));
+    CHECK(srv.find("stalled")->closed == ssepp::close_reason::overflow);
+    CHECK(test::eventually([&] { return reg.size() == 0; }));
+}
+
+TEST_CASE("registry over sockets: undelivered replays every event the previous connection did not write",
+          "[registry]")
+{
+    // Issue 16: 1,200 offline events over a 1 MiB queue bound; the first connection dies after
+    // reading some; the next one replays from the first event the first one never wrote.
+    constexpr int offline = 1200;
+    test::registry_server srv({.history = {.max_events = 4000, .max_bytes = 16 << 20, .id_epoch = "e"},
+                               .emitter = {.max_queued_bytes = 1 << 20}});
+    auto& reg = srv.reg();
+    const std::string payload(1000, 'p');
+    for (int i = 1; i <= offline; ++i)
+        reg.send("user", data(std::to_string(i) + " " + payload));
+
+    test::client first(srv.port(), target("user", "undelivered", false, 8192, "first"), "", 16 << 10);
+    REQUIRE(first.read_events(100));
+    const auto em = srv.find("first")->emitter.lock();
+    REQUIRE(em);
+    first.reset();
+    REQUIRE(test::eventually([&] { return srv.find("first")->closed.has_value(); }));
+    const auto written = em->written_seq();
+    CHECK(written >= 100);
+    CHECK(written < std::uint64_t(offline));  // the rest was queued, or never fed: not delivered
+
+    test::client second(srv.port(), target("user", "undelivered", false, 0, "second"));
+    REQUIRE(second.read_events(offline - written, 10s));
+    CHECK(!srv.find("second")->result.gap);
+    CHECK(number(second.events.front().id) == written + 1);
+    CHECK(number(second.events.back().id) == std::uint64_t(offline));
+    for (std::size_t i = 1; i < second.events.size(); ++i)
+        REQUIRE(number(second.events[i].id) == number(second.events[i - 1].id) + 1);
+
+    // Once written, not again.
+    second.close();
+    REQUIRE(test::eventually([&] { return srv.find("second")->closed.has_value(); }));
+    test::client third(srv.port(), target("user", "undelivered", false, 0, "third"));
+    REQUIRE(test::eventually([&] { return reg.size() == 1; }));
+    reg.send("user", data("marker"));
+    REQUIRE(third.read_events(1));
+    CHECK(third.events[0].data == "marker");
+}

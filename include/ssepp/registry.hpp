@@ -89,7 +89,7 @@ struct history_options {
 
 /// The result of send(), finish() and broadcast().
 struct send_result {
-    /// Live connections the event was queued to (0 is fine: it is retained).
+    /// Live connections that took the event (0 is fine: it is retained).
     std::size_t connections = 0;
     /// The event's id as sent: the application's own, or the one the registry assigned.
     std::string id{};
@@ -542,51 +542,53 @@ private:
                 return {.error = errc::event_too_large};
             next_seq = seq;
             retain_locked(c, record{seq, *e.id, frame}, keep);
-            const auto& targets = &c == &everyone ? all : c.members;
-            for (auto* m : targets) {
+            std::size_t queued = 0;
+            for (auto* m : &c == &everyone ? all : c.members) {
                 if (m->backlog)
-                    push_backlog_locked(*m, seq, frame);
+                    queued += push_backlog_locked(*m, seq, frame);
                 else
-                    m->em->send(frame, seq);
+                    queued += !m->em->send(frame, seq);
             }
-            return {.connections = targets.size(), .id = std::move(*e.id)};
+            return {.connections = queued, .id = std::move(*e.id)};
         }
 
         // Behind a replay still being fed: in order after it, within the backlog's bound.
-        void push_backlog_locked(member& m, std::uint64_t seq, const shared_frame& frame)
+        // Returns whether the member took it (or may still).
+        bool push_backlog_locked(member& m, std::uint64_t seq, const shared_frame& frame)
         {
             auto& b = *m.backlog;
             b.frames.emplace_back(seq, frame);
             b.bytes += frame->size();
-            feed_locked(m, b.bytes > b.limit);
+            return feed_locked(m, b.bytes > b.limit);
         }
 
         // Queues the member's backlog to its emitter while the emitter's bound has room (all of
         // it, regardless, when `force`: the emitter's overflow policy then decides), and asks
         // to be called again when the emitter has drained to half its bound.
-        void feed_locked(member& m, bool force)
+        // Returns false when the emitter refused a frame (it is ending).
+        bool feed_locked(member& m, bool force)
         {
             auto& b = *m.backlog;
             auto& e = *m.em;
             const auto bound = e.max_queued_bytes();
-            while (!b.frames.empty()) {
+            std::error_code ec;
+            while (!b.frames.empty() && !ec) {
                 auto& [seq, frame] = b.frames.front();
                 if (!force && e.queued_bytes() + frame->size() > bound) {
                     e.on_drained(bound / 2, [w = this->weak_from_this(), mp = &m, ep = &e] {
                         if (auto st = w.lock())
                             st->refill(mp, ep);
                     });
-                    return;
+                    return true;
                 }
                 b.bytes -= frame->size();
-                const auto ec = e.send(std::move(frame), seq);
+                ec = e.send(std::move(frame), seq);  // on error, it leaves through its close handler
                 b.frames.pop_front();
-                if (ec)
-                    break;  // ending: it leaves through its close handler
             }
             m.backlog.reset();
-            if (m.complete_after_backlog)
+            if (m.complete_after_backlog && !ec)
                 e.complete();
+            return !ec;
         }
 
         // The emitter has room again. The member is alive while its emitter is open: it is
