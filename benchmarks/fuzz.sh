@@ -5,31 +5,34 @@
 # Prints per target the executions reached; exits non-zero on any crash, failed check, leak,
 # timeout, out-of-memory or sanitizer report, leaving the input under <build-dir>/fuzz-work/.
 #
-#   benchmarks/fuzz.sh [--seconds N] [--runs N] [--only TARGET]... [--build-dir DIR]
+#   benchmarks/fuzz.sh [--seconds N] [--runs N] [--max-len N] [--only TARGET]... [--build-dir DIR]
 #     --seconds N   time per target (default 300); CI runs --seconds 30
 #     --runs N      also stop a target after N executions (e.g. 10000000)
-#     --only T      run only target T (repeatable); default every target
+#     --max-len N   longest input libFuzzer makes (default: 4096, or the longest seed)
+#     --only T      run only target T (repeatable, in that order); default every target
 #     --build-dir   default <repo>/build-fuzz
 # Needs Debian's clang-16 and libfuzzer-16-dev (CC/CXX override the compilers).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds=300
 runs=""
+max_len=""
 only=()
 build="$root/build-fuzz"
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
+    --max-len) max_len="$2"; shift 2 ;;
     --only) only+=("$2"); shift 2 ;;
     --build-dir) build="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "fuzz.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 build="$(realpath -m "$build")"
 case "$seconds" in ''|*[!0-9]*) echo "fuzz.sh: --seconds needs a whole number" >&2; exit 2 ;; esac
-case "$runs" in *[!0-9]*) echo "fuzz.sh: --runs needs a whole number" >&2; exit 2 ;; esac
+case "$runs$max_len" in *[!0-9]*) echo "fuzz.sh: --runs and --max-len need whole numbers" >&2; exit 2 ;; esac
 
 export CC="${CC:-clang-16}" CXX="${CXX:-clang++-16}"
 if ! command -v "$CXX" >/dev/null 2>&1; then
@@ -58,7 +61,7 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=1"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}print_stacktrace=1:halt_on_error=1"
 
 echo "fuzz.sh: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "fuzz.sh: ${seconds} s per target${runs:+, at most $runs executions}"
+echo "fuzz.sh: ${seconds} s per target${runs:+, at most $runs executions}${max_len:+, inputs up to $max_len bytes}"
 failed=()
 summary=()
 for t in "${targets[@]}"; do
@@ -69,6 +72,7 @@ for t in "${targets[@]}"; do
   args=(-max_total_time="$seconds" -print_final_stats=1 -timeout=25 -rss_limit_mb=2048
         -artifact_prefix="$work/artifacts/")
   [ -n "$runs" ] && args+=(-runs="$runs")
+  [ -n "$max_len" ] && args+=(-max_len="$max_len")
   echo "== $t"
   start=$(date +%s)
   set +e
