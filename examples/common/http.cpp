@@ -240,6 +240,8 @@ private:
                 return response::error(500, e.what());
             }
         }();
+        // Answered: nothing of the request is kept meanwhile (its body, what it holds).
+        req_ = request{};
         if (auto* stream = std::get_if<take_socket>(&r)) {
             finish();
             stream->handler(std::move(socket_));

@@ -25,6 +25,9 @@ struct request {
     std::vector<std::pair<std::string, std::string>> headers;
     std::string body;
     std::optional<std::uint64_t> content_length;
+    /// What a head_check wants held while the request lives, until it is answered or dropped
+    /// with its connection: a reservation for its body, say.
+    mutable std::shared_ptr<void> hold;
 
     /// The value of header `name` (case-insensitive), or empty.
     std::string_view header(std::string_view name) const;

@@ -43,8 +43,8 @@ struct job {
 /// memory without bound.
 struct service_limits {
     std::size_t max_upload_bytes = std::size_t(64) << 20;
-    /// Jobs accepted and not ended (queued or running), and the bytes of their uploads: past
-    /// either, 503 with Retry-After.
+    /// Jobs accepted and not ended (queued or running), and the bytes of their uploads (with
+    /// those being received): past either, 503 with Retry-After.
     std::size_t max_queued_jobs = 16;
     std::size_t max_queued_bytes = std::size_t(256) << 20;
     /// Finished jobs remembered; past it the oldest is forgotten (404), history and all.
@@ -166,8 +166,16 @@ public:
         const auto media = ssepp::detail::trim_ows(type.substr(0, type.find(';')));
         if (!common::multipart::boundary(type) && !ssepp::detail::iequals(media, "text/csv"))
             return response::error(415, "send the file as multipart/form-data (field 'file') or as text/csv");
+        // The body is counted from now on, while it arrives: many uploads received at once
+        // would otherwise pass the checks one by one. Without a Content-Length it may be as
+        // large as allowed.
+        const std::size_t bytes = req.content_length ? static_cast<std::size_t>(*req.content_length) : max_body;
         std::lock_guard lock(mtx_);
-        return no_room_locked(req.content_length.value_or(0));
+        if (auto refused = no_room_locked(bytes))
+            return refused;
+        *receiving_ += bytes;
+        req.hold = std::shared_ptr<void>(nullptr, [counter = receiving_, bytes](void*) { *counter -= bytes; });
+        return std::nullopt;
     }
 
     common::http::reply handle(request& req)
@@ -220,7 +228,9 @@ private:
         const auto id = common::random_id();
         {
             std::lock_guard lock(mtx_);
-            // Checked again with the real size: others may have been queued since the head.
+            // Checked again with the real size (a chunked body's was not known), as queued
+            // bytes now.
+            req.hold.reset();
             if (auto refused = no_room_locked(req.body.size()))
                 return std::move(*refused);
             jobs_[id] = job{.bytes = req.body.size()};
@@ -341,10 +351,10 @@ private:
         if (queued_jobs_ >= limits_.max_queued_jobs)
             r = response::error(503, fmt::format("{} uploads are waiting or running, the most this server queues; "
                                                  "try again later", queued_jobs_));
-        else if (queued_bytes_ + body_bytes > limits_.max_queued_bytes)
-            r = response::error(503, fmt::format("the uploads waiting or running hold {} bytes; {} more would pass "
-                                                 "the limit of {} bytes; try again later",
-                                                 queued_bytes_, body_bytes, limits_.max_queued_bytes));
+        else if (const auto held = queued_bytes_ + receiving_->load(); held + body_bytes > limits_.max_queued_bytes)
+            r = response::error(503, fmt::format("the uploads waiting, running or arriving hold {} bytes; {} more "
+                                                 "would pass the limit of {} bytes; try again later",
+                                                 held, body_bytes, limits_.max_queued_bytes));
         if (r)
             r->headers.emplace_back("Retry-After", std::to_string(retry_after_seconds));
         return r;
@@ -445,6 +455,9 @@ private:
     std::map<std::string, job> jobs_;
     std::size_t queued_jobs_ = 0;   // accepted and not ended
     std::size_t queued_bytes_ = 0;  // their uploads
+    // Bytes of uploads being received, reserved from their heads; shared with the requests'
+    // reservations, which may outlive this service in the I/O context's handlers.
+    std::shared_ptr<std::atomic<std::size_t>> receiving_ = std::make_shared<std::atomic<std::size_t>>(0);
     std::deque<std::pair<std::chrono::steady_clock::time_point, std::string>> finished_;  // in the order they ended
     // One import at a time: SQLite has one writer, and a second import would wait for the
     // first's lock (or fail with "database is locked") while looking "processing".

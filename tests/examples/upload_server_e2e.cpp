@@ -900,6 +900,25 @@ TEST_CASE("upload_server e2e: past --max-queued-jobs or --max-queued-mb an uploa
         REQUIRE(wait_state(s, b, "completed"));
         CHECK(test::eventually([&] { return s.upload(big.text, false).status == 202; }, 10s, 20ms));
     }
+    SECTION("bytes still arriving count, until their connection goes")
+    {
+        server s({"--max-queued-mb", "1"});
+        const auto big = make_csv(18'000);
+        // A body announced and half sent: its bytes are reserved from its head (the 100
+        // Continue says the head was checked, and so the reservation made).
+        auto slow = std::make_unique<connection>(s.port());
+        slow->send_all("POST /api/upload/csv HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\n"
+                       "Expect: 100-continue\r\nContent-Length: " + std::to_string(big.text.size()) + "\r\n\r\n");
+        REQUIRE(slow->read_response(5s).status == 100);
+        slow->send_all(big.text.substr(0, big.text.size() / 2));
+        const auto r = s.upload(big.text, false);
+        CHECK(r.status == 503);
+        CHECK(error_of(r).find("waiting, running or arriving") != std::string::npos);
+        // The slow client gives up: its reservation goes with its connection.
+        slow->reset();
+        slow.reset();
+        CHECK(test::eventually([&] { return s.upload(big.text, false).status == 202; }, 10s, 20ms));
+    }
 }
 
 TEST_CASE("upload_server e2e: past --max-finished-jobs the oldest finished job is forgotten", "[upload-e2e]")
