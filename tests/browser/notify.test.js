@@ -1,8 +1,9 @@
 // tests/browser/notify.test.js
 // Issue 5 in a real browser: notify_server's page in two browser contexts (two cookie jars),
 // an admin and a customer. The customer places an order; the admin's page shows the toast.
-// The customer's export-ready toast and a message sent through the API reach only the
-// customer's page.
+// The customer's export-ready toast and a message an admin sends through the API reach only
+// the customer's page. Issue 16 item 8: another site's form and fetch() cannot act with the
+// customer's session (SameSite=Strict cookie, JSON-only state changes).
 'use strict';
 
 const fs = require('node:fs');
@@ -21,6 +22,17 @@ async function eventually(f, ms, what) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise(r => setTimeout(r, 20));
   }
+}
+
+// A session outside the browser: its cookie ("session=...").
+async function apiLogin(url, user, role) {
+  const res = await fetch(`${url}api/login`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ user, role }),
+  });
+  equal(res.status, 200, `login of ${user}`);
+  const cookie = res.headers.get('set-cookie');
+  check(/SameSite=Strict/.test(cookie) && /HttpOnly/.test(cookie), `session cookie attributes: ${cookie}`);
+  return cookie.split(';')[0];
 }
 
 async function logIn(page, url, user, role) {
@@ -55,6 +67,26 @@ run('browser notifications', 90000, async ({ cleanup }) => {
   // Both pages' EventSources are connected.
   await eventually(async () => (await metrics(server.url)).open_streams === 2, 5000, 'two open streams');
 
+  // Another site, in the customer's browser, tries to order for bob with a form (text/plain
+  // shaped like JSON, the classic trick): the browser sends it without the session cookie, and
+  // not as JSON; it is refused, nothing is ordered. (The admin's first order toast below is
+  // "Order #1": no order was stored before it.) A fetch() from there cannot claim JSON
+  // without a CORS preflight, which this server never grants.
+  const evil = 'http://attacker.test/';
+  const target = `${server.url}api/orders`;
+  await customer.context().route(`${evil}**`, route => route.fulfill({
+    contentType: 'text/html',
+    body: `<!doctype html><form method="post" enctype="text/plain" action="${target}">
+      <input type="hidden" name='{"customer":"bob","items":[{"sku":"EVIL","qty":1}],"x":"' value='"}'>
+      <button id="go">win a prize</button></form>`,
+  }));
+  const attacker = await customer.context().newPage();
+  await attacker.goto(evil);
+  const [formAnswer] = await Promise.all([attacker.waitForNavigation({ timeout: 5000 }), attacker.click('#go')]);
+  equal(formAnswer.status(), 415, 'the cross-site form post is refused');
+  check(typeof JSON.parse(await attacker.textContent('body')).error === 'string', 'with a JSON reason');
+  await attacker.close();
+
   // The customer orders; the admin's page shows it.
   await customer.fill('#sku', 'SKU-42');
   await customer.fill('#qty', '3');
@@ -78,9 +110,15 @@ run('browser notifications', 90000, async ({ cleanup }) => {
   const exportUrl = await exportLink.evaluate(a => a.href);
   check(new RegExp(`^${server.url}api/exports/[0-9a-f]{32}/file$`).test(exportUrl), `export url: ${exportUrl}`);
   check(/^orders-[0-9a-f]{32}\.csv$/.test(await exportLink.textContent()), 'export link text');
+  // Publishing needs a session: an admin's (one outside the browser here).
+  const message = JSON.stringify({ data: 'Your parcel is on its way 📦' });
+  const anonymous = await fetch(`${server.url}api/notifications/bob`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: message,
+  });
+  equal(anonymous.status, 401, 'notification without a session');
+  const ops = await apiLogin(server.url, 'ops', 'admin');
   const res = await fetch(`${server.url}api/notifications/bob`, {
-    method: 'POST', headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ data: 'Your parcel is on its way 📦' }),
+    method: 'POST', headers: { 'Content-Type': 'application/json', Cookie: ops }, body: message,
   });
   equal(res.status, 202, 'notification accepted');
   equal((await res.json()).delivered_to, 1, 'delivered to the one open stream');
@@ -90,6 +128,16 @@ run('browser notifications', 90000, async ({ cleanup }) => {
   // The export link works from the customer's page (its cookie), not from the admin's.
   equal((await customer.request.get(exportUrl)).status(), 200, 'export file for its owner');
   equal((await admin.request.get(exportUrl)).status(), 404, 'export file for someone else');
+  // Even a plain link from another site to the file arrives without the SameSite=Strict
+  // cookie (a Lax one would be sent on this top-level navigation, and the file downloaded).
+  await customer.context().route(`${evil}link`, route => route.fulfill({
+    contentType: 'text/html', body: `<!doctype html><a id="go" href="${exportUrl}">your export</a>`,
+  }));
+  const linker = await customer.context().newPage();
+  await linker.goto(`${evil}link`);
+  const [linkAnswer] = await Promise.all([linker.waitForNavigation({ timeout: 5000 }), linker.click('#go')]);
+  equal(linkAnswer.status(), 401, 'the export file through a cross-site link');
+  await linker.close();
   equal(await toast.count(), 1, 'still one toast on the admin page');
   await customer.screenshot({ path: path.join(shots, 'notify-customer.png') });
 
