@@ -232,6 +232,23 @@ TEST_CASE("registry: an event over max_event_bytes is rejected; an emitter that 
     CHECK(real.size() == 0);
 }
 
+TEST_CASE("registry: history_options::max_age drops old events from replays", "[registry]")
+{
+    fake_registry reg({.max_age = 100ms});
+    reg.send("k", data("old"));
+    reg.broadcast(data("old broadcast"));
+    const auto sent = test::clock::now();
+    // Wait until the first events are past their age (a bound, not a guess: the clock decides).
+    REQUIRE(test::eventually([&] { return test::clock::now() - sent > 150ms; }, 2s, 10ms));
+    reg.send("k", data("new"));
+    auto c = fake();
+    auto r = reg.attach("k", c);
+    CHECK(c->data() == strings{"new"});
+    CHECK(r.replayed == 1);
+    auto resumed = fake();
+    CHECK(reg.attach("k", resumed, {.last_event_id = reg.last_id("k")}).resumed);
+}
+
 TEST_CASE("registry: history is bounded by count and by bytes", "[registry]")
 {
     SECTION("count")

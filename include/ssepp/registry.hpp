@@ -10,15 +10,13 @@
 #include <ssepp/event.hpp>
 #include <ssepp/format.hpp>
 #include <ssepp/frame.hpp>
+#include <ssepp/history.hpp>
 
-#include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <deque>
-#include <limits>
-#include <random>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -66,25 +64,6 @@ struct attach_result {
     bool gap = false;
     /// Every key was finished: the stream was completed after the replay.
     bool finished = false;
-};
-
-struct history_options {
-    /// Events retained per key (and for broadcasts); 0 retains none.
-    std::size_t max_events = 1024;
-    /// Bytes retained per key, counted as formatted.
-    std::size_t max_bytes = std::size_t(1) << 20;
-    /// How long a finished key's history (and so its outcome) stays after finish().
-    std::chrono::milliseconds finished_linger = std::chrono::minutes(5);
-    /// Largest event accepted, formatted; a larger one is rejected with
-    /// errc::event_too_large. Every connection attached must be able to queue one such event
-    /// (emitter_options::max_queued_bytes at least this), so that any retained event reaches
-    /// any client.
-    std::size_t max_event_bytes = std::size_t(64) << 10;
-    /// Generated ids are "<epoch>-<position>". Empty (the default) draws a random epoch, so
-    /// that a registry's ids never repeat those of an earlier process or another node and a
-    /// client resuming with an id from before a restart is told of the gap, not skipped ahead.
-    /// Set it to something unique per process (a node name and boot count) to choose.
-    std::string id_epoch{};
 };
 
 /// The result of send(), finish() and broadcast().
@@ -185,6 +164,9 @@ public:
             channels.push_back(c);
         }
         m->more.reserve(channels.size() > 2 ? channels.size() - 2 : 0);
+        if (s.options.max_age.count() > 0)
+            for (auto* c : channels)
+                c->history.expire(std::chrono::steady_clock::now(), s.options);
 
         // Per channel, the position after which retained events are replayed.
         std::vector<std::uint64_t> after(channels.size(), 0);
@@ -193,17 +175,17 @@ public:
                 std::fill(after.begin(), after.end(), *seq);
                 result.resumed = true;
                 for (auto* c : channels)
-                    result.gap |= c->evicted_through > *seq;
+                    result.gap |= c->history.evicted_through() > *seq;
             } else {
                 result.gap = true;  // unknown, foreign or evicted: the whole retained history follows
             }
         } else if (options.otherwise == replay::none) {
-            std::fill(after.begin(), after.end(), s.next_seq);
+            std::fill(after.begin(), after.end(), s.order.last());
         } else if (options.otherwise == replay::undelivered) {
             for (std::size_t i = 1; i < channels.size(); ++i) {
                 after[i] = s.delivered_locked(*channels[i], false);
                 after[0] = std::max(after[0], s.delivered_locked(*channels[i], true));
-                result.gap |= channels[i]->evicted_through > after[i];
+                result.gap |= channels[i]->history.evicted_through() > after[i];
             }
         }
 
@@ -213,9 +195,9 @@ public:
             if (auto frame = make_frame(*options.on_gap, ec))
                 e.send(std::move(frame));
         }
-        std::vector<const record*> replay;
+        std::vector<const history_record*> replay;
         for (std::size_t i = 0; i < channels.size(); ++i)
-            for (const auto& r : channels[i]->history)
+            for (const auto& r : channels[i]->history.records())
                 if (r.seq > after[i])
                     replay.push_back(&r);
         std::sort(replay.begin(), replay.end(), [](auto* a, auto* b) { return a->seq < b->seq; });
@@ -406,12 +388,12 @@ public:
         auto it = s.keys.find(key);
         if (it == s.keys.end() || it->second.history.empty())
             return std::nullopt;
-        return it->second.history.back().id;
+        return it->second.history.records().back().id;
     }
 
     /// The epoch of the ids this registry generates (history_options::id_epoch, or the one
     /// it drew).
-    const std::string& id_epoch() const noexcept { return state_->epoch; }
+    const std::string& id_epoch() const noexcept { return state_->order.epoch(); }
 
 private:
     // Room for one more element, so that linking a member in cannot throw; growing
@@ -423,19 +405,11 @@ private:
             v.reserve(std::max<std::size_t>(4, 2 * v.capacity()));
     }
 
-    struct record {
-        std::uint64_t seq;
-        std::string id;
-        shared_frame frame;
-    };
-
     struct member;
 
     struct channel {
         std::vector<member*> members;
-        std::deque<record> history;
-        std::size_t history_bytes = 0;
-        std::uint64_t evicted_through = 0;  // last position dropped from history
+        key_history history;
         // Last own event, and last broadcast, that a connection of the key that has since
         // closed wrote (live connections are asked: state::delivered_locked()).
         std::uint64_t delivered_through = 0;
@@ -497,7 +471,7 @@ private:
     };
 
     struct state : std::enable_shared_from_this<state> {
-        explicit state(history_options o) : options(std::move(o)), epoch(make_epoch(options.id_epoch)) {}
+        explicit state(history_options o) : options(std::move(o)), order(options.id_epoch) {}
 
         state(const state&) = delete;
         state& operator=(const state&) = delete;
@@ -508,22 +482,6 @@ private:
                 delete m;
         }
 
-        static std::string make_epoch(const std::string& given)
-        {
-            if (given.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
-                throw std::invalid_argument("ssepp::history_options::id_epoch contains CR, LF or NUL");
-            if (!given.empty())
-                return given;
-            // 40 random bits as 8 base-36 digits: compact, and a repeat across restarts is a
-            // one-in-a-trillion event.
-            std::random_device rd;
-            auto bits = ((std::uint64_t(rd()) << 32) ^ rd()) & ((std::uint64_t(1) << 40) - 1);
-            std::string out(8, '0');
-            for (auto i = out.size(); i-- > 0; bits /= 36)
-                out[i] = "0123456789abcdefghijklmnopqrstuvwxyz"[bits % 36];
-            return out;
-        }
-
         // Fixes the event's place in the order, formats it once, retains it, queues it.
         // `keep`: retain it even when history_options keep nothing (a terminal event).
         send_result deliver_locked(channel& c, event e, bool keep = false)
@@ -531,17 +489,19 @@ private:
             // Validated as given: the id added below must not turn an empty event into one.
             if (auto ec = validate(e))
                 return {.error = ec};
-            const auto seq = next_seq + 1;
+            const auto seq = order.peek();
             if (!e.id)
-                e.id = fmt::format("{}-{}", epoch, seq);
+                e.id = order.id(seq);
             std::error_code ec;
             auto frame = make_frame(e, ec);
             if (ec)
                 return {.error = ec};
             if (frame->size() > options.max_event_bytes)
                 return {.error = errc::event_too_large};
-            next_seq = seq;
-            retain_locked(c, record{seq, *e.id, frame}, keep);
+            order.take();
+            const auto at = options.max_age.count() > 0 ? std::chrono::steady_clock::now()
+                                                       : std::chrono::steady_clock::time_point{};
+            c.history.append({seq, *e.id, frame, at}, options, keep);
             std::size_t queued = 0;
             for (auto* m : &c == &everyone ? all : c.members) {
                 if (m->backlog)
@@ -612,22 +572,6 @@ private:
             m.em->complete();
         }
 
-        void retain_locked(channel& c, record r, bool keep)
-        {
-            const auto cap = std::max<std::size_t>(options.max_events, keep ? 1 : 0);
-            if (cap == 0) {
-                c.evicted_through = r.seq;
-                return;
-            }
-            c.history_bytes += r.frame->size();
-            c.history.push_back(std::move(r));
-            while (c.history.size() > 1 && (c.history.size() > cap || c.history_bytes > options.max_bytes)) {
-                c.history_bytes -= c.history.front().frame->size();
-                c.evicted_through = c.history.front().seq;
-                c.history.pop_front();
-            }
-        }
-
         // The last position through which `c`'s own events (or the broadcasts) are known
         // written by a connection of `c`: the closed connections' watermark, extended by each
         // live connection that was sent everything after it and has written further.
@@ -690,7 +634,6 @@ private:
         void forget_locked(typename std::unordered_map<Key, channel>::iterator it)
         {
             it->second.history.clear();
-            it->second.history_bytes = 0;
             it->second.finished = false;
             erase_if_unused_locked(it);
         }
@@ -712,13 +655,12 @@ private:
         }
 
         history_options options;
-        std::string epoch;
+        history_order order;
         std::mutex mtx;
         std::unordered_map<Key, channel> keys;
         channel everyone;
         std::vector<member*> all;
         std::deque<std::pair<std::chrono::steady_clock::time_point, Key>> lingering;
-        std::uint64_t next_seq = 0;
     };
 
     // The position of the oldest retained event whose id is `id`, in any of `channels`: on
@@ -728,12 +670,8 @@ private:
     {
         std::optional<std::uint64_t> found;
         for (auto* c : channels)
-            for (const auto& r : c->history)
-                if (r.id == id) {
-                    if (!found || r.seq < *found)
-                        found = r.seq;
-                    break;
-                }
+            if (auto seq = c->history.find(id); seq && (!found || *seq < *found))
+                found = seq;
         return found;
     }
 

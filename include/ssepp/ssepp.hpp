@@ -10,6 +10,7 @@
 #include <ssepp/event_source.hpp>
 #include <ssepp/format.hpp>
 #include <ssepp/frame.hpp>
+#include <ssepp/history.hpp>
 #include <ssepp/parser.hpp>
 #include <ssepp/registry.hpp>
 #include <ssepp/request.hpp>
