@@ -242,6 +242,7 @@ if [ "$only" != example ]; then
   set -e
   t_tests=$(( $(date +%s) - t0 ))
   summary=$(grep -E 'tests passed|tests failed' "$logs/tests.log" | tail -1 || true)
+  summary="$summary; ctest $(sed -n 's/^Total Test time (real) = *//p' "$logs/tests.log" | tail -1)"
   if [ "$rc" -eq 0 ]; then result_tests="passed in ${t_tests}s: $summary"
   else result_tests="FAILED (exit $rc) after ${t_tests}s: ${summary:-see $logs/tests.log}"; fi
   unmount_all
