@@ -249,6 +249,22 @@ TEST_CASE("registry: history_options::max_age drops old events from replays", "[
     CHECK(reg.attach("k", resumed, {.last_event_id = reg.last_id("k")}).resumed);
 }
 
+TEST_CASE("registry: attach_options::prefix goes out after on_gap, before the replay and live events",
+          "[registry]")
+{
+    fake_registry reg;
+    reg.send("k", data("local1"));
+    auto c = fake();
+    std::vector<ssepp::shared_frame> prefix{ssepp::make_raw_frame("data: shared1\n\n"), nullptr,
+                                            ssepp::make_raw_frame("data: shared2\n\n")};
+    auto r = reg.attach("k", c,
+                        {.last_event_id = "unknown", .on_gap = ssepp::event{.data = "gap"}, .prefix = prefix});
+    CHECK(r.gap);
+    CHECK(r.replayed == 1);
+    reg.send("k", data("live"));
+    CHECK(c->data() == strings{"gap", "shared1", "shared2", "local1", "live"});
+}
+
 TEST_CASE("registry: history is bounded by count and by bytes", "[registry]")
 {
     SECTION("count")

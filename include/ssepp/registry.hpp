@@ -50,6 +50,10 @@ struct attach_options {
     /// before the whole retained history when `last_event_id` is not retained, before the
     /// replay otherwise. Dropped if invalid.
     std::optional<event> on_gap{};
+    /// Frames queued before the replay, after on_gap, fed like the replay: the events of a
+    /// shared store (another node's history) that this registry does not retain. Not
+    /// counted in attach_result::replayed.
+    std::vector<shared_frame> prefix{};
 };
 
 struct attach_result {
@@ -208,8 +212,14 @@ public:
             if (!channels[i]->finished)
                 ++m->unfinished;
         }
-        if (!replay.empty()) {
+        if (!replay.empty() || !options.prefix.empty()) {
             m->backlog = std::make_unique<pending_feed>();
+            for (const auto& f : options.prefix) {
+                if (!f || f->empty())
+                    continue;
+                m->backlog->frames.emplace_back(0, f);
+                m->backlog->bytes += f->size();
+            }
             for (const auto* r : replay) {
                 m->backlog->frames.emplace_back(r->seq, r->frame);
                 m->backlog->bytes += r->frame->size();
