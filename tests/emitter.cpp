@@ -170,7 +170,7 @@ TEST_CASE("an invalid event is refused and leaves no trace on the wire", "[emitt
     check_closed_once(srv, s, ssepp::close_reason::completed);
 }
 
-TEST_CASE("an event larger than the queue bound is refused; the stream stays open", "[emitter]")
+TEST_CASE("an event larger than the queue bound is refused, the stream stays open", "[emitter]")
 {
     auto options = quiet();
     options.max_queued_bytes = 1024;
@@ -762,7 +762,7 @@ TEST_CASE("a write that fails without the peer leaving closes with close_reason:
     }
 }
 
-TEST_CASE("written_seq tracks the last tagged frame the transport took; on_drained fires once below "
+TEST_CASE("written_seq tracks the last tagged frame the transport took, on_drained fires once below "
           "its threshold",
           "[emitter]")
 {

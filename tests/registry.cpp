@@ -155,7 +155,7 @@ TEST_CASE("registry: ids, the application's own ids, and invalid events", "[regi
     }
 }
 
-TEST_CASE("registry: generated ids never repeat across registries; foreign and duplicate ids lose nothing",
+TEST_CASE("registry: generated ids never repeat across registries, foreign and duplicate ids lose nothing",
           "[registry]")
 {
     SECTION("each registry (a process, a restart) draws its own epoch")
@@ -209,7 +209,7 @@ TEST_CASE("registry: generated ids never repeat across registries; foreign and d
     }
 }
 
-TEST_CASE("registry: an event over max_event_bytes is rejected; an emitter that could not queue one "
+TEST_CASE("registry: an event over max_event_bytes is rejected, an emitter that could not queue one "
           "is refused at attach",
           "[registry]")
 {
