@@ -801,6 +801,22 @@ TEST_CASE("written_seq tracks the last tagged frame the transport took, on_drain
     pump(io);
 }
 
+TEST_CASE("on_drained called at once still holds the emitter when its handler runs", "[emitter]")
+{
+    asio::io_context io;
+    auto st = std::make_shared<manual_state>();
+    auto options = quiet();
+    options.write_head = false;
+    options.retry_hint = std::nullopt;
+    auto em = ssepp::make_emitter(manual_transport(io, st), options);
+    std::weak_ptr<ssepp::basic_emitter<manual_transport>> weak = em;
+    bool alive = false;
+    em->on_drained(100, [&] { alive = !weak.expired(); });  // nothing queued: posted at once
+    em.reset();  // the caller lets go before the handler runs
+    pump(io);
+    CHECK(alive);
+}
+
 TEST_CASE("one write at a time, queued_bytes counts what is not yet written, written frames are freed", "[emitter]")
 {
     asio::io_context io;

@@ -148,10 +148,13 @@ TEST_CASE("registry: ids, the application's own ids, and invalid events", "[regi
         CHECK(!reg.finished("fresh2"));
         CHECK(reg.send("fresh2", data("ok")));  // not finished
     }
-    SECTION("last_id")
+    SECTION("last_id, first_id, keys")
     {
         CHECK(reg.last_id("k") == id(3));
         CHECK(reg.last_id("none") == std::nullopt);
+        CHECK(reg.first_id("k") == id(1));
+        CHECK(reg.first_id("none") == std::nullopt);
+        CHECK(reg.keys() == strings{"k"});
     }
 }
 
@@ -263,6 +266,82 @@ TEST_CASE("registry: attach_options::prefix goes out after on_gap, before the re
     CHECK(r.replayed == 1);
     reg.send("k", data("live"));
     CHECK(c->data() == strings{"gap", "shared1", "shared2", "local1", "live"});
+}
+
+TEST_CASE("registry: a replay beyond the queue bound is fed as the connection drains", "[registry]")
+{
+    fake_registry reg({.max_events = 100, .max_bytes = 1 << 20, .max_event_bytes = 1000});
+    const std::string payload(290, 'x');  // frames of 300 bytes ("data: " + 290 + "\n\n" + ...)
+    for (int i = 0; i < 10; ++i)
+        reg.send("k", data(std::to_string(i) + payload.substr(1)));
+    const auto frame_size = ssepp::format({.id = reg.last_id("k"), .data = "0" + payload.substr(1)}).size();
+
+    SECTION("in order, a bound at a time, the live events after it, one drain request per drain")
+    {
+        auto c = fake();
+        c->hold(1000);
+        auto r = reg.attach("k", c);
+        CHECK(r.replayed == 10);
+        const auto per_bound = 1000 / frame_size;
+        CHECK(c->frames().size() == per_bound);
+        CHECK(c->queued_bytes() <= 1000);
+        reg.send("k", data("live1"));  // behind the replay
+        int drains = 0;
+        while (c->frames().size() < 11 && drains < 20) {
+            c->drain();
+            ++drains;
+            CHECK(c->queued_bytes() <= 1000);
+        }
+        CHECK(c->drain_requests() <= drains + 1);  // attach, the live send, one per drain: no busy loop
+        reg.send("k", data("live2"));            // caught up: straight to the connection
+        const auto d = c->data();
+        REQUIRE(d.size() == 12);
+        for (int i = 0; i < 10; ++i)
+            CHECK(d[std::size_t(i)].front() == char('0' + i));
+        CHECK(d[10] == "live1");
+        CHECK(d[11] == "live2");
+        CHECK(!c->overflowed());
+    }
+    SECTION("frames over half the bound: one request per frame, not one per write")
+    {
+        fake_registry big({.max_event_bytes = 1000});
+        for (int i = 0; i < 4; ++i)
+            big.send("k", data(std::string(600, 'y')));
+        auto c = fake();
+        c->hold(1000);
+        big.attach("k", c);
+        CHECK(c->frames().size() == 1);
+        c->poll();  // 600 queued: more than the 400 the next frame needs
+        CHECK(c->frames().size() == 1);
+        for (int i = 0; i < 3; ++i)
+            c->drain();
+        CHECK(c->frames().size() == 4);
+        CHECK(c->drain_requests() == 3);
+    }
+    SECTION("live events behind a stalled replay: at most one bound, then the overflow policy")
+    {
+        auto c = fake();
+        c->hold(1000);
+        reg.attach("k", c);
+        int taken = 0;
+        while (taken < 100 && reg.send("k", data(payload)).connections == 1)
+            ++taken;
+        CHECK(taken * frame_size <= 1000 + frame_size);
+        CHECK(c->overflowed());
+    }
+    SECTION("a prefix frame larger than the bound is left out, and a gap reported")
+    {
+        auto c = fake();
+        c->hold(1000);
+        auto r = reg.attach("k", c, {.prefix = {ssepp::make_raw_frame("data: " + std::string(2000, 'z') + "\n\n"),
+                                                ssepp::make_raw_frame("data: small\n\n")}});
+        CHECK(r.gap);
+        for (int i = 0; i < 20 && c->frames().size() < 11; ++i)
+            c->drain();
+        const auto d = c->data();
+        REQUIRE(d.size() == 11);
+        CHECK(d[0] == "small");
+    }
 }
 
 TEST_CASE("registry: history is bounded by count and by bytes", "[registry]")

@@ -237,7 +237,8 @@ public:
     /// Queues `e`, formatted once here. Returns at once, from any thread.
     /// @returns an error of validate(e) (nothing queued), errc::closed once the stream is
     /// ending, errc::overflow when this event pushed a slow consumer past its bound under
-    /// overflow_policy::close (the stream then closes); empty otherwise.
+    /// overflow_policy::close (the stream then closes), errc::event_too_large when the event
+    /// alone is larger than the bound (nothing queued, the stream stays open); empty otherwise.
     std::error_code send(const event& e)
     {
         std::error_code ec;
@@ -317,7 +318,7 @@ public:
 
     /// The tag (see send(shared_frame, seq)) of the last tagged frame the transport accepted
     /// whole; 0 before any. What was queued after it may be lost if the stream does not
-    /// complete.
+    /// complete. Frames dropped under overflow_policy::drop_oldest count as passed.
     std::uint64_t written_seq() const noexcept { return written_seq_.load(std::memory_order_acquire); }
 
     /// Calls `handler()` once, on the transport's executor, when queued_bytes() is at most
@@ -333,7 +334,8 @@ public:
             return;
         if (pending_bytes_ + inflight_bytes_ <= threshold) {
             lock.unlock();
-            asio::post(get_executor(), std::move(handler));
+            // Holding the emitter, as the call after a write does: the handler may rely on it.
+            asio::post(get_executor(), [self = this->shared_from_this(), h = std::move(handler)]() mutable { h(); });
             return;
         }
         drained_.reset(new detail::drain_node_for<Handler>(std::move(handler)));

@@ -52,7 +52,8 @@ struct attach_options {
     std::optional<event> on_gap{};
     /// Frames queued before the replay, after on_gap, fed like the replay: the events of a
     /// shared store (another node's history) that this registry does not retain. Not
-    /// counted in attach_result::replayed.
+    /// counted in attach_result::replayed. A frame larger than the emitter's queue bound is
+    /// left out, and attach_result::gap set.
     std::vector<shared_frame> prefix{};
 };
 
@@ -214,18 +215,15 @@ public:
         }
         if (!replay.empty() || !options.prefix.empty()) {
             m->backlog = std::make_unique<pending_feed>();
+            m->backlog->live_after = s.order.last();
             for (const auto& f : options.prefix) {
-                if (!f || f->empty())
-                    continue;
-                m->backlog->frames.emplace_back(0, f);
-                m->backlog->bytes += f->size();
+                if (f && f->size() > e.max_queued_bytes())
+                    result.gap = true;  // it could never be queued
+                else if (f && !f->empty())
+                    m->backlog->frames.emplace_back(0, f);
             }
-            for (const auto* r : replay) {
+            for (const auto* r : replay)
                 m->backlog->frames.emplace_back(r->seq, r->frame);
-                m->backlog->bytes += r->frame->size();
-            }
-            // Live events may pile up behind the replay by one queue bound at most.
-            m->backlog->limit = m->backlog->bytes + e.max_queued_bytes();
             s.feed_locked(*m, false);
         }
         result.replayed = replay.size();
@@ -401,6 +399,31 @@ public:
         return it->second.history.records().back().id;
     }
 
+    /// The id of `key`'s oldest retained event, if any.
+    std::optional<std::string> first_id(const Key& key) const
+    {
+        auto& s = *state_;
+        std::lock_guard lock(s.mtx);
+        s.purge_locked();
+        auto it = s.keys.find(key);
+        if (it == s.keys.end() || it->second.history.empty())
+            return std::nullopt;
+        return it->second.history.records().front().id;
+    }
+
+    /// Every key the registry holds anything for (see key_count()).
+    std::vector<Key> keys() const
+    {
+        auto& s = *state_;
+        std::lock_guard lock(s.mtx);
+        s.purge_locked();
+        std::vector<Key> out;
+        out.reserve(s.keys.size());
+        for (const auto& [k, c] : s.keys)
+            out.push_back(k);
+        return out;
+    }
+
     /// The epoch of the ids this registry generates (history_options::id_epoch, or the one
     /// it drew).
     const std::string& id_epoch() const noexcept { return state_->order.epoch(); }
@@ -435,8 +458,8 @@ private:
     // arrived while it was fed. Allocated only while there is something.
     struct pending_feed {
         std::deque<std::pair<std::uint64_t, shared_frame>> frames;
-        std::size_t bytes = 0;
-        std::size_t limit = 0;  // past it, the emitter's overflow policy decides
+        std::uint64_t live_after = 0;  // frames after this position arrived live
+        std::size_t live_bytes = 0;    // past the emitter's bound, its overflow policy decides
     };
 
     // One per attached connection, with the position after which it was sent everything of
@@ -528,8 +551,8 @@ private:
         {
             auto& b = *m.backlog;
             b.frames.emplace_back(seq, frame);
-            b.bytes += frame->size();
-            return feed_locked(m, b.bytes > b.limit);
+            b.live_bytes += frame->size();
+            return feed_locked(m, b.live_bytes > m.em->max_queued_bytes());
         }
 
         // Queues the member's backlog to its emitter while the emitter's bound has room (all of
@@ -544,14 +567,18 @@ private:
             std::error_code ec;
             while (!b.frames.empty() && !ec) {
                 auto& [seq, frame] = b.frames.front();
-                if (!force && e.queued_bytes() + frame->size() > bound) {
-                    e.on_drained(bound / 2, [w = this->weak_from_this(), mp = &m, ep = &e] {
+                const auto size = frame->size();
+                if (!force && e.queued_bytes() + size > bound) {
+                    // Called back once there is room for this frame and, so that a drain
+                    // calls back once, not at every write, for half the bound.
+                    e.on_drained(std::min(bound / 2, bound - size), [w = this->weak_from_this(), mp = &m, ep = &e] {
                         if (auto st = w.lock())
                             st->refill(mp, ep);
                     });
                     return true;
                 }
-                b.bytes -= frame->size();
+                if (seq > b.live_after)
+                    b.live_bytes -= size;
                 ec = e.send(std::move(frame), seq);  // on error, it leaves through its close handler
                 b.frames.pop_front();
             }
@@ -561,8 +588,9 @@ private:
             return !ec;
         }
 
-        // The emitter has room again. The member is alive while its emitter is open: it is
-        // deleted only by the close handler, which needs the lock held here.
+        // The emitter has room again. It is alive (the call holds it); the member is alive
+        // while its emitter is open: it is deleted only by the close handler, which runs once
+        // the emitter is closed and needs the lock held here.
         void refill(member* m, Emitter* e)
         {
             std::lock_guard lock(mtx);

@@ -65,17 +65,29 @@ public:
         ++starts_;
     }
 
-    /// Every frame queued counts as written at once (written_seq()).
+    /// Every frame queued counts as written at once (written_seq()), unless hold() was
+    /// called: then frames stay queued until drain(), and a frame that would pass the bound
+    /// overflows and closes the fake, as overflow_policy::close does.
     std::error_code send(ssepp::shared_frame frame, std::uint64_t seq = 0)
     {
         std::lock_guard lock(mtx_);
         if (closed_ || completed_)
             return ssepp::errc::closed;
+        if (frame->size() > bound_)
+            return ssepp::errc::event_too_large;
+        if (held_ && queued_ + frame->size() > bound_) {
+            closed_ = overflowed_ = true;
+            return ssepp::errc::overflow;
+        }
         if (starts_ == 0)
             ++sent_before_start_;
-        frames_.push_back(std::move(frame));
-        if (seq)
+        if (held_) {
+            queued_ += frame->size();
+            queued_seqs_.push_back(seq);
+        } else if (seq) {
             written_seq_ = seq;
+        }
+        frames_.push_back(std::move(frame));
         return {};
     }
 
@@ -84,16 +96,74 @@ public:
         std::lock_guard lock(mtx_);
         return !closed_ && !completed_;
     }
-    std::size_t queued_bytes() const { return 0; }
-    std::size_t max_queued_bytes() const { return std::size_t(1) << 30; }
+    std::size_t queued_bytes() const
+    {
+        std::lock_guard lock(mtx_);
+        return queued_;
+    }
+    std::size_t max_queued_bytes() const
+    {
+        std::lock_guard lock(mtx_);
+        return bound_;
+    }
     std::uint64_t written_seq() const
     {
         std::lock_guard lock(mtx_);
         return written_seq_;
     }
-    /// Never needed: nothing stays queued here.
+    /// Kept until drain() or poll() finds the queue at most `threshold`; they run it on the
+    /// test's thread, never inside a registry call.
     template <class Handler>
-    void on_drained(std::size_t, Handler) {}
+    void on_drained(std::size_t threshold, Handler h)
+    {
+        std::lock_guard lock(mtx_);
+        ++drain_requests_;
+        drained_threshold_ = threshold;
+        drained_ = std::move(h);
+    }
+
+    /// Frames stay queued until drain(), within `bound` bytes.
+    void hold(std::size_t bound)
+    {
+        std::lock_guard lock(mtx_);
+        held_ = true;
+        bound_ = bound;
+    }
+    /// Writes everything queued, then runs the drained handler if it waits.
+    void drain()
+    {
+        {
+            std::lock_guard lock(mtx_);
+            for (auto seq : queued_seqs_)
+                if (seq)
+                    written_seq_ = seq;
+            queued_seqs_.clear();
+            queued_ = 0;
+        }
+        poll();
+    }
+    /// Runs the drained handler if the queue is low enough.
+    void poll()
+    {
+        std::function<void()> h;
+        {
+            std::lock_guard lock(mtx_);
+            if (!drained_ || queued_ > drained_threshold_)
+                return;
+            h = std::exchange(drained_, nullptr);
+        }
+        h();
+    }
+    int drain_requests() const
+    {
+        std::lock_guard lock(mtx_);
+        return drain_requests_;
+    }
+    bool overflowed() const
+    {
+        std::lock_guard lock(mtx_);
+        return overflowed_;
+    }
 
     /// Not used by the registry (it queues only frames); formats like basic_emitter.
     std::error_code send(const ssepp::event& e)
@@ -167,6 +237,14 @@ private:
     int completes_ = 0;
     std::size_t sent_before_start_ = 0;
     std::uint64_t written_seq_ = 0;
+    std::size_t bound_ = std::size_t(1) << 30;
+    std::size_t queued_ = 0;
+    std::vector<std::uint64_t> queued_seqs_;
+    std::function<void()> drained_;
+    std::size_t drained_threshold_ = 0;
+    int drain_requests_ = 0;
+    bool held_ = false;
+    bool overflowed_ = false;
     bool completed_ = false;
     bool closed_ = false;
 };
