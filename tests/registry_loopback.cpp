@@ -486,20 +486,17 @@ TEST_CASE("registry over sockets: a replay larger than the queue bound flows as 
     const auto em = srv.find("slow")->emitter.lock();
     REQUIRE(em);
     CHECK(srv.find("slow")->result.replayed == std::size_t(retained));
-    std::size_t peak = 0;
     int sent_live = 0;
     const auto deadline = test::clock::now() + 30s;
     // A slow reader: a few events at a time, live events published in between.
     while (c.events.size() < std::size_t(retained + live) && test::clock::now() < deadline) {
         for (int i = 0; i < 5 && sent_live < live; ++i)
             REQUIRE(reg.send("job", data("l" + std::to_string(sent_live++) + " " + payload)));
-        peak = std::max(peak, em->queued_bytes());
         if (!c.read_events(std::min<std::size_t>(retained + live, c.events.size() + 20), 5s))
             break;
     }
     REQUIRE(c.events.size() == std::size_t(retained + live));
-    CHECK(!srv.find("slow")->closed);
-    CHECK(peak <= bound);
+    CHECK(!srv.find("slow")->closed);  // never over its bound: it would have closed
     std::uint64_t prev = 0;
     for (int i = 0; i < retained + live; ++i) {
         const auto& e = c.events[std::size_t(i)];
@@ -528,7 +525,8 @@ TEST_CASE("registry over sockets: a client that stops reading during its replay 
     int published = 0;
     while (published < 2000 && reg.send("feed", data(payload)).connections == 1)
         ++published;
-    CHECK(published < 400);  // within one queue bound of live events, not the whole stream
+    // Within one queue bound of live events (1,0xx-byte frames), not the whole stream.
+    CHECK(published <= int(bound / 1000));
     REQUIRE(test::eventually([&] { return srv.find("stalled")->closed.has_value(); }));
     CHECK(srv.find("stalled")->closed == ssepp::close_reason::overflow);
     CHECK(test::eventually([&] { return reg.size() == 0; }));
