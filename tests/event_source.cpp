@@ -458,6 +458,22 @@ TEST_CASE("close() from a handler stops delivery at once", "[event_source]")
     CHECK(es.on_end() == stop);
 }
 
+TEST_CASE("close() from a handler freezes the last event id and retry at the event delivered",
+          "[event_source]")
+{
+    // Found by fuzz_event_source: the parser read the rest of the chunk after the close, so a
+    // source resumed from last_event_id() would have skipped events 2 and 3.
+    ssepp::event_source es(exact());
+    open(es);
+    const auto before = es.retry();
+    const auto ec = es.feed("id: 1\ndata: a\n\nid: 2\nretry: 777\ndata: b\n\nid: 3\ndata: c\n\n",
+                            [&](const ssepp::message&) { es.close(); });
+    CHECK(ec == ssepp::errc::closed);
+    CHECK(es.last_event_id() == "1");
+    CHECK(es.retry() == before);
+    CHECK(es.request_headers().back() == std::pair<std::string, std::string>{"Last-Event-ID", "1"});
+}
+
 TEST_CASE("close() is final and keeps the first reason", "[event_source]")
 {
     ssepp::event_source es;

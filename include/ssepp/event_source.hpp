@@ -267,13 +267,13 @@ public:
     /// `Last-Event-ID` carries. Never holds CR, LF or NUL.
     [[nodiscard]] std::string_view last_event_id() const noexcept
     {
-        return parser_.last_event_id();
+        return frozen_ ? std::string_view(frozen_->last_event_id) : parser_.last_event_id();
     }
 
     /// The reconnection time in force: the last `retry:`, else the options' default.
     [[nodiscard]] std::chrono::milliseconds retry() const noexcept
     {
-        return parser_.retry().value_or(options_.retry);
+        return (frozen_ ? frozen_->retry : parser_.retry()).value_or(options_.retry);
     }
 
     /// Where the source is: connecting (before on_response() and after on_end()), open, closed.
@@ -310,19 +310,36 @@ private:
                 h.on_event(m);
             else
                 std::invoke(h, m);
+            freeze_if_closed();
         }
         void on_retry(std::chrono::milliseconds r)
             requires requires(H& x, std::chrono::milliseconds v) { x.on_retry(v); }
         {
-            if (self.state_ == ready_state::open)
+            if (self.state_ == ready_state::open) {
                 h.on_retry(r);
+                freeze_if_closed();
+            }
         }
         void on_comment(std::string_view c)
             requires requires(H& x, std::string_view v) { x.on_comment(v); }
         {
-            if (self.state_ == ready_state::open)
+            if (self.state_ == ready_state::open) {
                 h.on_comment(c);
+                freeze_if_closed();
+            }
         }
+        // The handler closed the source: the parser still reads the rest of the chunk, whose
+        // ids and retry must not count (a source resumed from them would skip events).
+        void freeze_if_closed()
+        {
+            if (self.state_ == ready_state::closed && !self.frozen_)
+                self.frozen_ = frozen{std::string(self.parser_.last_event_id()), self.parser_.retry()};
+        }
+    };
+
+    struct frozen {
+        std::string last_event_id;
+        std::optional<std::chrono::milliseconds> retry;
     };
 
     response_action fail(close_reason r) noexcept
@@ -398,6 +415,7 @@ private:
     ready_state state_ = ready_state::connecting;
     close_reason reason_ = close_reason::none;
     std::error_code stream_error_;
+    std::optional<frozen> frozen_;  // ids and retry as they were when a handler closed the source
     std::error_code last_transport_error_;
     unsigned attempts_ = 0;
 };
