@@ -177,7 +177,7 @@ TEST_CASE("connection: a killed server fails what was in flight, then the link c
     CHECK(c.hooks.connects.load() == 2);
 }
 
-TEST_CASE("connection: a server that restarts again and again, the redis_client keeps coming back")
+TEST_CASE("connection: a server that restarts again and again, the client keeps coming back")
 {
     redis_server server;
     redis_client c(server.endpoint());
@@ -375,4 +375,110 @@ TEST_CASE("connection: two threads run the context, the connection on a strand")
     t1.join();
     t2.join();
     CHECK(done.load() == batches * per_batch + 500);
+}
+
+namespace {
+/// A TCP listener on 127.0.0.1 that is not Redis: it answers each read with `answer` (when
+/// not empty) and counts connections.
+class fake_server {
+public:
+    explicit fake_server(std::string answer, int backlog = asio::socket_base::max_listen_connections)
+        : answer_(std::move(answer))
+    {
+        acceptor_.open(asio::ip::tcp::v4());
+        acceptor_.bind({asio::ip::make_address("127.0.0.1"), 0});
+        acceptor_.listen(backlog);
+        if (!answer_.empty())
+            accept();
+    }
+    ~fake_server()
+    {
+        run_on(io_.get_executor(), [this] {
+            acceptor_.close();
+            for (auto& s : sockets_)
+                s->close();
+        });
+    }
+    redis::endpoint endpoint() const { return {"127.0.0.1", acceptor_.local_endpoint().port(), 0}; }
+
+private:
+    void accept()
+    {
+        acceptor_.async_accept([this](std::error_code ec, asio::ip::tcp::socket s) {
+            if (ec)
+                return;
+            auto sock = std::make_shared<asio::ip::tcp::socket>(std::move(s));
+            sockets_.push_back(sock);
+            read(sock);
+            accept();
+        });
+    }
+    void read(std::shared_ptr<asio::ip::tcp::socket> s)
+    {
+        auto buf = std::make_shared<std::array<char, 4096>>();
+        s->async_read_some(asio::buffer(*buf), [this, s, buf](std::error_code ec, std::size_t) {
+            if (ec)
+                return;
+            asio::async_write(*s, asio::buffer(answer_), [](std::error_code, std::size_t) {});
+            read(s);
+        });
+    }
+
+    std::string answer_;
+    asio::io_context io_;
+    asio::ip::tcp::acceptor acceptor_{io_};
+    std::vector<std::shared_ptr<asio::ip::tcp::socket>> sockets_;
+    asio::executor_work_guard<asio::io_context::executor_type> work_{io_.get_executor()};
+    run_in_background runner_{io_};
+};
+} // namespace
+
+TEST_CASE("connection: bytes that are not RESP fail what was in flight with protocol_error")
+{
+    fake_server garbage("!not resp\r\n");
+    redis_client c(garbage.endpoint());
+    REQUIRE(c.wait_connected());  // TCP is up: a link, until the first reply
+    auto r = c({"PING"});
+    CHECK(r.ec == errc::protocol_error);
+    REQUIRE(c.hooks.disconnects.wait(1));
+    CHECK(c.hooks.disconnects.at(0) == errc::protocol_error);
+    REQUIRE(c.wait_connected(2));  // and it tries again
+}
+
+TEST_CASE("connection: an attempt that hangs fails after connect_timeout")
+{
+    // A listener that never accepts, its queue filled: the kernel drops further SYNs, so the
+    // next connect hangs.
+    fake_server full("", 0);
+    std::vector<int> fillers;  // non-blocking connects (Asio's connect would wait)
+    for (int i = 0; i < 4; ++i) {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        REQUIRE(fd >= 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(full.endpoint().port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        (void)::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+        fillers.push_back(fd);
+    }
+    struct closer {
+        std::vector<int>& fds;
+        ~closer()
+        {
+            for (int fd : fds)
+                ::close(fd);
+        }
+    } close_fillers{fillers};
+    std::this_thread::sleep_for(20ms);  // the fillers' handshakes complete
+    auto opts = fast_options(full.endpoint());
+    opts.connect_timeout = 150ms;
+    redis_client c(full.endpoint(), opts);
+    const auto start = clock::now();
+    REQUIRE(c.hooks.disconnects.wait(1, 5s));
+    CHECK(c.hooks.disconnects.at(0) == errc::connect_failed);
+    CHECK(clock::now() - start >= 100ms);
+    std::string last_error;
+    run_on(c.io.get_executor(), [&] { last_error = c.conn->last_error(); });
+    CHECK(last_error == "connect timed out");
+    CHECK(c({"PING"}, 1s).ec == errc::not_connected);
 }

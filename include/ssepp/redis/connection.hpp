@@ -105,7 +105,7 @@ public:
     using executor_type = asio::any_io_executor;
 
     struct options {
-        endpoint server;
+        endpoint server{};
         /// A connection attempt that has not completed by then counts as failed.
         std::chrono::milliseconds connect_timeout{2000};
         /// The wait before the first retry after a failure; doubled after each failed attempt
@@ -114,11 +114,11 @@ public:
         std::chrono::milliseconds max_reconnect_delay{2000};
         /// Called each time a link is up and ready for commands (after the SELECT of
         /// server.db, if any): resubscribe or catch up here.
-        std::function<void()> on_connect;
+        std::function<void()> on_connect{};
         /// Called each time a link is lost (connection_lost, protocol_error; after the
         /// in-flight commands' handlers) or an attempt fails (connect_failed), before the wait
         /// for the next attempt. Not called for close().
-        std::function<void(std::error_code)> on_disconnect;
+        std::function<void(std::error_code)> on_disconnect{};
     };
 
     enum class status { connecting, connected, disconnected, closed };

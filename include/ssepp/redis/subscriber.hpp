@@ -157,7 +157,7 @@ private:
         if (it == t.entries.end())
             return;
         fail(it->second.waiting, std::make_error_code(std::errc::operation_canceled));
-        if (link_sent_) {
+        if (link_sent_ && !(&t == &channels_ && name == anchor)) {  // the anchor stays
             const std::string_view args[] = {verb, name};
             if (conn_->send_push_command(args))
                 t.leaving.emplace(name);
@@ -233,9 +233,9 @@ private:
 
     void confirmed(table& t, const std::string& name)
     {
-        if (&t == &channels_ && name == anchor) {
+        if (&t == &channels_ && name == anchor)
             anchor_active_ = true;
-        } else if (!t.leaving.contains(name)) {  // else it confirms what is being undone
+        if (!t.leaving.contains(name)) {  // else it confirms what is being undone
             auto it = t.entries.find(name);
             if (it == t.entries.end())
                 return;
