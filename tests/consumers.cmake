@@ -7,6 +7,10 @@
 #   ssepp.vcpkg_port_install         ports/ssepp/portfile.cmake replayed by hand (this machine
 #                                    cannot run vcpkg) into <build>/packaging/vcpkg/installed
 #   ssepp.consumer_vcpkg             tests/consumer_find_package against that tree
+# and, when this build has ssepp::redis (hiredis found), tests/consumer_redis, a user of
+# find_package(ssepp CONFIG REQUIRED COMPONENTS redis) -> ssepp::redis:
+#   ssepp.consumer_redis_add_subdirectory, ssepp.consumer_redis_find_package (the stage),
+#   ssepp.consumer_redis_vcpkg (the port replayed with its redis feature, as ssepp[redis])
 
 set(_ssepp_pkg "${PROJECT_BINARY_DIR}/packaging")
 set(_ssepp_build_and_test
@@ -53,7 +57,7 @@ if(SSEPP_INSTALL)
     COMMAND "${CMAKE_COMMAND}" "-DSOURCE_DIR=${PROJECT_SOURCE_DIR}"
       "-DBUILD_DIR=${_ssepp_pkg}/vcpkg/build" "-DPREFIX=${_ssepp_pkg}/vcpkg/installed"
       "-DGENERATOR=${CMAKE_GENERATOR}" "-DMAKE_PROGRAM=${CMAKE_MAKE_PROGRAM}"
-      "-DCXX_COMPILER=${CMAKE_CXX_COMPILER}"
+      "-DCXX_COMPILER=${CMAKE_CXX_COMPILER}" "-DFEATURES=$<$<TARGET_EXISTS:ssepp_redis>:redis>"
       -P "${CMAKE_CURRENT_LIST_DIR}/cmake/vcpkg_port_install.cmake")
   set_tests_properties(ssepp.vcpkg_port_install PROPERTIES
     LABELS packaging FIXTURES_SETUP ssepp_vcpkg)
@@ -64,4 +68,22 @@ if(SSEPP_INSTALL)
     "-DCMAKE_PREFIX_PATH=${_ssepp_pkg}/vcpkg/installed"
     "-DSSEPP_EXPECTED_PREFIX=${_ssepp_pkg}/vcpkg/installed")
   set_tests_properties(ssepp.consumer_vcpkg PROPERTIES FIXTURES_REQUIRED ssepp_vcpkg)
+endif()
+
+if(TARGET ssepp_redis)
+  ssepp_consumer_test(ssepp.consumer_redis_add_subdirectory
+    "${CMAKE_CURRENT_LIST_DIR}/consumer_redis" "${_ssepp_pkg}/consumer_redis_subdir"
+    "-DSSEPP_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+  if(SSEPP_INSTALL)
+    ssepp_consumer_test(ssepp.consumer_redis_find_package
+      "${CMAKE_CURRENT_LIST_DIR}/consumer_redis" "${_ssepp_pkg}/consumer_redis_find_package"
+      "-DCMAKE_PREFIX_PATH=${PROJECT_BINARY_DIR}/stage"
+      "-DSSEPP_EXPECTED_PREFIX=${PROJECT_BINARY_DIR}/stage")
+    set_tests_properties(ssepp.consumer_redis_find_package PROPERTIES FIXTURES_REQUIRED ssepp_stage)
+    ssepp_consumer_test(ssepp.consumer_redis_vcpkg
+      "${CMAKE_CURRENT_LIST_DIR}/consumer_redis" "${_ssepp_pkg}/consumer_redis_vcpkg"
+      "-DCMAKE_PREFIX_PATH=${_ssepp_pkg}/vcpkg/installed"
+      "-DSSEPP_EXPECTED_PREFIX=${_ssepp_pkg}/vcpkg/installed")
+    set_tests_properties(ssepp.consumer_redis_vcpkg PROPERTIES FIXTURES_REQUIRED ssepp_vcpkg)
+  endif()
 endif()

@@ -6,9 +6,17 @@
 set(VCPKG_BUILD_TYPE release) # header-only
 get_filename_component(SOURCE_PATH "${CMAKE_CURRENT_LIST_DIR}/../.." ABSOLUTE)
 
+# Feature redis turns SSEPP_REDIS on (ssepp::redis, with vcpkg's hiredis); without it, off: never a
+# hiredis found elsewhere on the machine.
+vcpkg_check_features(OUT_FEATURE_OPTIONS FEATURE_OPTIONS
+    FEATURES
+        redis SSEPP_REDIS
+)
+
 vcpkg_cmake_configure(
     SOURCE_PATH "${SOURCE_PATH}"
     OPTIONS
+        ${FEATURE_OPTIONS}
         -DSSEPP_BUILD_TESTS=OFF
         -DSSEPP_BUILD_EXAMPLES=OFF
         -DSSEPP_BUILD_BENCHMARKS=OFF

@@ -1,8 +1,10 @@
 # cmake -DSOURCE_DIR=<ssepp source> -DBUILD_DIR=<dir> -DPREFIX=<dir> -DGENERATOR=<g>
-#       [-DMAKE_PROGRAM=<p>] [-DCXX_COMPILER=<c>] -P vcpkg_port_install.cmake
+#       [-DMAKE_PROGRAM=<p>] [-DCXX_COMPILER=<c>] [-DFEATURES=<feature;...>] -P vcpkg_port_install.cmake
 #
 # This machine cannot run vcpkg, so this script replays ports/ssepp/portfile.cmake by hand into
 # PREFIX, which then looks as vcpkg's installed/<triplet> tree would for ssepp alone:
+#   vcpkg_check_features   -> -D<option>=ON for each of the portfile's feature/option pairs whose
+#                             feature is in FEATURES (as `vcpkg install ssepp[redis]`), =OFF else
 #   vcpkg_cmake_configure  -> a fresh Release configure (VCPKG_BUILD_TYPE release) of the source
 #                             tree with the -DSSEPP_* OPTIONS read from the portfile itself, plus
 #                             the two vcpkg defaults that matter to install rules:
@@ -30,6 +32,30 @@ file(READ "${port_dir}/portfile.cmake" portfile)
 string(REGEX MATCHALL "-DSSEPP_[A-Z_]+=[A-Za-z0-9]+" port_options "${portfile}")
 if(NOT port_options)
   message(FATAL_ERROR "No -DSSEPP_* options found in ${port_dir}/portfile.cmake")
+endif()
+# vcpkg_check_features(OUT_FEATURE_OPTIONS ... FEATURES <feature> <option>...): each feature
+# must be one that vcpkg.json declares.
+file(READ "${port_dir}/vcpkg.json" manifest)
+if(portfile MATCHES "vcpkg_check_features\\(([^)]*)\\)")
+  string(REGEX REPLACE "^.*[ \t\n]FEATURES[ \t\n]+" "" pairs "${CMAKE_MATCH_1}")
+  string(REGEX REPLACE "[ \t\n]+" ";" pairs "${pairs}")
+  list(REMOVE_ITEM pairs "")
+  list(LENGTH pairs n)
+  math(EXPR last "${n} - 1")
+  foreach(i RANGE 0 ${last} 2)
+    math(EXPR j "${i} + 1")
+    list(GET pairs ${i} feature)
+    list(GET pairs ${j} option)
+    string(JSON declared ERROR_VARIABLE undeclared GET "${manifest}" features "${feature}")
+    if(undeclared)
+      message(FATAL_ERROR "portfile.cmake maps feature '${feature}', which vcpkg.json does not declare")
+    endif()
+    if(feature IN_LIST FEATURES)
+      list(APPEND port_options "-D${option}=ON")
+    else()
+      list(APPEND port_options "-D${option}=OFF")
+    endif()
+  endforeach()
 endif()
 message(STATUS "Port options: ${port_options}")
 file(REMOVE_RECURSE "${BUILD_DIR}" "${PREFIX}")
