@@ -1,7 +1,11 @@
 // examples/common/request_parser.cpp
-// llhttp pauses at three points: the end of the head (so the head's size in bytes as sent is
-// known exactly, from where it paused, and the head check runs before any body byte), the end
-// of a message (pipelined bytes wait their turn), and a body over its limit.
+// llhttp pauses at four points: the end of the head (so the head's size in bytes as sent is
+// known exactly, from where it paused, and the head check runs before any body byte), the
+// start of a chunked body's trailer section, the end of a message (pipelined bytes wait their
+// turn), and a body refused (over its limit, or by the head check's on_body_bytes). The head
+// and the trailers are measured the same way: in bytes fed, llhttp never given more than one
+// byte past the limit, so that the verdict (400 for bytes it rejects within the limit, 431
+// past it) does not depend on how the bytes were split.
 #include "common/request_parser.hpp"
 
 #include <ssepp/request.hpp>
@@ -106,7 +110,7 @@ std::string_view reason_phrase(int status)
 }
 
 struct request_parser::impl {
-    enum class pause { none, head_done, message_done, refused };
+    enum class pause { none, head_done, trailers, message_done, refused };
 
     parser_limits limits;
     head_check check;
@@ -119,7 +123,8 @@ struct request_parser::impl {
     phase at = phase::idle;
     pause paused = pause::none;
     std::size_t head_fed = 0;      // bytes fed since the head's first byte
-    std::size_t trailer_bytes = 0; // fields after a chunked body
+    bool in_trailers = false;      // after a chunked body's last chunk
+    std::size_t trailer_fed = 0;   // bytes fed since the trailer section's first byte
     std::uint64_t body_fed = 0;
     std::size_t max_body = 0;
     bool keep_alive = false;
@@ -134,6 +139,13 @@ struct request_parser::impl {
         settings.on_header_value_complete = [](llhttp_t* p) { return self(p)->on_value_complete(); };
         settings.on_headers_complete = [](llhttp_t* p) { return self(p)->on_headers_complete(); };
         settings.on_body = [](llhttp_t* p, const char* d, size_t n) { return self(p)->on_body(d, n); };
+        // After the last chunk's line (size 0) come the trailers: from there they are measured.
+        settings.on_chunk_header = [](llhttp_t* p) {
+            if (p->content_length != 0)
+                return 0;
+            self(p)->paused = pause::trailers;
+            return int(HPE_PAUSED);
+        };
         settings.on_message_complete = [](llhttp_t* p) {
             self(p)->paused = pause::message_done;
             return int(HPE_PAUSED);
@@ -149,24 +161,16 @@ struct request_parser::impl {
         req = request{};
         field.clear();
         value.clear();
-        trailer_bytes = 0;
+        in_trailers = false;
+        trailer_fed = 0;
         body_fed = 0;
         max_body = limits.max_body_bytes;
         return 0;
     }
 
-    int append(std::string& to, const char* d, std::size_t n)
+    // Trailers too: they are bounded by what feed() lets llhttp see of them.
+    static int append(std::string& to, const char* d, std::size_t n)
     {
-        if (at == phase::body) {
-            // Trailers: the head's limit applies to them as well.
-            trailer_bytes += n;
-            if (trailer_bytes > limits.max_head_bytes) {
-                refusal = response::error(431, fmt::format("trailer fields over the limit of {} bytes",
-                                                           limits.max_head_bytes));
-                paused = pause::refused;
-                return HPE_PAUSED;
-            }
-        }
         to.append(d, n);
         return 0;
     }
@@ -192,16 +196,32 @@ struct request_parser::impl {
             paused = pause::refused;
             return HPE_PAUSED;
         }
+        if (req.on_body_bytes) {
+            if (auto refused = req.on_body_bytes(n)) {
+                refusal = std::move(*refused);
+                paused = pause::refused;
+                return HPE_PAUSED;
+            }
+        }
         req.body.append(d, n);
         body_fed += n;
         return 0;
     }
 
+    // The request is over: what it holds (a reservation, say) goes now, not with the
+    // connection.
     result fail(response r, std::size_t consumed)
     {
         refusal = std::move(r);
+        req = request{};
         at = phase::idle;
         return {event::error, consumed};
+    }
+
+    result trailers_too_large(std::size_t consumed)
+    {
+        return fail(response::error(431, fmt::format("trailer fields over the limit of {} bytes", limits.max_head_bytes)),
+                    consumed);
     }
 
     // The head is complete: its checks, in the order a client would expect them.
@@ -218,18 +238,22 @@ struct request_parser::impl {
                 .what;
         if (parser.upgrade)
             return fail(response::error(501, "protocol upgrade not supported"), consumed).what;
-        if (check) {
-            if (auto refused = check(req, max_body))
-                return fail(std::move(*refused), consumed).what;
-        }
+        std::optional<response> refused;
+        if (check)
+            refused = check(req, max_body);
+        // Too large is final, whatever else the check said (see head_check).
         if (req.content_length && *req.content_length > max_body)
             return fail(response::error(413, fmt::format("body of {} bytes is over the limit of {} bytes",
                                                          *req.content_length, max_body)),
                         consumed)
                 .what;
+        if (refused)
+            return fail(std::move(*refused), consumed).what;
         at = phase::body;
+        // Room for a small body at once; a large one grows as it arrives, so that a head
+        // announcing megabytes does not get them before it sends them.
         if (req.content_length)
-            req.body.reserve(static_cast<std::size_t>(*req.content_length));
+            req.body.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(*req.content_length, 64 * 1024)));
         if (iequals(req.header("Expect"), "100-continue") && req.content_length.value_or(1) > 0)
             return event::expect_continue;
         return std::nullopt;
@@ -256,10 +280,13 @@ struct request_parser::impl {
                 head_fed = 0;
             }
             auto slice = bytes.substr(used);
-            // Never more than one byte past the head's limit, whatever the caller feeds at
-            // once: what the callbacks keep stays bounded.
+            // Never more than one byte past the head's (or the trailers') limit, whatever the
+            // caller feeds at once: what the callbacks keep stays bounded, and llhttp sees the
+            // same bytes before the verdict however they were split.
             if (at == phase::head)
                 slice = slice.substr(0, limits.max_head_bytes - std::min(head_fed, limits.max_head_bytes) + 1);
+            else if (in_trailers)
+                slice = slice.substr(0, limits.max_head_bytes - std::min(trailer_fed, limits.max_head_bytes) + 1);
             static constexpr char none = 0;
             const char* start = slice.empty() ? &none : slice.data();
             const auto err = llhttp_execute(&parser, start, slice.size());
@@ -271,6 +298,10 @@ struct request_parser::impl {
                         return fail(response::error(431, fmt::format("request head is over the limit of {} bytes",
                                                                      limits.max_head_bytes)),
                                     used);
+                } else if (in_trailers) {
+                    trailer_fed += slice.size();
+                    if (trailer_fed > limits.max_head_bytes)
+                        return trailers_too_large(used);
                 }
                 continue;
             }
@@ -289,7 +320,17 @@ struct request_parser::impl {
                     }
                     first = true; // a request without a body completes now
                     continue;
+                case pause::trailers:
+                    in_trailers = true;
+                    trailer_fed = 0;
+                    continue;
                 case pause::message_done:
+                    if (in_trailers) {
+                        trailer_fed += n;
+                        if (trailer_fed > limits.max_head_bytes)
+                            return trailers_too_large(used);
+                    }
+                    in_trailers = false;
                     keep_alive = llhttp_should_keep_alive(&parser) != 0;
                     at = phase::idle;
                     return {event::request, used};
@@ -349,6 +390,11 @@ std::size_t request_parser::head_bytes() const
 std::uint64_t request_parser::body_bytes() const
 {
     return impl_->body_fed;
+}
+
+void request_parser::drop_request()
+{
+    impl_->req = request{};
 }
 
 } // namespace common::http

@@ -18,25 +18,6 @@
 
 namespace common::http {
 
-struct request {
-    std::string method;
-    std::string target;  // as sent
-    std::string path;    // target before '?'
-    std::vector<std::pair<std::string, std::string>> headers;
-    std::string body;
-    std::optional<std::uint64_t> content_length;
-    /// What a head_check wants held while the request lives, until it is answered or dropped
-    /// with its connection: a reservation for its body, say.
-    mutable std::shared_ptr<void> hold;
-
-    /// The value of header `name` (case-insensitive), or empty.
-    std::string_view header(std::string_view name) const;
-    /// The value of query parameter `name`, decoded.
-    std::optional<std::string> query(std::string_view name) const;
-    /// The value of cookie `name`.
-    std::optional<std::string> cookie(std::string_view name) const;
-};
-
 struct response {
     int status = 200;
     std::string content_type = "application/json";
@@ -52,21 +33,50 @@ struct response {
     static response empty(int status);
 };
 
+struct request {
+    std::string method;
+    std::string target;  // as sent
+    std::string path;    // target before '?'
+    std::vector<std::pair<std::string, std::string>> headers;
+    std::string body;
+    std::optional<std::uint64_t> content_length;
+    /// What a head_check wants held while the request lives: until it is answered, refused
+    /// (at once, not when its connection goes), or dropped with its connection.
+    mutable std::shared_ptr<void> hold;
+    /// Set by a head_check to follow the body as it arrives: called with the size of each
+    /// piece before it is kept; a response refuses the request there (and the connection
+    /// closes after it). For accounting what a body really holds, rather than what its head
+    /// announced.
+    mutable std::function<std::optional<response>(std::size_t bytes)> on_body_bytes;
+
+    /// The value of header `name` (case-insensitive), or empty.
+    std::string_view header(std::string_view name) const;
+    /// The value of query parameter `name`, decoded.
+    std::optional<std::string> query(std::string_view name) const;
+    /// The value of cookie `name`.
+    std::optional<std::string> cookie(std::string_view name) const;
+};
+
+
 /// The standard reason phrase of `status`.
 std::string_view reason_phrase(int status);
 
 struct parser_limits {
     /// The request head as sent (request line, every field with its ": " or other spacing and
     /// CRLF, the blank line, and any empty lines before the request line); over it: 431.
-    /// Trailers of a chunked body count against it too.
+    /// The trailer section of a chunked body (after the last chunk's line, up to and including
+    /// its blank line) has the same limit of its own.
     std::size_t max_head_bytes = 16 * 1024;
     /// Default body limit (decoded); a head_check may change it per request. Over it: 413.
     std::size_t max_body_bytes = std::size_t(1) << 20;
 };
 
 /// Called once a request's head is complete, before its body: returns a response to refuse
-/// the request at once, and may change `max_body` (a Content-Length above it is refused 413
-/// before any of the body is read).
+/// the request at once, and may change `max_body`. A Content-Length above `max_body` (as the
+/// check left it) is refused 413 before any of the body is read, whatever the check answered:
+/// a refusal that will not change comes before one that may (a 503 would have the client
+/// retry a body that can never be accepted), and what the check reserved in `hold` is
+/// released at once.
 using head_check = std::function<std::optional<response>(const request&, std::size_t& max_body)>;
 
 /// An incremental HTTP/1.1 request parser (llhttp underneath). Feed it bytes as they come;
@@ -128,6 +138,9 @@ public:
     std::size_t head_bytes() const;
     /// Decoded body bytes received so far of the current request.
     std::uint64_t body_bytes() const;
+    /// Drops the request in progress and what it holds (body, hold): the caller refused it
+    /// (a deadline passed) or its connection is going. Feed nothing more afterwards.
+    void drop_request();
 
 private:
     struct impl;
