@@ -94,7 +94,7 @@ if [ -e "$dir" ] && [ ! -e "$marker" ]; then
 fi
 if [ $reuse -eq 0 ] && [ -e "$dir" ]; then
   say "removing the previous $dir (no --reuse)"
-  remove_tree "$dir"
+  for entry in "$dir"/*; do remove_tree "$entry"; done   # the marker stays till the end
 fi
 mkdir -p "$dir" "$cache/partial" "$logs"
 touch "$marker"
