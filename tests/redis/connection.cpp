@@ -194,7 +194,7 @@ TEST_CASE("connection: a server that restarts again and again, the client keeps 
     }
 }
 
-TEST_CASE("connection: SELECT of the URL's database on every link; a refused one is connect_failed")
+TEST_CASE("connection: SELECT of the URL's database on every link, a refused one is connect_failed")
 {
     redis_server server;
     redis_client in3(server.endpoint(3));
@@ -309,14 +309,14 @@ TEST_CASE("connection: completion tokens (asio::use_future)")
     REQUIRE(run_on(c.io.get_executor(), [&] { fut = c.conn->async_command({"ECHO", "hi"}, asio::use_future); }));
     REQUIRE(fut.wait_for(5s) == std::future_status::ready);
     CHECK(fut.get() == reply::string("hi"));
-    REQUIRE(run_on(c.io.get_executor(), [&] { fut = c.conn->async_command({"INCR", "k", "x"}, asio::use_future); }));
-    REQUIRE(fut.wait_for(5s) == std::future_status::ready);
-    try {
-        fut.get();
-        FAIL("no exception");
-    } catch (const std::system_error& e) {
-        CHECK(e.code() == errc::server_error);
-    }
+    // The error through use_future(f), not as a thrown system_error: TSan cannot see the
+    // reference counting of an exception_ptr inside the uninstrumented libstdc++.
+    std::future<std::error_code> failed;
+    REQUIRE(run_on(c.io.get_executor(), [&] {
+        failed = c.conn->async_command({"INCR", "k", "x"}, asio::use_future([](std::error_code ec, reply) { return ec; }));
+    }));
+    REQUIRE(failed.wait_for(5s) == std::future_status::ready);
+    CHECK(failed.get() == errc::server_error);
 }
 
 TEST_CASE("connection: two threads run the context, the connection on a strand")

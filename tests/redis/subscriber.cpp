@@ -181,7 +181,7 @@ TEST_CASE("subscriber: after the server dies it subscribes again by itself and r
     CHECK(s.messages.at(510) == message{"b.x", "pattern"});
 }
 
-TEST_CASE("subscriber: unsubscribe stops deliveries; subscribing again at once works")
+TEST_CASE("subscriber: unsubscribe stops deliveries, subscribing again at once works")
 {
     redis_server server;
     sub_client s(server.endpoint());

@@ -126,7 +126,9 @@ public:
     /// A connection to opts.server on `ex`; the first attempt starts at once (on `ex`).
     static std::shared_ptr<connection> create(executor_type ex, options opts)
     {
-        return create_impl(std::move(ex), std::move(opts), {});
+        auto c = create_impl(std::move(ex), std::move(opts), {});
+        c->start();
+        return c;
     }
 
     connection(pass_key, executor_type ex, options opts)
@@ -208,16 +210,22 @@ private:
     };
 
     // For subscriber: replies of (P)SUBSCRIBE and the messages that follow go to `push`.
+    // Not started: the owner stores the pointer first, then calls start(), so that no hook
+    // runs on the executor before the store (the caller may be on another thread).
     static std::shared_ptr<connection> create_impl(executor_type ex, options opts,
                                                    std::function<void(reply)> push)
     {
-        auto c = std::make_shared<connection>(pass_key{}, ex, std::move(opts));
+        auto c = std::make_shared<connection>(pass_key{}, std::move(ex), std::move(opts));
         c->push_handler_ = std::move(push);
-        asio::dispatch(ex, [w = std::weak_ptr<connection>(c)] {
+        return c;
+    }
+
+    void start()
+    {
+        asio::dispatch(ex_, [w = weak_from_this()] {
             if (auto c = w.lock(); c && c->state_ == status::connecting)
                 c->start_connect();
         });
-        return c;
     }
 
     /// Sends a pub/sub command whose replies are pushes; false when there is no ready link.

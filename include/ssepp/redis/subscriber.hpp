@@ -61,6 +61,7 @@ public:
             if (auto s = w.lock())
                 s->on_push(r);
         });
+        s->conn_->start();
         return s;
     }
 
