@@ -113,9 +113,10 @@ public:
     }
 
 private:
-    // The first subscription of every link, never left: a connection whose subscription
-    // count reaches 0 leaves subscribed mode in hiredis 0.14, which then aborts on the
-    // confirmation of a SUBSCRIBE sent meanwhile.
+    // The first subscription of every link, never left: each link has a confirmation to wait
+    // for even with no subscription, and the link never leaves subscribed mode (hiredis 0.14.1
+    // copes with a count that passes through 0 with SUBSCRIBEs in flight, through its
+    // pending_subs; this does not depend on it).
     static constexpr std::string_view anchor = "ssepp:redis:subscriber";
 
     struct entry {
@@ -125,8 +126,8 @@ private:
     };
     struct table {
         std::map<std::string, entry, std::less<>> entries;
-        // Names whose (P)UNSUBSCRIBE is in flight: hiredis 0.14 drops its routing entry when
-        // that reply comes, so a new SUBSCRIBE of the name waits for it.
+        // Names whose (P)UNSUBSCRIBE is in flight: a new SUBSCRIBE of the name waits for that
+        // reply, so that a confirmation still in flight for the old one is not taken for it.
         std::set<std::string, std::less<>> leaving;
     };
 
