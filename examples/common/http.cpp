@@ -4,7 +4,8 @@
 // returns it whole; pipelined bytes wait their turn. Each phase of a connection has its own
 // deadline, set when the phase begins and never pushed back by a lone byte: waiting for a
 // request (idle_timeout), its head (head_timeout from its first byte), its body (body_timeout,
-// extended only by bytes at min_body_rate), its response being read (idle_timeout).
+// extended only by bytes at min_body_rate, and never more than body_timeout past its last
+// byte), its response being read (idle_timeout).
 #include "common/http.hpp"
 
 #include <asio/bind_executor.hpp>
@@ -59,6 +60,10 @@ public:
                   srv_->check)
     {
         srv_->open.fetch_add(1, std::memory_order_relaxed);
+        // Each response goes out in one write: Nagle would only hold the answers to pipelined
+        // requests back until the client's (delayed) ACK, some 40 ms each.
+        std::error_code ignored;
+        socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
     }
 
     ~connection() { release(); }
@@ -88,6 +93,7 @@ private:
     {
         done_ = true;
         timer_.cancel();
+        parser_.drop_request();  // what a request in progress holds goes with the connection
         release();
     }
 
@@ -135,6 +141,7 @@ private:
             const bool head = phase_ == phase::head;
             phase_ = phase::closing;
             reading_mode_ = mode::discard;
+            parser_.drop_request();  // refused: its body (and what it reserved) goes now
             send(response::error(408, head ? fmt::format("request head not complete within {} ms",
                                                          srv_->options.head_timeout.count())
                                            : std::string("request body not arriving fast enough")),
@@ -198,7 +205,9 @@ private:
     }
 
     // A head's deadline runs from its first byte; a body's from its head, extended by what
-    // arrives of it at the minimum rate.
+    // arrives of it at the minimum rate, but never past body_timeout after its last byte: a
+    // client that sent fast would otherwise have earned the right to stall for hours (holding
+    // what it sent).
     void follow_phase()
     {
         const auto& o = srv_->options;
@@ -216,11 +225,17 @@ private:
             if (phase_ != phase::body) {
                 phase_ = phase::body;
                 body_start_ = now;
+                body_seen_ = 0;
+                body_moved_ = now;
+            }
+            if (parser_.body_bytes() != body_seen_) {
+                body_seen_ = parser_.body_bytes();
+                body_moved_ = now;
             }
             auto allowed = o.body_timeout;
             if (o.min_body_rate > 0)
                 allowed += std::chrono::milliseconds(parser_.body_bytes() * 1000 / o.min_body_rate);
-            expect(body_start_ + allowed, on_expiry::answer_408);
+            expect(std::min(body_start_ + allowed, body_moved_ + o.body_timeout), on_expiry::answer_408);
             break;
         }
         }
@@ -339,6 +354,8 @@ private:
     std::deque<std::pair<std::string, after_write>> writes_;
     clock::time_point deadline_ = clock::time_point::max();
     clock::time_point body_start_{};
+    clock::time_point body_moved_{};  // when body bytes last arrived
+    std::uint64_t body_seen_ = 0;
     on_expiry expiry_ = on_expiry::close;
     phase phase_ = phase::idle;
     mode reading_mode_ = mode::parse;

@@ -42,8 +42,9 @@ struct server_options {
     /// its bytes trickle in; else 408 and the connection closes.
     std::chrono::milliseconds head_timeout = std::chrono::seconds(20);
     /// A body must arrive within body_timeout of its head, plus one second for every
-    /// min_body_rate bytes received (0: no extension): a client that keeps up that rate may
-    /// take as long as it needs, one that stalls or trickles gets 408.
+    /// min_body_rate bytes received (0: no extension), and no pause in it may last longer
+    /// than body_timeout: a client that keeps up that rate may take as long as it needs, one
+    /// that stalls or trickles gets 408 (one that sent fast has not earned a long stall).
     std::chrono::milliseconds body_timeout = std::chrono::seconds(20);
     std::size_t min_body_rate = 8 * 1024;
     /// HTTP connections at once (sockets taken for event streams are not counted). Past it a

@@ -22,7 +22,7 @@ struct http_flags {
             .flag("--max-head-bytes", options.max_head_bytes, "largest request head, as sent; past it: 431")
             .flag("--idle-timeout-ms", idle_ms_, "an idle keep-alive connection closes after this long")
             .flag("--head-timeout-ms", head_ms_, "a request head must arrive whole within this long; else 408")
-            .flag("--body-timeout-ms", body_ms_, "a body must arrive within this long of its head; else 408")
+            .flag("--body-timeout-ms", body_ms_, "a body must arrive within this long of its head (more at --min-body-rate), and never pause this long; else 408")
             .flag("--min-body-rate", options.min_body_rate, "bytes/s of body that earn it 1 s more each (0: none)");
     }
 

@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include <sys/resource.h>
+
 namespace common {
 
 /// Where a server listens and how many threads run its io_context.
@@ -32,9 +34,22 @@ struct server_flags {
     asio::ip::tcp::endpoint endpoint() const { return {asio::ip::make_address(host), port}; }
 };
 
+/// Raises the soft limit of open files to the hard one: the connections and event streams the
+/// servers' limits allow (512 + 1024 by default) need more descriptors than the usual soft limit
+/// of 1024, and running out makes accept() fail for everyone. (Go's runtime does the same.)
+inline void raise_open_files_limit()
+{
+    rlimit r{};
+    if (::getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
+        r.rlim_cur = r.rlim_max;
+        ::setrlimit(RLIMIT_NOFILE, &r);
+    }
+}
+
 /// Runs `io` on `threads` threads, this one included, until it runs out of work or stops.
 inline void run(asio::io_context& io, int threads)
 {
+    raise_open_files_limit();
     std::vector<std::thread> pool;
     for (int i = 1; i < std::max(1, threads); ++i)
         pool.emplace_back([&io] { io.run(); });

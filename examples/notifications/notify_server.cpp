@@ -3,9 +3,11 @@
 // to every admin, an export whose "file ready" reaches only the user who asked, and a public
 // lossy ticker. The HTTP contract is in README.md beside this file.
 #include "common/http.hpp"
+#include "common/http_flags.hpp"
 #include "common/random_id.hpp"
 #include "common/server_main.hpp"
 #include "common/sqlite.hpp"
+#include "common/stream_slots.hpp"
 #include "notifications/page_html.hpp"
 
 #include <ssepp/ssepp.hpp>
@@ -22,6 +24,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <variant>
 
 using common::http::request;
 using common::http::response;
@@ -34,20 +37,40 @@ using steady = std::chrono::steady_clock;
 /// What one client may make the server hold, and for how long (flags of the same names).
 struct limits {
     std::size_t max_sessions = 10'000;
-    /// Users the server keeps state for: a user who has a session, or whose notifications are
-    /// kept for a later connection. Each holds at most 256 events and 256 KiB of history.
+    /// Users the server keeps state for: a user who has a session, or for whom something is
+    /// kept (notifications sent while they had no stream open, export files). Each holds at
+    /// most 256 events and 256 KiB of history. At the limit a new user takes the place of
+    /// the least recently active user without a session (and their kept notifications go).
     std::size_t max_users = 10'000;
-    /// Admins get every order alert, so each one costs every order a send.
+    /// Admins get every order alert, so each one costs every order a send. At the limit a new
+    /// admin takes the place of the least recently active admin without an admin session.
     std::size_t max_admins = 100;
     /// Exports running or queued, over all users, and per user.
     std::size_t max_exports = 8;
     std::size_t max_user_exports = 1;
     /// A session without an open stream that has not been used for this long is gone.
     std::chrono::milliseconds session_idle{std::chrono::minutes(30)};
-    /// A user without a session, without exports running, and with nothing published to them
-    /// for this long is forgotten with their history (and their admin role).
+    /// A user without a session and without exports running, for whom something is kept,
+    /// is forgotten with it (and their admin role) after this long without activity. One for
+    /// whom nothing is kept is forgotten as soon as their last session ends.
     std::chrono::milliseconds user_ttl{std::chrono::hours(24)};
+    /// Event streams open at once: in all (user streams and the ticker), per session, and of
+    /// the public ticker (which nobody has to log in for, so it may not take every place).
+    std::size_t max_streams = 1024;
+    std::size_t max_session_streams = 8;
+    std::size_t max_ticker_streams = 256;
+    /// A ticker stream whose writes make no progress for this long is closed: its client
+    /// stopped reading (the ticker drops old ticks for a slow client, it does not wait).
+    std::chrono::milliseconds ticker_write_timeout{std::chrono::seconds(30)};
+    /// How often the ticker ticks.
+    std::chrono::milliseconds tick{std::chrono::seconds(1)};
 };
+
+/// Seconds a client refused a stream for capacity is told to wait.
+constexpr int stream_retry_after_seconds = 5;
+
+/// The ticker's streams' own count among the stream places (sessions' are their tokens).
+constexpr std::string_view ticker_slot_key = "ticker";
 
 /// Largest order (as compact JSON): its order-created event must fit the registry's bound.
 constexpr std::size_t max_order_bytes = 32 * 1024;
@@ -59,13 +82,16 @@ struct session {
     std::string user;
     bool admin = false;
     steady::time_point last_used{};
-    std::size_t streams = 0; // a session with an open stream is never idle
+    std::vector<std::weak_ptr<ssepp::emitter>> streams; // ended with the session (logout)
 };
 
 struct user_state {
     std::size_t sessions = 0;
+    std::size_t admin_sessions = 0;     // of them, logged in as admin
     std::size_t exports_running = 0;
-    bool admin = false; // logged in as admin once: gets order alerts while the user is kept
+    bool admin = false;        // has an admin key that order alerts go to
+    bool waiting = false;      // a notification went out while no stream of theirs was open
+    bool admin_waiting = false; // an order alert went out while no admin stream of theirs was open
     steady::time_point last_active{};
     std::deque<std::string> finished_exports; // oldest first
 };
@@ -124,7 +150,7 @@ response refuse(int status, std::string_view reason, std::chrono::milliseconds r
 
 /// Counters for /metrics, fed by the registries' results and the emitters' close reasons.
 struct metrics {
-    std::atomic<std::uint64_t> events_sent{0}, bytes_sent{0}, slow_consumer_closes{0}, replays_served{0};
+    std::atomic<std::uint64_t> events_sent{0}, bytes_sent{0}, slow_consumer_closes{0}, stalled_closes{0}, replays_served{0};
 };
 
 class notify_service {
@@ -176,7 +202,7 @@ public:
         // State-changing requests: JSON only (CSRF), then a session for all but the login.
         const bool login_path = p == "/api/login";
         const bool known = (m == "POST" && (login_path || p.starts_with("/api/notifications/") || p == "/api/orders"
-                                            || p == "/api/exports"))
+                                            || p == "/api/exports" || p == "/api/logout"))
                            || (m == "DELETE" && p == "/api/events");
         if (!known)
             return response::error(404, "no such resource");
@@ -189,6 +215,8 @@ public:
             return response::error(401, "log in first (POST /api/login)");
         if (m == "DELETE")
             return close_streams(*s);
+        if (p == "/api/logout")
+            return logout(*s);
         if (p == "/api/orders")
             return place_order(*s, req);
         if (p == "/api/exports")
@@ -231,66 +259,118 @@ private:
         if (it == sessions_.end())
             return std::nullopt;
         it->second.last_used = now;
-        accounts_.at(it->second.user).last_active = now;
+        touch_locked(it->second.user, now);
         return caller{*token, it->second.user, it->second.admin};
     }
 
-    /// Forgets idle sessions, then users with nothing left, once the earliest of them is due
-    /// (next_*_expiry_ are lower bounds, so most calls cost nothing).
+    // --- Who is kept, and for how long -------------------------------------------------------
+    // A user is kept while they have a session or an export running. Then, if something is
+    // kept for them (notifications sent while no stream of theirs was open, export files, or
+    // as an admin, order alerts), they are kept for user_ttl, in idle_users_, from where the
+    // least recently active is the first to make room for a new user; else they are forgotten
+    // at once. Their admin role likewise: kept while they have an admin session, then only
+    // while order alerts wait for them, in idle_admins_, from where the least recently active
+    // makes room for a new admin. So throwaway logins hold nothing once their sessions are gone,
+    // and no cap is held for user_ttl by users nobody uses.
+
+    /// Forgets idle sessions, then users idle past user_ttl. Sessions: once the earliest is due
+    /// (next_session_expiry_ is a lower bound, so most calls cost nothing).
     void expire_locked(steady::time_point now)
     {
         if (now >= next_session_expiry_) {
             next_session_expiry_ = steady::time_point::max();
             for (auto it = sessions_.begin(); it != sessions_.end();) {
-                auto& s = it->second;
-                const auto due = s.last_used + limits_.session_idle;
-                if (s.streams == 0 && due <= now) {
-                    auto& a = accounts_.at(s.user);
-                    --a.sessions;
-                    note_user_idle_locked(a);
-                    it = sessions_.erase(it);
+                const auto due = it->second.last_used + limits_.session_idle;
+                const bool streaming = slots_.open(it->first) > 0;  // asked for or open
+                if (!streaming && due <= now) {
+                    it = end_session_locked(it);
                     continue;
                 }
-                if (s.streams == 0)
+                if (!streaming)
                     next_session_expiry_ = std::min(next_session_expiry_, due);
                 ++it;
             }
         }
-        if (now >= next_user_expiry_) {
-            next_user_expiry_ = steady::time_point::max();
-            for (auto it = accounts_.begin(); it != accounts_.end();) {
-                auto& a = it->second;
-                if (a.sessions > 0 || a.exports_running > 0) {
-                    ++it;
-                    continue;
-                }
-                const auto due = a.last_active + limits_.user_ttl;
-                if (due > now) {
-                    next_user_expiry_ = std::min(next_user_expiry_, due);
-                    ++it;
-                    continue;
-                }
-                users_.erase(user_key(it->first));
-                if (a.admin) {
-                    users_.erase(admin_key(it->first));
-                    admins_.erase(it->first);
-                }
-                for (const auto& id : a.finished_exports)
-                    forget_export_locked(id);
-                it = accounts_.erase(it);
-            }
-        }
+        while (!idle_users_.empty() && idle_users_.begin()->first + limits_.user_ttl <= now)
+            forget_user_locked(accounts_.find(idle_users_.begin()->second));
     }
 
-    /// `a` may now expire (no session or export left): the next sweep must look at it.
-    void note_user_idle_locked(const user_state& a)
+    /// Ends a session (logout, expiry): the streams it had, to complete outside the lock; and
+    /// the next session.
+    std::map<std::string, session>::iterator end_session_locked(std::map<std::string, session>::iterator it,
+                                                               std::vector<std::shared_ptr<ssepp::emitter>>* streams = nullptr)
     {
-        if (a.sessions == 0 && a.exports_running == 0)
-            next_user_expiry_ = std::min(next_user_expiry_, a.last_active + limits_.user_ttl);
+        auto& s = it->second;
+        if (streams)
+            for (auto& w : s.streams)
+                if (auto e = w.lock())
+                    streams->push_back(std::move(e));
+        auto& a = accounts_.at(s.user);
+        --a.sessions;
+        if (s.admin)
+            --a.admin_sessions;
+        const auto user = s.user;
+        auto next = sessions_.erase(it);
+        settle_locked(user);
+        return next;
     }
 
-    /// How long until the next idle session (or user) may go: the Retry-After of a refusal
-    /// at capacity. When none can go yet (every session has a stream), a whole idle period.
+    /// `user` was active now.
+    void touch_locked(const std::string& user, steady::time_point now)
+    {
+        auto& a = accounts_.at(user);
+        idle_users_.erase({a.last_active, user});
+        idle_admins_.erase({a.last_active, user});
+        a.last_active = now;
+        settle_locked(user);
+    }
+
+    /// After anything that changes what `user` holds: their admin role dropped, or they
+    /// forgotten, when nothing keeps them; else filed as idle when they are.
+    void settle_locked(const std::string& user)
+    {
+        auto it = accounts_.find(user);
+        auto& a = it->second;
+        idle_users_.erase({a.last_active, user});
+        idle_admins_.erase({a.last_active, user});
+        if (a.admin && a.admin_sessions == 0 && !a.admin_waiting)
+            drop_admin_locked(user, a);
+        if (a.sessions == 0 && a.exports_running == 0) {
+            if (!a.admin && !a.waiting && a.finished_exports.empty()) {
+                forget_user_locked(it);
+                return;
+            }
+            idle_users_.emplace(a.last_active, user);
+        }
+        if (a.admin && a.admin_sessions == 0)
+            idle_admins_.emplace(a.last_active, user);
+    }
+
+    void drop_admin_locked(const std::string& user, user_state& a)
+    {
+        idle_admins_.erase({a.last_active, user});
+        users_.erase(admin_key(user));  // no admin session, so no admin stream either
+        admins_.erase(user);
+        a.admin = false;
+        a.admin_waiting = false;
+    }
+
+    /// Forgets a user without a session, with what was kept for them.
+    void forget_user_locked(std::map<std::string, user_state>::iterator it)
+    {
+        auto& a = it->second;
+        if (a.admin)
+            drop_admin_locked(it->first, a);
+        idle_users_.erase({a.last_active, it->first});
+        users_.erase(user_key(it->first));
+        for (const auto& id : a.finished_exports)
+            forget_export_locked(id);
+        accounts_.erase(it);
+    }
+
+    /// How long until the next idle session may go: the Retry-After of a refusal when every
+    /// user (or admin) has a session. When none can go yet (every session has a stream), a
+    /// whole idle period.
     static std::chrono::milliseconds until(steady::time_point due, steady::time_point now, std::chrono::milliseconds otherwise)
     {
         if (due == steady::time_point::max())
@@ -298,24 +378,31 @@ private:
         return std::chrono::duration_cast<std::chrono::milliseconds>(due - now);
     }
 
-    /// The state of `user`, created if new and there is room: nullptr when at max_users.
+    /// The state of `user`, now active, created if new: at max_users the least recently
+    /// active user without a session makes room; nullptr when every user has one.
     user_state* account_locked(const std::string& user, steady::time_point now)
     {
-        auto it = accounts_.find(user);
-        if (it == accounts_.end()) {
-            if (accounts_.size() >= limits_.max_users)
-                return nullptr;
-            it = accounts_.emplace(user, user_state{}).first;
+        if (!accounts_.contains(user)) {
+            if (accounts_.size() >= limits_.max_users) {
+                if (idle_users_.empty())
+                    return nullptr;
+                forget_user_locked(accounts_.find(idle_users_.begin()->second));
+            }
+            accounts_.emplace(user, user_state{}).first->second.last_active = now;
         }
-        it->second.last_active = now;
-        note_user_idle_locked(it->second);  // one without a session expires from now
-        return &it->second;
+        // Not settled here: a user just made has nothing yet, the caller gives them something.
+        auto& a = accounts_.at(user);
+        idle_users_.erase({a.last_active, user});
+        idle_admins_.erase({a.last_active, user});
+        a.last_active = now;
+        return &a;
     }
 
     response too_many_users(steady::time_point now)
     {
-        return refuse(503, fmt::format("the server holds the most users it may ({}); try again later", limits_.max_users),
-                      until(next_user_expiry_, now, limits_.user_ttl));
+        return refuse(503, fmt::format("the server holds the most users it may ({}), each with a session; "
+                                       "try again later", limits_.max_users),
+                      until(next_session_expiry_, now, limits_.session_idle));
     }
 
     static std::optional<json> parse_json(const request& req)
@@ -346,24 +433,75 @@ private:
                                                limits_.max_sessions),
                               until(next_session_expiry_, now, limits_.session_idle));
             auto known = accounts_.find(user);
-            if (admin && (known == accounts_.end() || !known->second.admin) && admins_.size() >= limits_.max_admins)
-                return refuse(503, fmt::format("the server has the most admins it may ({}); try again later",
-                                               limits_.max_admins),
-                              until(next_user_expiry_, now, limits_.user_ttl));
+            const bool new_admin = admin && (known == accounts_.end() || !known->second.admin);
+            if (new_admin && admins_.size() >= limits_.max_admins) {
+                if (idle_admins_.empty())
+                    return refuse(503, fmt::format("the server has the most admins it may ({}), each with a session; "
+                                                   "try again later", limits_.max_admins),
+                                  until(next_session_expiry_, now, limits_.session_idle));
+                // The least recently active admin without an admin session makes room.
+                const auto oldest = idle_admins_.begin()->second;
+                drop_admin_locked(oldest, accounts_.at(oldest));
+                settle_locked(oldest);
+            }
             auto* a = account_locked(user, now);
             if (!a)
                 return too_many_users(now);
             ++a->sessions;
             if (admin) {
+                ++a->admin_sessions;
                 a->admin = true;
                 admins_.insert(user);
             }
-            sessions_[token] = {user, admin, now, 0};
+            settle_locked(user);
+            sessions_[token] = {user, admin, now, {}};
             next_session_expiry_ = std::min(next_session_expiry_, now + limits_.session_idle);
         }
         auto r = response::json(200, {{"user", user}, {"role", role}});
         r.headers.emplace_back("Set-Cookie", fmt::format("session={}; Path=/; HttpOnly; SameSite=Strict", token));
         return r;
+    }
+
+    // Ends the session now: its streams complete, and its user is forgotten if nothing else
+    // keeps them.
+    common::http::reply logout(const caller& s)
+    {
+        std::vector<std::shared_ptr<ssepp::emitter>> streams;
+        {
+            std::lock_guard lock(mtx_);
+            auto it = sessions_.find(s.token);
+            if (it != sessions_.end())
+                end_session_locked(it, &streams);
+        }
+        for (auto& e : streams)
+            e->complete();
+        auto r = response::json(200, {{"user", s.user}, {"closed", streams.size()}});
+        r.headers.emplace_back("Set-Cookie", "session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict");
+        return r;
+    }
+
+    /// `status` 503 for a stream refused at a limit.
+    static response no_stream(std::string reason)
+    {
+        return refuse(503, reason, std::chrono::seconds(stream_retry_after_seconds));
+    }
+
+    /// A place for a stream under `key`: the session's token, or "" for the ticker's.
+    std::variant<common::stream_slots::slot, response> stream_place(const std::string& key, bool ticker)
+    {
+        // The ticker's own cap is a key of its own.
+        auto [slot, full] = slots_.take(ticker ? std::string(ticker_slot_key) : key,
+                                        ticker ? limits_.max_ticker_streams : limits_.max_session_streams);
+        if (!full)
+            return std::move(slot);
+        if (*full == common::stream_slots::full::total)
+            return no_stream(fmt::format("the server has {} event streams open, the most it may; try again later",
+                                         slots_.total()));
+        if (ticker)
+            return no_stream(fmt::format("the ticker has {} streams open, the most it may; try again later",
+                                         limits_.max_ticker_streams));
+        return no_stream(fmt::format("this session has {} event streams open, the most it may; close one "
+                                     "(another tab) or try again later", limits_.max_session_streams));
     }
 
     // A stream carries only its session user's events (and, for admins, the order alerts):
@@ -377,27 +515,40 @@ private:
         if (s->admin)
             keys.emplace_back(admin_key(s->user));
         auto resume = ssepp::last_event_id(req.header("Last-Event-ID"), req.target);
-        // The HTTP front calls this at once, on this thread: the session cannot expire between.
-        return common::http::take_socket{[this, keys = std::move(keys), resume, token = s->token](asio::ip::tcp::socket socket) {
+        // Taken before the answer: from now on the session has a stream and does not expire.
+        auto place = stream_place(s->token, false);
+        if (auto* refused = std::get_if<response>(&place))
+            return std::move(*refused);
+        auto slot = std::get<common::stream_slots::slot>(std::move(place));
+        return common::http::take_socket{[this, keys = std::move(keys), resume, c = *s, slot](asio::ip::tcp::socket socket) {
             std::lock_guard lock(life_mtx_);
             if (stopping_)
                 return;  // shutdown already completed the streams: this one would stay open
-            if (!stream_opened(token))
-                return;  // expired meanwhile after all: the socket closes
             auto stream = ssepp::make_emitter(std::move(socket));
-            watch(*stream, token);
+            if (!stream_opened(c.token, stream))
+                return;  // logged out meanwhile: the socket closes
+            watch(*stream, c.token, slot);
             auto r = users_.attach(keys, stream, {.last_event_id = resume, .otherwise = ssepp::replay::undelivered});
             metrics_.replays_served += r.replayed ? 1 : 0;
+            std::lock_guard lock2(mtx_);
+            // What waited for them was replayed to this stream.
+            if (auto it = accounts_.find(c.user); it != accounts_.end()) {
+                it->second.waiting = false;
+                if (c.admin)
+                    it->second.admin_waiting = false;
+            }
         }};
     }
 
-    bool stream_opened(const std::string& token)
+    bool stream_opened(const std::string& token, const std::shared_ptr<ssepp::emitter>& stream)
     {
         std::lock_guard lock(mtx_);
         auto it = sessions_.find(token);
         if (it == sessions_.end())
             return false;
-        ++it->second.streams;
+        auto& list = it->second.streams;
+        std::erase_if(list, [](const auto& w) { return w.expired(); });
+        list.push_back(stream);
         return true;
     }
 
@@ -405,13 +556,11 @@ private:
     {
         std::lock_guard lock(mtx_);
         auto it = sessions_.find(token);
-        if (it == sessions_.end() || it->second.streams == 0)
+        if (it == sessions_.end())
             return;
-        auto& s = it->second;
         const auto now = steady::now();
-        s.last_used = now;  // idle from now on, not from the login
-        if (--s.streams == 0)
-            next_session_expiry_ = std::min(next_session_expiry_, now + limits_.session_idle);
+        it->second.last_used = now;  // idle from now on, not from the login
+        next_session_expiry_ = std::min(next_session_expiry_, now + limits_.session_idle);
     }
 
     common::http::reply close_streams(const caller& s)
@@ -454,9 +603,13 @@ private:
             std::lock_guard lock(mtx_);
             const auto now = steady::now();
             expire_locked(now);
-            if (!account_locked(user, now))
+            auto* a = account_locked(user, now);
+            if (!a)
                 return too_many_users(now);
             sent = users_.send(user_key(user), std::move(e));
+            if (sent && sent.connections == 0)
+                a->waiting = true;  // kept for their next stream
+            settle_locked(user);
         }
         if (!sent)
             return response::error(400, sent.error.message());
@@ -496,8 +649,12 @@ private:
         const auto data = order.dump();
         {
             std::lock_guard lock(mtx_);  // an admin expiring meanwhile would leave a key behind
-            for (const auto& admin : admins_)
-                count(users_.send(admin_key(admin), {.event = "order-created", .data = data}));
+            for (const auto& admin : admins_) {
+                const auto sent = users_.send(admin_key(admin), {.event = "order-created", .data = data});
+                count(sent);
+                if (sent && sent.connections == 0)
+                    accounts_.at(admin).admin_waiting = true;  // kept for their next admin stream
+            }
         }
         return response::json(201, order);
     }
@@ -519,6 +676,7 @@ private:
                               export_time_);
             ++a.exports_running;
             ++exports_running_;
+            settle_locked(s.user);  // a user with an export running is not idle
             exports_[id] = {s.user, exports_dir_ / (id + ".csv"), false};
         }
         asio::post(workers_, [this, id, user = s.user, all = s.admin] { run_export(id, user, all); });
@@ -558,16 +716,18 @@ private:
         std::lock_guard lock(mtx_);
         exports_.at(id).ready = f != nullptr;
         --exports_running_;
-        auto& a = accounts_.at(user);  // kept while the export runs
+        auto& a = *account_locked(user, steady::now());  // kept while the export runs
         --a.exports_running;
-        a.last_active = steady::now();
         a.finished_exports.push_back(id);
         if (a.finished_exports.size() > kept_exports_per_user) {
             forget_export_locked(a.finished_exports.front());
             a.finished_exports.pop_front();
         }
-        note_user_idle_locked(a);
-        count(users_.send(user_key(user), {.event = f ? "export-ready" : "export-failed", .data = ready.dump()}));
+        const auto sent = users_.send(user_key(user), {.event = f ? "export-ready" : "export-failed", .data = ready.dump()});
+        count(sent);
+        if (sent && sent.connections == 0)
+            a.waiting = true;
+        settle_locked(user);
     }
 
     void forget_export_locked(const std::string& id)
@@ -619,18 +779,27 @@ private:
         return r;
     }
 
-    // The public ticker: lossy, so a slow client drops old ticks instead of stalling.
+    // The public ticker: lossy, so a slow client drops old ticks instead of stalling; one that
+    // stops reading altogether is closed once its writes make no progress for
+    // ticker_write_timeout (else it would hold its socket and its place forever).
     common::http::reply ticker(const request&)
     {
-        return common::http::take_socket{[this](asio::ip::tcp::socket socket) {
+        auto place = stream_place({}, true);
+        if (auto* refused = std::get_if<response>(&place))
+            return std::move(*refused);
+        auto slot = std::get<common::stream_slots::slot>(std::move(place));
+        return common::http::take_socket{[this, slot](asio::ip::tcp::socket socket) {
             std::lock_guard lock(life_mtx_);
             if (stopping_)
                 return;
-            // No write timeout either: a client that stops reading is not closed, it misses ticks.
-            auto stream = ssepp::make_emitter(std::move(socket), {.write_timeout = std::chrono::milliseconds(0),
+            // A fixed, small send buffer (no autotuning up to megabytes): what the kernel holds
+            // for a client that does not read stays small, and its stall shows soon.
+            std::error_code ignored;
+            socket.set_option(asio::socket_base::send_buffer_size(16 * 1024), ignored);
+            auto stream = ssepp::make_emitter(std::move(socket), {.write_timeout = limits_.ticker_write_timeout,
                                                                   .max_queued_bytes = 16 * 1024,
                                                                   .overflow = ssepp::overflow_policy::drop_oldest});
-            watch(*stream, {});
+            watch(*stream, {}, slot);
             ticker_.attach("ticker", stream, {.otherwise = ssepp::replay::none});
         }};
     }
@@ -640,7 +809,7 @@ private:
         const auto now = std::chrono::system_clock::now();
         count(ticker_.send("ticker", {.event = "tick",
                                       .data = json{{"n", n}, {"time", fmt::format("{:%FT%TZ}", std::chrono::floor<std::chrono::seconds>(now))}}.dump()}));
-        ticker_timer_.expires_after(std::chrono::seconds(1));
+        ticker_timer_.expires_after(limits_.tick);
         ticker_timer_.async_wait([this, n](std::error_code ec) {  // on the timer's strand
             if (!ec && ticking_)
                 tick(n + 1);
@@ -659,21 +828,27 @@ private:
             exports = exports_running_;
         }
         return response::text(200, fmt::format("open_streams {}\nevents_sent {}\nbytes_sent {}\nslow_consumer_closes {}\n"
-                                               "replays_served {}\nsessions {}\nusers {}\nadmins {}\nexports_running {}\n",
+                                               "stalled_closes {}\nreplays_served {}\nsessions {}\nusers {}\nadmins {}\n"
+                                               "exports_running {}\nstream_places {}\n",
                                                users_.size() + ticker_.size(), metrics_.events_sent.load(),
                                                metrics_.bytes_sent.load(), metrics_.slow_consumer_closes.load(),
-                                               metrics_.replays_served.load(), sessions, users, admins, exports));
+                                               metrics_.stalled_closes.load(), metrics_.replays_served.load(), sessions,
+                                               users, admins, exports, slots_.open()));
     }
 
     void count(const ssepp::send_result& r) { metrics_.events_sent += r.connections; }
 
-    /// `token`: the session whose stream this is (empty for the ticker).
-    void watch(ssepp::emitter& stream, std::string token)
+    /// `token`: the session whose stream this is (empty for the ticker); `slot`: its place,
+    /// given back once the stream closed (when the handler goes).
+    void watch(ssepp::emitter& stream, std::string token, common::stream_slots::slot slot)
     {
-        stream.on_close([this, &stream, token = std::move(token)](ssepp::close_reason reason, std::error_code) {
+        stream.on_close([this, &stream, token = std::move(token), slot = std::move(slot)](ssepp::close_reason reason,
+                                                                                        std::error_code) {
             metrics_.bytes_sent += stream.bytes_written();
             if (reason == ssepp::close_reason::overflow)
                 ++metrics_.slow_consumer_closes;
+            if (reason == ssepp::close_reason::timeout)
+                ++metrics_.stalled_closes;
             if (!token.empty())
                 stream_closed(token);
         });
@@ -698,10 +873,13 @@ private:
     std::map<std::string, session> sessions_;   // by token
     std::map<std::string, user_state> accounts_; // by user name
     std::set<std::string> admins_;              // users in accounts_ with admin set
+    // Users without a session or export running (something is kept for them), and admins
+    // without an admin session (order alerts wait for them), least recently active first.
+    std::set<std::pair<steady::time_point, std::string>> idle_users_, idle_admins_;
     std::map<std::string, export_job> exports_;
     std::size_t exports_running_ = 0;
     steady::time_point next_session_expiry_ = steady::time_point::max(); // no idle session is due before
-    steady::time_point next_user_expiry_ = steady::time_point::max();    // no idle user is due before
+    common::stream_slots slots_{limits_.max_streams};  // event streams: sessions' (by token), the ticker's
     // Last, so that it would be destroyed first, though the destructor joins it already.
     asio::thread_pool workers_{2};
 };
@@ -711,11 +889,14 @@ private:
 int main(int argc, char** argv)
 {
     common::server_flags server;
+    common::http_flags front;
     std::string db = "notify.db";
     int export_ms = 1500;
     limits lim;
     auto session_idle_ms = lim.session_idle.count();
     auto user_ttl_ms = lim.user_ttl.count();
+    auto ticker_write_timeout_ms = lim.ticker_write_timeout.count();
+    auto tick_ms = lim.tick.count();
     common::cli args("notify_server");
     server.add_to(args)
         .flag("--db", db, "SQLite database file")
@@ -727,13 +908,20 @@ int main(int argc, char** argv)
         .flag("--max-user-exports", lim.max_user_exports, "exports running or queued per user (429 past it)")
         .flag("--session-idle-ms", session_idle_ms, "a session without a stream unused this long is gone")
         .flag("--user-ttl-ms", user_ttl_ms, "a user without a session, untouched this long, is forgotten with their notifications")
-        .parse(argc, argv);
+        .flag("--max-streams", lim.max_streams, "event streams open at once, the ticker's included (503 past it)")
+        .flag("--max-session-streams", lim.max_session_streams, "event streams open at once per session (503 past it)")
+        .flag("--max-ticker-streams", lim.max_ticker_streams, "ticker streams open at once (503 past it)")
+        .flag("--ticker-write-timeout-ms", ticker_write_timeout_ms, "a ticker stream whose writes stall this long is closed")
+        .flag("--tick-ms", tick_ms, "how often the ticker ticks");
+    front.add_to(args).parse(argc, argv);
     lim.session_idle = std::chrono::milliseconds(session_idle_ms);
     lim.user_ttl = std::chrono::milliseconds(user_ttl_ms);
+    lim.ticker_write_timeout = std::chrono::milliseconds(ticker_write_timeout_ms);
+    lim.tick = std::chrono::milliseconds(std::max<std::int64_t>(1, tick_ms));
     try {
         asio::io_context io;
         notify_service service(io, db, lim, std::chrono::milliseconds(export_ms));
-        common::http::server http(io, server.endpoint(), [&](request& r) { return service.handle(r); });
+        common::http::server http(io, server.endpoint(), [&](request& r) { return service.handle(r); }, {}, front.get());
         fmt::print("notify_server listening on http://{}:{}/\n", server.host, http.local_endpoint().port());
         std::fflush(stdout);
         asio::signal_set signals(io, SIGINT, SIGTERM);

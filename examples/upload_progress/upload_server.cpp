@@ -8,6 +8,7 @@
 #include "common/random_id.hpp"
 #include "common/server_main.hpp"
 #include "common/sqlite.hpp"
+#include "common/stream_slots.hpp"
 #include "upload_progress/import.hpp"
 #include "upload_progress/page_html.hpp"
 
@@ -43,10 +44,13 @@ struct job {
 /// memory without bound.
 struct service_limits {
     std::size_t max_upload_bytes = std::size_t(64) << 20;
-    /// Jobs accepted and not ended (queued or running), and the bytes of their uploads (with
-    /// those being received): past either, 503 with Retry-After.
+    /// Jobs accepted and not ended (queued or running), and the bytes of their uploads with
+    /// those of the bodies arriving (counted as they arrive): past either, 503 with Retry-After.
     std::size_t max_queued_jobs = 16;
     std::size_t max_queued_bytes = std::size_t(256) << 20;
+    /// Event streams open at once, in all and per job: past either, 503 with Retry-After.
+    std::size_t max_streams = 1024;
+    std::size_t max_job_streams = 16;
     /// Finished jobs remembered; past it the oldest is forgotten (404), history and all.
     std::size_t max_finished_jobs = 100;
     /// How long a finished job's whole event history stays for replay.
@@ -58,6 +62,52 @@ struct service_limits {
 
 /// Seconds a client refused for capacity is told to wait: about what a large import takes.
 constexpr int retry_after_seconds = 5;
+
+/// The bytes of uploads the service holds, shared with the requests' accounts (which may
+/// outlive the service in the I/O context's handlers).
+struct byte_budget {
+    std::atomic<std::size_t> queued{0};    // bodies of jobs accepted and not ended
+    std::atomic<std::size_t> arriving{0};  // bodies being received, as far as they came
+};
+
+std::optional<response> no_room_for_bytes(std::size_t held, std::size_t more, std::size_t limit)
+{
+    if (held + more <= limit)
+        return std::nullopt;
+    auto r = response::error(503, fmt::format("the uploads waiting, running or arriving hold {} bytes; {} more "
+                                              "would pass the limit of {} bytes; try again later",
+                                              held, more, limit));
+    r.headers.emplace_back("Retry-After", std::to_string(retry_after_seconds));
+    return r;
+}
+
+/// One body's bytes, counted in byte_budget::arriving as they arrive and given back when the
+/// request goes (answered, refused, or dropped with its connection). Counting what arrived,
+/// not what the head announced: a head costs its sender nothing, so a reservation made from
+/// it would let a few connections that announce large bodies and trickle them hold every
+/// byte of the queue for hours; bytes that arrived cost their sender the bandwidth, and are
+/// the memory really held.
+class body_account {
+public:
+    body_account(std::shared_ptr<byte_budget> b, std::size_t limit) : budget_(std::move(b)), limit_(limit) {}
+    ~body_account() { budget_->arriving -= counted_; }
+    body_account(const body_account&) = delete;
+    body_account& operator=(const body_account&) = delete;
+
+    /// `n` more bytes arrived: counted, or refused (503) when they would pass the limit.
+    std::optional<response> add(std::size_t n)
+    {
+        // Added first, then checked: two bodies growing at once cannot both pass the limit.
+        const auto arriving = budget_->arriving.fetch_add(n) + n;
+        counted_ += n;
+        return no_room_for_bytes(budget_->queued.load() + arriving - n, n, limit_);
+    }
+
+private:
+    std::shared_ptr<byte_budget> budget_;
+    const std::size_t limit_;
+    std::size_t counted_ = 0;
+};
 
 // Paces a job's progress events to the contract: no two closer than min_gap, and never more
 // than max_quiet without one while the job runs. The importer reports every 100 to 250 ms, but
@@ -148,15 +198,18 @@ class upload_service {
 public:
     upload_service(std::string db_path, service_limits limits)
         : db_path_(std::move(db_path)), limits_(limits),
-          streams_({.max_events = 5000, .max_bytes = 4 << 20, .finished_linger = limits.finished_linger})
+          streams_({.max_events = 5000, .max_bytes = 4 << 20, .finished_linger = limits.finished_linger}),
+          slots_(limits.max_streams)
     {
         limits_.finished_ttl = std::max(limits_.finished_ttl, limits_.finished_linger);
         common::sqlite::db db(db_path_);
         upload::ensure_schema(db);
     }
 
-    // Rejects from the head alone: wrong type (415), too large (413, by the server), no room
-    // in the queue (503), so that a refused body is never read.
+    // Rejects from the head alone: wrong type (415), too large (413, by the parser, before any
+    // other refusal), no room in the queue (503), so that a refused body is never read. The
+    // body is then counted as it arrives (body_account), and refused 503 if it would pass
+    // --max-queued-mb on the way.
     std::optional<response> check(const request& req, std::size_t& max_body)
     {
         if (req.method != "POST" || req.path != "/api/upload/csv")
@@ -166,15 +219,20 @@ public:
         const auto media = ssepp::detail::trim_ows(type.substr(0, type.find(';')));
         if (!common::multipart::boundary(type) && !ssepp::detail::iequals(media, "text/csv"))
             return response::error(415, "send the file as multipart/form-data (field 'file') or as text/csv");
-        // The body is counted from now on, while it arrives: many uploads received at once
-        // would otherwise pass the checks one by one. Without a Content-Length it may be as
-        // large as allowed.
-        const std::size_t bytes = req.content_length ? static_cast<std::size_t>(*req.content_length) : max_body;
-        std::lock_guard lock(mtx_);
-        if (auto refused = no_room_locked(bytes))
-            return refused;
-        *receiving_ += bytes;
-        req.hold = std::shared_ptr<void>(nullptr, [counter = receiving_, bytes](void*) { *counter -= bytes; });
+        // Refused at once when its announced size does not fit now (without a Content-Length,
+        // when there is no room at all); past that, nothing is reserved from the head.
+        if (req.content_length && *req.content_length > max_body)
+            return std::nullopt;  // 413, from the parser
+        const std::size_t bytes = req.content_length ? static_cast<std::size_t>(*req.content_length) : 1;
+        {
+            std::lock_guard lock(mtx_);
+            if (auto refused = no_room_locked(bytes))
+                return refused;
+        }
+        auto account = std::make_shared<body_account>(budget_, limits_.max_queued_bytes);
+        req.hold = account;
+        // Called only while the body arrives, when `hold` (and so the account) is there.
+        req.on_body_bytes = [a = account.get()](std::size_t n) { return a->add(n); };
         return std::nullopt;
     }
 
@@ -228,14 +286,15 @@ private:
         const auto id = common::random_id();
         {
             std::lock_guard lock(mtx_);
-            // Checked again with the real size (a chunked body's was not known), as queued
-            // bytes now.
-            req.hold.reset();
-            if (auto refused = no_room_locked(req.body.size()))
-                return std::move(*refused);
+            // The jobs checked again (others may have been accepted since this head); the bytes
+            // were counted as they came, and are queued bytes from now on.
+            if (queued_jobs_ >= limits_.max_queued_jobs)
+                return std::move(*no_room_locked(0));
             jobs_[id] = job{.bytes = req.body.size()};
             ++queued_jobs_;
-            queued_bytes_ += req.body.size();
+            budget_->queued += req.body.size();  // before the arriving count drops: never under
+            req.on_body_bytes = nullptr;
+            req.hold.reset();
         }
         ++running_; // queued counts as running, for the shutdown grace
         // The body moves to the worker, and the CSV with it as an offset into it.
@@ -310,7 +369,7 @@ private:
             if (sent)
                 j.outcome = std::move(terminal);
             --queued_jobs_;
-            queued_bytes_ -= j.bytes;
+            budget_->queued -= j.bytes;
             j.bytes = 0;
             finished_.push_back({std::chrono::steady_clock::now(), id});
             forget = prune_locked();
@@ -347,17 +406,13 @@ private:
 
     std::optional<response> no_room_locked(std::size_t body_bytes) const
     {
-        std::optional<response> r;
-        if (queued_jobs_ >= limits_.max_queued_jobs)
-            r = response::error(503, fmt::format("{} uploads are waiting or running, the most this server queues; "
-                                                 "try again later", queued_jobs_));
-        else if (const auto held = queued_bytes_ + receiving_->load(); held + body_bytes > limits_.max_queued_bytes)
-            r = response::error(503, fmt::format("the uploads waiting, running or arriving hold {} bytes; {} more "
-                                                 "would pass the limit of {} bytes; try again later",
-                                                 held, body_bytes, limits_.max_queued_bytes));
-        if (r)
-            r->headers.emplace_back("Retry-After", std::to_string(retry_after_seconds));
-        return r;
+        if (queued_jobs_ >= limits_.max_queued_jobs) {
+            auto r = response::error(503, fmt::format("{} uploads are waiting or running, the most this server queues; "
+                                                      "try again later", queued_jobs_));
+            r.headers.emplace_back("Retry-After", std::to_string(retry_after_seconds));
+            return r;
+        }
+        return no_room_for_bytes(budget_->queued.load() + budget_->arriving.load(), body_bytes, limits_.max_queued_bytes);
     }
 
     std::optional<ssepp::event> outcome(const std::string& id)
@@ -379,12 +434,25 @@ private:
             if ((last && last->id == resume) || (streams_.finished(id) && streams_.last_id(id) == resume))
                 return response::empty(204);
         }
-        return common::http::take_socket{[this, id, resume](asio::ip::tcp::socket socket) {
+        // A place for the stream, taken before the answer, given back when the stream closes
+        // (or at once if it never opens).
+        auto [slot, full] = slots_.take(id, limits_.max_job_streams);
+        if (full) {
+            auto r = response::error(503, *full == common::stream_slots::full::key
+                                              ? fmt::format("this job has {} event streams open, the most it may; "
+                                                            "close one or try again later", limits_.max_job_streams)
+                                              : fmt::format("the server has {} event streams open, the most it may; "
+                                                            "try again later", slots_.total()));
+            r.headers.emplace_back("Retry-After", std::to_string(retry_after_seconds));
+            return r;
+        }
+        return common::http::take_socket{[this, id, resume, slot = std::move(slot)](asio::ip::tcp::socket socket) {
             std::lock_guard lock(life_mtx_);
             if (stopping_)
                 return;  // shutdown already completed the streams: this one would stay open
-            const auto r = streams_.attach(id, ssepp::make_emitter(std::move(socket)),
-                                           {.last_event_id = resume, .otherwise = ssepp::replay::all});
+            auto stream = ssepp::make_emitter(std::move(socket));
+            stream->on_close([slot](ssepp::close_reason, std::error_code) {});  // holds the place until then
+            const auto r = streams_.attach(id, stream, {.last_event_id = resume, .otherwise = ssepp::replay::all});
             if (r.finished)
                 return;
             // The job ended and its history lingered out (the registry forgot it): its outcome,
@@ -454,10 +522,8 @@ private:
     std::mutex mtx_;
     std::map<std::string, job> jobs_;
     std::size_t queued_jobs_ = 0;   // accepted and not ended
-    std::size_t queued_bytes_ = 0;  // their uploads
-    // Bytes of uploads being received, reserved from their heads; shared with the requests'
-    // reservations, which may outlive this service in the I/O context's handlers.
-    std::shared_ptr<std::atomic<std::size_t>> receiving_ = std::make_shared<std::atomic<std::size_t>>(0);
+    std::shared_ptr<byte_budget> budget_ = std::make_shared<byte_budget>();
+    common::stream_slots slots_;
     std::deque<std::pair<std::chrono::steady_clock::time_point, std::string>> finished_;  // in the order they ended
     // One import at a time: SQLite has one writer, and a second import would wait for the
     // first's lock (or fail with "database is locked") while looking "processing".
@@ -488,6 +554,8 @@ int main(int argc, char** argv)
         .flag("--max-queued-jobs", limits.max_queued_jobs, "uploads waiting or running at once; past it: 503")
         .flag("--max-queued-mb", max_queued_mb, "MiB of uploads waiting or running at once; past it: 503")
         .flag("--max-finished-jobs", limits.max_finished_jobs, "finished jobs remembered; the oldest go first")
+        .flag("--max-streams", limits.max_streams, "event streams open at once; past it: 503")
+        .flag("--max-job-streams", limits.max_job_streams, "event streams open at once per job; past it: 503")
         .flag("--finished-linger-ms", linger_ms, "how long a finished job's event history stays for replay")
         .flag("--finished-ttl-ms", ttl_ms, "how long a finished job's status and outcome stay")
         .flag("--grace-ms", grace_ms, "on SIGINT/SIGTERM, how long running jobs may finish");
