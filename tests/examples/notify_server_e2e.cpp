@@ -786,7 +786,7 @@ TEST_CASE("notify_server e2e: an export holds only the requester's orders, an ad
 // Issue 16 review, item 4: every "still there" phase below is held by a stream, or comes nowhere
 // near a TTL (5 s, where one is needed at all); the expiries are awaited with a bound, all of
 // them in one wait, so the test takes about one TTL whatever the machine's load.
-TEST_CASE("notify_server e2e: limits: sessions are capped (503), idle ones expire, one with a stream does not; users "
+TEST_CASE("notify_server e2e: limits: sessions are capped (503), idle ones expire, one with a stream does not, users "
           "and admins go with their last session, a kept user after --user-ttl-ms",
           "[notify-e2e]")
 {
@@ -833,8 +833,8 @@ TEST_CASE("notify_server e2e: limits: sessions are capped (503), idle ones expir
 }
 
 // Issue 16 review, item 3: users (and admins) nobody uses no longer hold the caps for user_ttl.
-TEST_CASE("notify_server e2e: limits: users are capped (503) only while each has a session; one with nothing kept is "
-          "forgotten when their session ends; the least recently active without a session makes room",
+TEST_CASE("notify_server e2e: limits: users are capped (503) only while each has a session, one with nothing kept is "
+          "forgotten when their session ends, the least recently active without a session makes room",
           "[notify-e2e]")
 {
     notify_server s("100", {"--max-users", "3"});
@@ -918,7 +918,7 @@ TEST_CASE("notify_server e2e: limits: 10,000 throwaway logins leave nothing behi
     CHECK(s.metrics().at("users") == 2);
 }
 
-TEST_CASE("notify_server e2e: limits: admins are capped (503) only while each has an admin session; a forgotten admin "
+TEST_CASE("notify_server e2e: limits: admins are capped (503) only while each has an admin session, a forgotten admin "
           "frees a place",
           "[notify-e2e]")
 {
@@ -1035,7 +1035,7 @@ void check_stream_refused(sse_client& c, const std::string& why)
 // Issue 16 review, item 1: streams leave the front's count (--max-connections), so nothing
 // bounded them: per session, for the public ticker, or in all.
 TEST_CASE("notify_server e2e: limits: event streams are capped per session, for the ticker and in all (503 with a "
-          "reason); a closed stream frees its place, logout ends the session's streams",
+          "reason), a closed stream frees its place, logout ends the session's streams",
           "[notify-e2e]")
 {
     notify_server s("100", {"--max-streams", "4", "--max-session-streams", "2", "--max-ticker-streams", "1"});
@@ -1071,7 +1071,7 @@ TEST_CASE("notify_server e2e: limits: event streams are capped per session, for 
     CHECK(test::eventually([&] { return s.metrics().at("stream_places") == 3; }, 5s, 5ms));
 }
 
-TEST_CASE("notify_server e2e: a ticker client that stops reading is closed after --ticker-write-timeout-ms; the "
+TEST_CASE("notify_server e2e: a ticker client that stops reading is closed after --ticker-write-timeout-ms, the "
           "others keep ticking",
           "[notify-e2e]")
 {

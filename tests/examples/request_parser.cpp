@@ -175,7 +175,7 @@ TEST_CASE("request_parser: a body too large is 413 before the head check's refus
     (void)used2;
 }
 
-TEST_CASE("request_parser: on_body_bytes follows the body as it arrives and may refuse it; a refused or dropped "
+TEST_CASE("request_parser: on_body_bytes follows the body as it arrives and may refuse it, a refused or dropped "
           "request holds nothing",
           "[request-parser]")
 {

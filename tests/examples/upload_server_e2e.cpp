@@ -1007,7 +1007,7 @@ TEST_CASE("upload_server e2e: after --finished-ttl-ms a finished job is forgotte
 
 // Issue 16 review, item 2: the head reserved its whole Content-Length before any body came, so
 // four connections announcing large bodies and trickling them held all of --max-queued-mb.
-TEST_CASE("upload_server e2e: a few slow connections announcing large bodies do not lock out uploads; bodies count "
+TEST_CASE("upload_server e2e: a few slow connections announcing large bodies do not lock out uploads, bodies count "
           "as they arrive, and never pass --max-queued-mb",
           "[upload-e2e]")
 {
