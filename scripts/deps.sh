@@ -23,12 +23,16 @@ done
 # A package, or package:command where any `command` on PATH will do instead of the package.
 build=(cmake ninja-build g++ ccache pkg-config python3
        libasio-dev libfmt-dev catch2 libssl-dev
-       libsqlite3-dev node-llhttp libcurl4-openssl-dev nlohmann-json3-dev)
+       libsqlite3-dev node-llhttp libcurl4-openssl-dev nlohmann-json3-dev
+       # ssepp::redis, the cluster component (built when hiredis is found)
+       libhiredis-dev)
 test_only=(
   # Browser tests (tests/browser): Playwright from the npm registry drives Debian's chromium.
   # Debian's nodejs (18) and npm (9) will do, as will a Node.js >= 18 from elsewhere: NodeSource's
   # nodejs bundles npm and conflicts with Debian's npm package, so a `node`/`npm` on PATH is kept.
   chromium nodejs:node npm:npm ca-certificates
+  # The cluster tests (tests/redis, label cluster) start real redis-server processes.
+  redis-server
   # Fuzz targets (libFuzzer needs clang).
   clang-16 libfuzzer-16-dev
   # tests/sse_cat/driver.py and benchmarks/load_smoke.sh run python3 (also in the default set).

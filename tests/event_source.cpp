@@ -301,6 +301,17 @@ TEST_CASE("nonsense options do not give negative delays", "[event_source]")
     o.retry = milliseconds(10);
     ssepp::event_source nan_jitter(o);
     CHECK(nan_jitter.on_end(refused) == reconnect(milliseconds(10)));
+    // Found by fuzz_event_source: delay * 1e308 is infinite, times a random 0 was NaN (UB when
+    // converted). A random 0 draws no jitter; any other saturates.
+    for (double jitter : {1e308, std::numeric_limits<double>::infinity()}) {
+        o.jitter = jitter;
+        o.random = [] { return 0.0; };
+        ssepp::event_source zero(o);
+        CHECK(zero.on_end(refused) == reconnect(milliseconds(10)));
+        o.random = [] { return 0.5; };
+        ssepp::event_source half(o);
+        CHECK(half.on_end(refused) == reconnect(milliseconds::max()));
+    }
 }
 
 TEST_CASE("an absurd retry: saturates instead of overflowing", "[event_source]")

@@ -386,8 +386,10 @@ private:
         double r = options_.random ? options_.random() : next_random();
         if (!(r >= 0 && r < 1))
             r = 0; // a bad source must not shorten the delay
+        if (r == 0)
+            return ms(base);  // no jitter drawn: base * an infinite jitter * 0 would be NaN
         const double extra = std::floor(static_cast<double>(base) * options_.jitter * r);
-        if (extra >= static_cast<double>(max - base))
+        if (!(extra < static_cast<double>(max - base)))
             return ms(max);
         return ms(base + static_cast<ms::rep>(extra));
     }
