@@ -388,28 +388,10 @@ public:
     }
 
     /// The id of `key`'s last retained event, if any (a finished key's: its terminal event).
-    std::optional<std::string> last_id(const Key& key) const
-    {
-        auto& s = *state_;
-        std::lock_guard lock(s.mtx);
-        s.purge_locked();
-        auto it = s.keys.find(key);
-        if (it == s.keys.end() || it->second.history.empty())
-            return std::nullopt;
-        return it->second.history.records().back().id;
-    }
+    std::optional<std::string> last_id(const Key& key) const { return edge_id(key, false); }
 
     /// The id of `key`'s oldest retained event, if any.
-    std::optional<std::string> first_id(const Key& key) const
-    {
-        auto& s = *state_;
-        std::lock_guard lock(s.mtx);
-        s.purge_locked();
-        auto it = s.keys.find(key);
-        if (it == s.keys.end() || it->second.history.empty())
-            return std::nullopt;
-        return it->second.history.records().front().id;
-    }
+    std::optional<std::string> first_id(const Key& key) const { return edge_id(key, true); }
 
     /// Every key the registry holds anything for (see key_count()).
     std::vector<Key> keys() const
@@ -429,6 +411,18 @@ public:
     const std::string& id_epoch() const noexcept { return state_->order.epoch(); }
 
 private:
+    std::optional<std::string> edge_id(const Key& key, bool oldest) const
+    {
+        auto& s = *state_;
+        std::lock_guard lock(s.mtx);
+        s.purge_locked();
+        auto it = s.keys.find(key);
+        if (it == s.keys.end() || it->second.history.empty())
+            return std::nullopt;
+        const auto& records = it->second.history.records();
+        return oldest ? records.front().id : records.back().id;
+    }
+
     // Room for one more element, so that linking a member in cannot throw; growing
     // geometrically (reserve(size() + 1) would reallocate, and copy, on every attach).
     template <class Vector>
