@@ -359,6 +359,8 @@ private:
         if (!fresh && m.sid <= it->second)
             return;
         it->second = m.sid;
+        if (fresh && seen_.size() > 2 * local_.key_count() + 1024)
+            forget_unheld_keys();
         m.e.id = std::move(m.id);
         if (m.finished)
             local_.finish(m.key, std::move(m.e));
@@ -389,13 +391,7 @@ private:
             bus_ready_ = true;
             return;
         }
-        // Forget the keys the local registry no longer holds: their clients resume from Redis.
-        const auto live = local_.keys();
-        std::unordered_map<std::string, stream_id> kept;
-        for (const auto& k : live)
-            if (auto it = seen_.find(k); it != seen_.end())
-                kept.emplace(k, it->second);
-        seen_ = std::move(kept);
+        forget_unheld_keys();
         for (const auto& [key, last] : seen_) {
             ++catching_up_;
             const auto from = std::to_string(last.ms) + "-" + std::to_string(last.seq);
@@ -414,6 +410,17 @@ private:
                     self->release_held();
                 });
         }
+    }
+
+    // Forgets the keys the local registry no longer holds (their clients resume from the
+    // streams), so that what the node remembers follows what its registry does.
+    void forget_unheld_keys()
+    {
+        std::unordered_map<std::string, stream_id> kept;
+        for (const auto& k : local_.keys())
+            if (auto it = seen_.find(k); it != seen_.end())
+                kept.emplace(k, it->second);
+        seen_ = std::move(kept);
     }
 
     template <class Handler>
