@@ -14,6 +14,7 @@
 #include <asio/dispatch.hpp>
 #include <asio/post.hpp>
 
+#include <atomic>
 #include <charconv>
 #include <compare>
 #include <cstdint>
@@ -175,9 +176,12 @@ public:
                 s->bus_up();
         };
         n->bus_ = subscriber::create(ex, std::move(link));
-        n->bus_->subscribe(n->options_.prefix + "bus", [w](std::string_view, std::string_view payload) {
-            if (auto s = w.lock())
-                s->on_bus(payload);
+        // On the executor: the links already run there, and a subscriber is not thread-safe.
+        asio::dispatch(ex, [n, w] {
+            n->bus_->subscribe(n->options_.prefix + "bus", [w](std::string_view, std::string_view payload) {
+                if (auto s = w.lock())
+                    s->on_bus(payload);
+            });
         });
         return n;
     }
@@ -197,7 +201,7 @@ public:
     registry_type& local() noexcept { return local_; }
 
     /// Whether the bus is subscribed: events published now reach this node.
-    bool is_ready() const noexcept { return bus_ready_; }
+    bool is_ready() const noexcept { return bus_ready_.load(std::memory_order_acquire); }
 
     /// Appends `e` to `key`'s stream and publishes it to every node; completes with
     /// (error_code, the event's id). `e.id` is replaced by the stream's. An invalid event
@@ -387,8 +391,8 @@ private:
     // is read back from the streams; the bus is held meanwhile.
     void bus_up()
     {
-        if (!bus_ready_) {
-            bus_ready_ = true;
+        if (!bus_ready_.load(std::memory_order_relaxed)) {
+            bus_ready_.store(true, std::memory_order_release);
             return;
         }
         forget_unheld_keys();
@@ -539,7 +543,7 @@ private:
     std::unordered_map<std::string, int> fetching_;   // keys whose stream is being read
     std::vector<message> held_;                       // bus messages that wait for those reads
     int catching_up_ = 0;
-    bool bus_ready_ = false;
+    std::atomic<bool> bus_ready_{false};  // read from any thread
 };
 
 using node = basic_node<>;
