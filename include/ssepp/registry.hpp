@@ -576,6 +576,16 @@ private:
                 ec = e.send(std::move(frame), seq);  // on error, it leaves through its close handler
                 b.frames.pop_front();
             }
+            // Fed, but the queue may still be near its bound: live events keep coming through
+            // here until it has drained to half, or the next one would meet the overflow
+            // policy although the client keeps up.
+            if (!ec && !force && e.queued_bytes() > bound / 2) {
+                e.on_drained(bound / 2, [w = this->weak_from_this(), mp = &m, ep = &e] {
+                    if (auto st = w.lock())
+                        st->refill(mp, ep);
+                });
+                return true;
+            }
             m.backlog.reset();
             if (m.complete_after_backlog && !ec)
                 e.complete();
