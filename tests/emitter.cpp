@@ -650,6 +650,15 @@ namespace {
 
 /// A transport driven by hand: each async_write_some is held until the test completes it,
 /// with the error and byte count it chooses. Run its io_context with poll() on the test thread.
+// quiet(), and nothing but the events: no head, no retry hint (the manual transport's tests).
+ssepp::emitter_options bare_options()
+{
+    auto options = quiet();
+    options.write_head = false;
+    options.retry_hint = std::nullopt;
+    return options;
+}
+
 struct manual_state {
     std::function<void(std::error_code, std::size_t)> handler;  // the write in flight, if any
     std::size_t offered = 0;  // bytes offered to that write
@@ -768,9 +777,7 @@ TEST_CASE("written_seq tracks the last tagged frame the transport took, on_drain
 {
     asio::io_context io;
     auto st = std::make_shared<manual_state>();
-    auto options = quiet();
-    options.write_head = false;
-    options.retry_hint = std::nullopt;
+    auto options = bare_options();
     auto em = ssepp::make_emitter(manual_transport(io, st), options);
     em->start();
     CHECK(em->written_seq() == 0);
@@ -805,9 +812,7 @@ TEST_CASE("on_drained called at once still holds the emitter when its handler ru
 {
     asio::io_context io;
     auto st = std::make_shared<manual_state>();
-    auto options = quiet();
-    options.write_head = false;
-    options.retry_hint = std::nullopt;
+    auto options = bare_options();
     auto em = ssepp::make_emitter(manual_transport(io, st), options);
     std::weak_ptr<ssepp::basic_emitter<manual_transport>> weak = em;
     bool alive = false;
@@ -821,9 +826,7 @@ TEST_CASE("one write at a time, queued_bytes counts what is not yet written, wri
 {
     asio::io_context io;
     auto st = std::make_shared<manual_state>();
-    auto options = quiet();
-    options.write_head = false;
-    options.retry_hint = std::nullopt;
+    auto options = bare_options();
     auto em = ssepp::make_emitter(manual_transport(io, st), options);
     em->start();
     pump(io);
@@ -869,9 +872,7 @@ TEST_CASE("drop_oldest drops only what is not being written, keeps the newest", 
 {
     asio::io_context io;
     auto st = std::make_shared<manual_state>();
-    auto options = quiet();
-    options.write_head = false;
-    options.retry_hint = std::nullopt;
+    auto options = bare_options();
     options.max_queued_bytes = 100;
     options.overflow = ssepp::overflow_policy::drop_oldest;
     auto em = ssepp::make_emitter(manual_transport(io, st), options);
@@ -996,9 +997,7 @@ TEST_CASE("a close handler that throws leaves the other streams to close", "[emi
     // Streams are kicked in batches; one stream's handler throwing out of run() must not leave
     // the rest of its batch waiting.
     asio::io_context io;
-    auto options = quiet();
-    options.write_head = false;
-    options.retry_hint = std::nullopt;
+    auto options = bare_options();
     std::vector<std::shared_ptr<ssepp::basic_emitter<manual_transport>>> ems;
     std::vector<test::close_log> logs(3);
     for (std::size_t i = 0; i < 3; ++i) {
@@ -1053,9 +1052,7 @@ TEST_CASE("sends to many streams on one io_context start their writes in batches
 {
     asio::io_context io;
     constexpr std::size_t n = 200;
-    auto options = quiet();
-    options.write_head = false;
-    options.retry_hint = std::nullopt;
+    auto options = bare_options();
     std::vector<std::shared_ptr<manual_state>> states;
     std::vector<std::shared_ptr<ssepp::basic_emitter<manual_transport>>> ems;
     for (std::size_t i = 0; i < n; ++i) {

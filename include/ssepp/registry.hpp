@@ -565,10 +565,7 @@ private:
                 if (!force && e.queued_bytes() + size > bound) {
                     // Called back once there is room for this frame and, so that a drain
                     // calls back once, not at every write, for half the bound.
-                    e.on_drained(std::min(bound / 2, bound - size), [w = this->weak_from_this(), mp = &m, ep = &e] {
-                        if (auto st = w.lock())
-                            st->refill(mp, ep);
-                    });
+                    refill_below_locked(m, std::min(bound / 2, bound - size));
                     return true;
                 }
                 if (seq > b.live_after)
@@ -580,16 +577,22 @@ private:
             // here until it has drained to half, or the next one would meet the overflow
             // policy although the client keeps up.
             if (!ec && !force && e.queued_bytes() > bound / 2) {
-                e.on_drained(bound / 2, [w = this->weak_from_this(), mp = &m, ep = &e] {
-                    if (auto st = w.lock())
-                        st->refill(mp, ep);
-                });
+                refill_below_locked(m, bound / 2);
                 return true;
             }
             m.backlog.reset();
             if (m.complete_after_backlog && !ec)
                 e.complete();
             return !ec;
+        }
+
+        // Asks the member's emitter to call refill() once its queue is at most `threshold`.
+        void refill_below_locked(member& m, std::size_t threshold)
+        {
+            m.em->on_drained(threshold, [w = this->weak_from_this(), mp = &m, ep = m.em.get()] {
+                if (auto st = w.lock())
+                    st->refill(mp, ep);
+            });
         }
 
         // The emitter has room again. It is alive (the call holds it); the member is alive

@@ -126,29 +126,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* bytes, std::size_t siz
     const bool bytewise = (mode & 8) != 0;
     const auto limits = pick_limits(mode >> 4);
 
-    std::vector<std::size_t> splits;
-    for (unsigned i = 0; i < n_splits && in.size() >= 2; ++i) {
-        splits.push_back(static_cast<unsigned char>(in[0])
-                         | static_cast<std::size_t>(static_cast<unsigned char>(in[1])) << 8);
-        in.remove_prefix(2);
-    }
+    const auto chunks = split_input(in, n_splits, bytewise);
     const std::string_view stream = in;
-    for (auto& s : splits)
-        s %= stream.size() + 1;
-    std::sort(splits.begin(), splits.end());
-
-    std::vector<std::string_view> chunks;
-    if (bytewise) {
-        for (std::size_t i = 0; i < stream.size(); ++i)
-            chunks.push_back(stream.substr(i, 1));
-    } else {
-        std::size_t at = 0;
-        for (const auto s : splits) {
-            chunks.push_back(stream.substr(at, s - at)); // empty chunks too
-            at = s;
-        }
-        chunks.push_back(stream.substr(at));
-    }
 
     const outcome whole = parse({stream}, limits);
     const outcome split = parse(chunks, limits);

@@ -430,13 +430,9 @@ private:
     template <class Handler>
     void attach(std::string key, emitter_ptr em, attach_options options, Handler handler)
     {
-        const bool found_locally = options.last_event_id && local_.contains(key)
-                                   && is_retained_locally(key, *options.last_event_id);
-        if (options.otherwise == replay::none && !options.last_event_id) {
-            complete(std::move(handler), {}, local_.attach(key, std::move(em), options));
-            return;
-        }
-        if (found_locally) {
+        // Live events only, or a resume this node's own history covers: no stream to read.
+        if (options.last_event_id ? is_retained_locally(key, *options.last_event_id)
+                                  : options.otherwise == replay::none) {
             complete(std::move(handler), {}, local_.attach(key, std::move(em), options));
             return;
         }
