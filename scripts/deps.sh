@@ -4,18 +4,23 @@
 #   bash scripts/deps.sh           what configuring the whole tree and building the examples need
 #                                  (README's try-it command)
 #   bash scripts/deps.sh --tests   that, plus what running the tests needs (README's test command)
-#   bash scripts/deps.sh [--tests] --list   prints the packages that would be installed, and exits
+#   bash scripts/deps.sh --bench   that, plus what the load benchmarks compare against and run
+#                                  (benchmarks/run.sh, benchmarks/cluster.sh): nginx + nchan,
+#                                  redis-server; combines with --tests
+#   bash scripts/deps.sh [--tests] [--bench] --list   prints the packages that would be installed,
+#                                  and exits
 #
 # The default set holds python3 and catch2 too: the tests are configured with the tree (they are
 # on by default when ssepp is the top-level project), and CMake's configure step looks for both.
 set -euo pipefail
 
-tests=0 list=0
+tests=0 bench=0 list=0
 for arg in "$@"; do
   case $arg in
     --tests) tests=1 ;;
+    --bench) bench=1 ;;
     --list) list=1 ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "deps.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -38,8 +43,15 @@ test_only=(
   # tests/sse_cat/driver.py and benchmarks/load_smoke.sh run python3 (also in the default set).
   python3
 )
+bench_only=(
+  # The peer the load tests compare against: nginx with the nchan module (Debian's nginx 1.22).
+  nginx libnginx-mod-nchan
+  # benchmarks/cluster.sh: the cluster's Redis, also nchan's Redis backend.
+  redis-server
+)
 pkgs=("${build[@]}")
 [ $tests -eq 0 ] || pkgs+=("${test_only[@]}")
+[ $bench -eq 0 ] || pkgs+=("${bench_only[@]}")
 
 missing=()
 for entry in "${pkgs[@]}"; do
