@@ -23,16 +23,23 @@ namespace bench {
 struct options : common::server_flags {
     std::string rate = "0";  // events/s, "max", or 0 (publish only on POST /publish)
     std::size_t payload = 64;
+    std::uint64_t events = 0;  // the publisher stops after this many; 0: when the process does
 
     options() : server_flags{.port = 0, .threads = 1} {}
+
+    /// The flags above and the server's, on `args` (a server with flags of its own adds them).
+    common::cli& add_flags(common::cli& args)
+    {
+        return add_to(args)
+            .flag("--rate", rate, "events/s to broadcast; max = as fast as the server takes them; 0 = none")
+            .flag("--payload", payload, "data bytes per event (timestamp, space, padding)")
+            .flag("--events", events, "the publisher stops after this many events (0: no bound but the process's life)");
+    }
 
     void parse(const char* program, int argc, char** argv)
     {
         common::cli args(program);
-        add_to(args)
-            .flag("--rate", rate, "events/s to broadcast; max = as fast as the server takes them; 0 = none")
-            .flag("--payload", payload, "data bytes per event (timestamp, space, padding)")
-            .parse(argc, argv);
+        add_flags(args).parse(argc, argv);
     }
 };
 
@@ -54,9 +61,11 @@ inline std::string stamped_payload(std::size_t payload)
 /// The HTTP front: each accepted socket's request head is read (up to 8 KiB); `GET /events`
 /// hands the socket to `subscribe`, `POST /publish` reads a Content-Length body, passes it to
 /// `publish` and answers 204 on a kept-alive connection; anything else gets 404.
+/// `GET /events/<key>` passes `<key>` along with the socket (cluster_server's per-user keys);
+/// `GET /events` passes "events".
 class front {
 public:
-    using subscribe_fn = std::function<void(asio::ip::tcp::socket)>;
+    using subscribe_fn = std::function<void(asio::ip::tcp::socket, std::string key)>;
     using publish_fn = std::function<void(std::string)>;
 
     front(asio::io_context& io, const options& o, subscribe_fn s, publish_fn p)
@@ -64,6 +73,13 @@ public:
           publish_(std::move(p))
     {
         accept();
+    }
+
+    /// For servers with one key.
+    front(asio::io_context& io, const options& o, std::function<void(asio::ip::tcp::socket)> s, publish_fn p)
+        : front(io, o, [s = std::move(s)](asio::ip::tcp::socket socket, std::string) { s(std::move(socket)); },
+                std::move(p))
+    {
     }
 
     std::uint16_t port() const { return acceptor_.local_endpoint().port(); }
@@ -100,7 +116,12 @@ private:
         const std::string head = c->buf.substr(0, n);
         c->buf.erase(0, n);
         if (head.starts_with("GET /events")) {
-            subscribe_(std::move(c->socket));
+            std::string key = "events";
+            if (head.starts_with("GET /events/")) {
+                const auto start = sizeof "GET /events/" - 1;
+                key = head.substr(start, head.find_first_of(" ?\r", start) - start);
+            }
+            subscribe_(std::move(c->socket), std::move(key));
             return;
         }
         if (!head.starts_with("POST /publish")) {
@@ -138,7 +159,8 @@ private:
 class publisher {
 public:
     publisher(const options& o, std::function<void(std::string)> publish, std::function<std::size_t()> backlog)
-        : publish_(std::move(publish)), backlog_(std::move(backlog)), payload_(o.payload)
+        : publish_(std::move(publish)), backlog_(std::move(backlog)), payload_(o.payload),
+          limit_(o.events ? o.events : UINT64_MAX)
     {
         if (o.rate == "0")
             return;
@@ -154,7 +176,7 @@ private:
     void run_rate(std::stop_token st)
     {
         const auto start = std::chrono::steady_clock::now();
-        for (std::uint64_t i = 0; !st.stop_requested(); ++i) {
+        for (std::uint64_t i = 0; i < limit_ && !st.stop_requested(); ++i) {
             std::this_thread::sleep_until(start + std::chrono::nanoseconds(static_cast<std::int64_t>(1e9 * double(i) / rate_)));
             publish_(stamped_payload(payload_));
         }
@@ -163,7 +185,7 @@ private:
     void run_max(std::stop_token st)
     {
         constexpr std::size_t high_water = 256 * 1024;
-        for (std::uint64_t i = 0; !st.stop_requested(); ++i) {
+        for (std::uint64_t i = 0; i < limit_ && !st.stop_requested(); ++i) {
             // Checking every subscriber is not free: do it once every 16 events.
             if (i % 16 == 0)
                 while (backlog_() > high_water && !st.stop_requested())
@@ -175,6 +197,7 @@ private:
     std::function<void(std::string)> publish_;
     std::function<std::size_t()> backlog_;
     std::size_t payload_;
+    std::uint64_t limit_;
     double rate_ = 0;
     std::jthread thread_;
 };

@@ -3,6 +3,8 @@
 // publish-to-receive latency percentiles (from the CLOCK_MONOTONIC stamp that starts each
 // event's data) and duration. Loopback only; bounded in connections and time.
 // With --publish-url it also POSTs stamped events (for servers published to over HTTP: nchan).
+// Several servers (the nodes of a cluster): --url takes a comma-separated list, connection i
+// goes to URL i mod n; "{key}" in a URL's path becomes i mod --keys (one stream per user).
 #include "bench_front.hpp"
 
 #include <ssepp/parser.hpp>
@@ -73,7 +75,9 @@ struct settings {
     std::uint16_t source_port_base = 0;
     std::string publish_url;
     std::string publish_rate = "100";
+    std::size_t publishers = 1;
     std::size_t payload = 64;
+    std::size_t keys = 0;
 };
 
 struct url_parts {
@@ -98,15 +102,25 @@ url_parts parse_url(std::string_view url)
     return u;
 }
 
+std::vector<url_parts> parse_urls(std::string_view list)
+{
+    std::vector<url_parts> out;
+    while (!list.empty()) {
+        const auto comma = list.find(',');
+        out.push_back(parse_url(list.substr(0, comma)));
+        list.remove_prefix(comma == std::string_view::npos ? list.size() : comma + 1);
+    }
+    return out;
+}
+
 std::atomic<bool> in_window{false};
 std::atomic<std::size_t> connected{0}, failed{0}, closed_early{0};
+std::atomic<std::uint64_t> published{0};  // POSTs answered
 
 class worker {
 public:
-    worker(const settings& s, const url_parts& u, std::size_t first, std::size_t count)
-        : s_(s), endpoint_(asio::ip::make_address(u.host), u.port), first_(first), count_(count),
-          request_("GET " + u.path + " HTTP/1.1\r\nHost: " + u.host + "\r\nAccept: text/event-stream\r\n\r\n"),
-          timer_(io_)
+    worker(const settings& s, const std::vector<url_parts>& urls, std::size_t first, std::size_t count)
+        : s_(s), urls_(urls), first_(first), count_(count), timer_(io_)
     {
     }
 
@@ -132,6 +146,7 @@ private:
     struct conn {
         explicit conn(asio::io_context& io) : socket(io) {}
         asio::ip::tcp::socket socket;
+        std::string request;
         ssepp::parser parser;
         std::string head;
         std::string chunk_line;
@@ -158,6 +173,12 @@ private:
     {
         auto& c = *conns_.emplace_back(std::make_unique<conn>(io_));
         c.stalled = index < s_.stall;
+        const auto& u = urls_[index % urls_.size()];
+        const asio::ip::tcp::endpoint endpoint(asio::ip::make_address(u.host), u.port);
+        auto path = u.path;
+        if (const auto at = path.find("{key}"); at != std::string::npos)
+            path.replace(at, 5, std::to_string(s_.keys ? index % s_.keys : index));
+        c.request = "GET " + path + " HTTP/1.1\r\nHost: " + u.host + "\r\nAccept: text/event-stream\r\n\r\n";
         std::error_code ec;
         c.socket.open(asio::ip::tcp::v4(), ec);
         c.socket.set_option(asio::socket_base::reuse_address(true), ec);
@@ -167,13 +188,13 @@ private:
         // connect() crawl: give each connection its own source port.
         const auto port = s_.source_port_base + index;
         if (s_.source_port_base && port < 65535)
-            c.socket.bind({endpoint_.address(), static_cast<std::uint16_t>(port)}, ec);
-        c.socket.async_connect(endpoint_, [this, &c](std::error_code ec) {
+            c.socket.bind({endpoint.address(), static_cast<std::uint16_t>(port)}, ec);
+        c.socket.async_connect(endpoint, [this, &c](std::error_code ec) {
             if (ec) {
                 ++failed;
                 return;
             }
-            asio::async_write(c.socket, asio::buffer(request_), [this, &c](std::error_code ec, std::size_t) {
+            asio::async_write(c.socket, asio::buffer(c.request), [this, &c](std::error_code ec, std::size_t) {
                 if (ec) {
                     ++failed;
                     return;
@@ -267,17 +288,16 @@ private:
     }
 
     const settings& s_;
-    asio::ip::tcp::endpoint endpoint_;
+    const std::vector<url_parts>& urls_;
     std::size_t first_, count_, next_ = 0;
-    std::string request_;
     asio::io_context io_{1};
     asio::steady_timer timer_;
     std::vector<std::unique_ptr<conn>> conns_;
     std::thread thread_;
 };
 
-// POSTs stamped events over one kept-alive connection until stopped.
-void publish_loop(const settings& s, std::stop_token st)
+// POSTs stamped events over one kept-alive connection until stopped, at `rate` (or max).
+void publish_loop(const settings& s, const std::string& publish_rate, std::stop_token st)
 {
     const auto u = parse_url(s.publish_url);
     asio::io_context io;
@@ -288,8 +308,8 @@ void publish_loop(const settings& s, std::stop_token st)
         sock.set_option(asio::ip::tcp::no_delay(true));
     };
     connect();
-    const bool max = s.publish_rate == "max";
-    const double rate = max ? 0 : std::stod(s.publish_rate);
+    const bool max = publish_rate == "max";
+    const double rate = max ? 0 : std::stod(publish_rate);
     const auto start = std::chrono::steady_clock::now();
     std::string in;
     for (std::uint64_t i = 0; !st.stop_requested(); ++i) {
@@ -315,6 +335,7 @@ void publish_loop(const settings& s, std::stop_token st)
                 in.append(buf, sock.read_some(asio::buffer(buf)));
             }
             in.erase(0, end + 4 + length);
+            ++published;
         } catch (const std::system_error&) {
             // The server ended the kept-alive connection (nginx does after keepalive_requests):
             // the event may be lost with it; carry on over a new connection.
@@ -339,12 +360,19 @@ int main(int argc, char** argv)
         .flag("--connect-timeout", s.connect_timeout_s, "seconds the connect phase may take")
         .flag("--source-port-base", s.source_port_base, "bind connection i to this + i (0: ephemeral); needed past ~14k connections")
         .flag("--publish-url", s.publish_url, "also POST stamped events here (e.g. nchan's publisher)")
-        .flag("--publish-rate", s.publish_rate, "events/s to POST, or max")
+        .flag("--publish-rate", s.publish_rate, "events/s to POST (over all publishers), or max")
+        .flag("--publishers", s.publishers, "POSTing connections, each one request at a time")
+        .flag("--keys", s.keys, "\"{key}\" in --url becomes connection index mod this (0: the index)")
         .flag("--payload", s.payload, "data bytes of each POSTed event")
         .parse(argc, argv);
-    const auto u = parse_url(s.url);
-    if (u.host != "127.0.0.1" && u.host != "localhost") {
-        fmt::print(stderr, "sse_load: loopback only (got host '{}')\n", u.host);
+    const auto urls = parse_urls(s.url);
+    for (const auto& u : urls)
+        if (u.host != "127.0.0.1" && u.host != "localhost") {
+            fmt::print(stderr, "sse_load: loopback only (got host '{}')\n", u.host);
+            return 2;
+        }
+    if (urls.empty() || s.publishers == 0 || s.publishers > 64) {
+        fmt::print(stderr, "sse_load: --url needs at least one URL, --publishers 1 to 64\n");
         return 2;
     }
 
@@ -352,7 +380,7 @@ int main(int argc, char** argv)
     std::vector<std::unique_ptr<worker>> workers;
     for (std::size_t i = 0; i < t; ++i) {
         const auto first = s.connections * i / t, last = s.connections * (i + 1) / t;
-        workers.push_back(std::make_unique<worker>(s, u, first, last - first));
+        workers.push_back(std::make_unique<worker>(s, urls, first, last - first));
     }
     const auto connect_start = std::chrono::steady_clock::now();
     for (auto& w : workers)
@@ -362,11 +390,13 @@ int main(int argc, char** argv)
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     const auto connect_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - connect_start).count();
 
-    std::jthread publisher;
-    if (!s.publish_url.empty())
-        publisher = std::jthread([&](std::stop_token st) {
+    std::vector<std::jthread> publishers;
+    const auto each_rate =
+        s.publish_rate == "max" ? s.publish_rate : fmt::format("{}", std::stod(s.publish_rate) / double(s.publishers));
+    for (std::size_t i = 0; !s.publish_url.empty() && i < s.publishers; ++i)
+        publishers.emplace_back([&](std::stop_token st) {
             try {
-                publish_loop(s, st);
+                publish_loop(s, each_rate, st);
             } catch (const std::exception& e) {
                 fmt::print(stderr, "sse_load: publisher: {}\n", e.what());
             }
@@ -376,10 +406,9 @@ int main(int argc, char** argv)
     std::this_thread::sleep_for(std::chrono::seconds(s.duration_s));
     in_window = false;
     const auto window_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
-    if (publisher.joinable()) {
-        publisher.request_stop();
-        publisher.join();
-    }
+    for (auto& p : publishers)
+        p.request_stop();
+    publishers.clear();  // joins
     for (auto& w : workers)
         w->stop();
 
@@ -389,10 +418,10 @@ int main(int argc, char** argv)
         all.merge(w->latency);
         events += w->events;
     }
-    fmt::print("{{\"connections\": {}, \"connected\": {}, \"failed\": {}, \"closed_early\": {}, \"connect_s\": {:.3f}, "
+    fmt::print("{{\"connections\": {}, \"connected\": {}, \"failed\": {}, \"closed_early\": {}, \"published\": {}, \"connect_s\": {:.3f}, "
                "\"duration_s\": {:.3f}, \"events\": {}, \"events_per_s\": {:.0f}, \"latency_us\": {{\"p50\": {:.1f}, "
                "\"p90\": {:.1f}, \"p99\": {:.1f}, \"max\": {:.1f}}}}}\n",
-               s.connections, connected.load(), failed.load(), closed_early.load(), connect_s, window_s, events,
+               s.connections, connected.load(), failed.load(), closed_early.load(), published.load(), connect_s, window_s, events,
                double(events) / window_s, all.percentile_us(0.50), all.percentile_us(0.90), all.percentile_us(0.99),
                double(all.max) / 1000.0);
 }
