@@ -639,6 +639,36 @@ TEST_CASE("registry: replay policies without Last-Event-ID", "[registry]")
     }
 }
 
+TEST_CASE("registry: delivered_id and mark_delivered carry what was written between processes", "[registry]")
+{
+    fake_registry reg;
+    const ssepp::attach_options undelivered{.otherwise = ssepp::replay::undelivered};
+    CHECK(!reg.delivered_id("user"));
+    CHECK(!reg.mark_delivered("user", [](std::string_view) { return true; }));  // nothing retained
+    for (const auto* id : {"1-0", "2-0", "3-0", "4-0"})
+        reg.send("user", {.id = id, .data = id});
+    CHECK(!reg.delivered_id("user"));  // no connection wrote anything yet
+
+    // Another process says its connections wrote through 2-0: undelivered starts after it.
+    std::vector<std::string> asked;
+    CHECK(reg.mark_delivered("user", [&](std::string_view id) {
+        asked.emplace_back(id);
+        return id <= "2-0";
+    }));
+    CHECK(asked == strings{"4-0", "3-0", "2-0"});  // newest first, up to the first accepted
+    CHECK(reg.delivered_id("user") == "2-0");
+    auto c = fake();
+    reg.attach("user", c, undelivered);
+    CHECK(c->data() == strings{"3-0", "4-0"});
+    CHECK(reg.delivered_id("user") == "4-0");  // the live connection wrote them
+    // A mark never goes back.
+    CHECK(reg.mark_delivered("user", [](std::string_view id) { return id <= "1-0"; }));
+    CHECK(reg.delivered_id("user") == "4-0");
+    c->close();
+    auto late = fake();
+    CHECK(reg.attach("user", late, undelivered).replayed == 0);
+}
+
 TEST_CASE("registry: finish sends the outcome, completes, lingers, then forgets", "[registry]")
 {
     fake_registry reg({.finished_linger = 100ms, .id_epoch = "e"});

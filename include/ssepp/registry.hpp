@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <concepts>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -392,6 +393,50 @@ public:
 
     /// The id of `key`'s oldest retained event, if any.
     std::optional<std::string> first_id(const Key& key) const { return edge_id(key, true); }
+
+    /// The id of the last retained event of `key` that a connection of the key is known to
+    /// have written (what replay::undelivered starts after), if it is still retained.
+    std::optional<std::string> delivered_id(const Key& key) const
+    {
+        auto& s = *state_;
+        std::lock_guard lock(s.mtx);
+        s.purge_locked();
+        auto it = s.keys.find(key);
+        if (it == s.keys.end())
+            return std::nullopt;
+        const auto through = s.delivered_locked(it->second, false);
+        const auto& records = it->second.history.records();
+        for (auto r = records.rbegin(); r != records.rend(); ++r)
+            if (r->seq <= through)
+                return r->id;
+        return std::nullopt;
+    }
+
+    /// Records that `key`'s retained events through the last one whose id `delivered`
+    /// accepts were delivered, as if a connection of the key had written them: what another
+    /// process learnt (a node of a cluster, from the others). replay::undelivered starts after
+    /// them. `delivered` is called under the registry's lock, newest record first, and must
+    /// not call back into the registry.
+    /// @returns whether a retained event was accepted.
+    template <class Predicate>
+        requires std::predicate<Predicate&, std::string_view>
+    bool mark_delivered(const Key& key, Predicate delivered)
+    {
+        auto& s = *state_;
+        std::lock_guard lock(s.mtx);
+        s.purge_locked();
+        auto it = s.keys.find(key);
+        if (it == s.keys.end())
+            return false;
+        auto& c = it->second;
+        const auto& records = c.history.records();
+        for (auto r = records.rbegin(); r != records.rend(); ++r)
+            if (delivered(std::string_view(r->id))) {
+                c.delivered_through = std::max(c.delivered_through, r->seq);
+                return true;
+            }
+        return false;
+    }
 
     /// Every key the registry holds anything for (see key_count()).
     std::vector<Key> keys() const

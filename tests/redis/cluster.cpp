@@ -31,12 +31,21 @@ public:
         srv_.serve([this](asio::ip::tcp::socket s, std::string head) {
             const auto line = std::string_view(head).substr(0, head.find("\r\n"));
             const auto target = line.substr(line.find(' ') + 1, line.rfind(' ') - line.find(' ') - 1);
-            const auto key = ssepp::query_parameter(target, "key").value_or("k");
+            // ?key=a,b: several keys; ?undelivered=1: replay::undelivered.
+            const auto key = std::string(ssepp::query_parameter(target, "key").value_or("k"));
+            std::vector<std::string> keys;
+            for (std::size_t at = 0; at <= key.size();) {
+                const auto comma = std::min(key.find(',', at), key.size());
+                keys.push_back(key.substr(at, comma - at));
+                at = comma + 1;
+            }
             ssepp::attach_options ao;
             ao.last_event_id = ssepp::last_event_id(head);
             if (ssepp::query_parameter(target, "gap"))
                 ao.on_gap = ssepp::event{.event = "reset", .data = "gap"};
-            node_->async_attach(std::string(key), ssepp::make_emitter(std::move(s), test::quiet()), ao,
+            if (ssepp::query_parameter(target, "undelivered"))
+                ao.otherwise = ssepp::replay::undelivered;
+            node_->async_attach(std::move(keys), ssepp::make_emitter(std::move(s), test::quiet()), ao,
                                 [this](std::error_code ec, ssepp::attach_result r) {
                                     std::lock_guard lock(mtx_);
                                     results_.push_back({ec, r});
@@ -248,4 +257,168 @@ TEST_CASE("cluster: ids stay unique and ordered across a node restart", "[cluste
     const auto next = again.send("k", {.data = "y"});
     CHECK(sid(last) < sid(next));
     CHECK(again.send("k", {.id = "mine", .data = "z"}) != "mine");  // the stream gives the id
+}
+
+TEST_CASE("cluster: ids follow one order over every key: a connection under several keys resumes on another node", "[cluster]")
+{
+    test::redis_server server;
+    site a(server), b(server);
+    REQUIRE(test::eventually([&] { return a.ready() && b.ready(); }));
+    test::client first(a.port(), "/events?key=x,y");
+    REQUIRE(test::eventually([&] { return a.node().local().size("x") == 1 && a.node().local().size("y") == 1; }));
+
+    // Two publishers on two nodes, each on both keys, interleaved.
+    constexpr int per_node = 100;
+    std::vector<std::thread> publishers;
+    for (auto* s : {&a, &b})
+        publishers.emplace_back([s, p = s == &a ? 'a' : 'b'] {
+            for (int i = 0; i < per_node; ++i)
+                s->send(i % 2 ? "x" : "y", {.data = std::string(1, p) + std::to_string(i)});
+        });
+    for (auto& t : publishers)
+        t.join();
+    REQUIRE(first.read_events(2 * per_node, 10s));
+    require_one_order(first.events);
+
+    // Resume on the other node from an event of one key: the rest of both keys, in order.
+    for (std::size_t cut : {std::size_t(0), std::size_t(79), std::size_t(2 * per_node - 2)}) {
+        CAPTURE(cut);
+        test::client second(b.port(), "/events?key=y,x", test::last_event_id_header(first.events[cut].id));
+        REQUIRE(second.read_events(2 * per_node - cut - 1, 10s));
+        CHECK(second.events == std::vector<test::received>(first.events.begin() + std::ptrdiff_t(cut) + 1, first.events.end()));
+    }
+    for (const auto& [ec, r] : b.results()) {
+        CHECK(!ec);
+        CHECK(r.resumed);
+        CHECK(!r.gap);
+    }
+    // And live events follow the resumed replay.
+    test::client third(b.port(), "/events?key=x,y", test::last_event_id_header(first.events.back().id));
+    REQUIRE(test::eventually([&] { return b.node().local().size("x") == 1; }));
+    a.send("y", {.data = "live"});
+    REQUIRE(third.read_events(1));
+    CHECK(third.events.at(0).data == "live");
+}
+
+TEST_CASE("cluster: replay::undelivered across nodes replays exactly what no connection of the key wrote", "[cluster]")
+{
+    test::redis_server server;
+    site a(server), b(server);
+    REQUIRE(test::eventually([&] { return a.ready() && b.ready(); }));
+    test::redis_client admin(server.endpoint());
+    REQUIRE(admin.wait_connected());
+    const auto mark_is = [&](const std::string& key, const std::string& id) {
+        return test::eventually([&] {
+            auto r = admin({"GET", "ssepp:{" + key + "}:delivered"});
+            return !r.ec && r.value.is_string() && r.value.str() == id;
+        });
+    };
+
+    // A user's connection (and an admin's, under two keys) on node a reads what is sent, then goes.
+    test::client user(a.port(), "/events?key=u&undelivered=1");
+    test::client adm(a.port(), "/events?key=v,admin&undelivered=1");
+    REQUIRE(test::eventually([&] { return a.node().local().size("u") == 1 && a.node().local().size("admin") == 1; }));
+    std::string last_u, last_admin;
+    for (int i = 0; i < 5; ++i) {
+        last_u = b.send("u", {.data = "u" + std::to_string(i)});
+        last_admin = b.send("admin", {.data = "o" + std::to_string(i)});
+    }
+    REQUIRE(user.read_events(5));
+    REQUIRE(adm.read_events(5));
+    user.reset();
+    adm.reset();
+    REQUIRE(mark_is("u", last_u));
+    REQUIRE(mark_is("admin", last_admin));
+
+    // Sent while no one is connected.
+    for (int i = 5; i < 8; ++i) {
+        b.send("u", {.data = "u" + std::to_string(i)});
+        b.send("admin", {.data = "o" + std::to_string(i)});
+    }
+    b.send("v", {.data = "v0"});
+
+    SECTION("on a node whose own copy holds the mark")
+    {
+        test::client again(b.port(), "/events?key=u&undelivered=1");
+        test::client adm_again(b.port(), "/events?key=admin,v&undelivered=1");
+        REQUIRE(again.read_events(3));
+        REQUIRE(adm_again.read_events(4));
+        REQUIRE(test::eventually([&] { return b.node().local().size("u") == 1 && b.node().local().size("v") == 1; }));
+        b.send("u", {.data = "live"});
+        b.send("v", {.data = "live"});
+        REQUIRE(again.read_events(4));
+        REQUIRE(adm_again.read_events(5));
+        CHECK(again.events.at(0).data == "u5");
+        CHECK(again.events.at(2).data == "u7");
+        CHECK(again.events.at(3).data == "live");
+        CHECK(adm_again.events.at(0).data == "o5");
+        CHECK(adm_again.events.at(3).data == "v0");
+        CHECK(adm_again.events.at(4).data == "live");
+        require_one_order(adm_again.events);
+    }
+    SECTION("on a node that joined after the events (read from the stream)")
+    {
+        site c(server);
+        REQUIRE(test::eventually([&] { return c.ready(); }));
+        test::client again(c.port(), "/events?key=u&undelivered=1");
+        test::client adm_again(c.port(), "/events?key=admin,v&undelivered=1");
+        REQUIRE(again.read_events(3));
+        REQUIRE(adm_again.read_events(4));
+        REQUIRE(test::eventually([&] { return c.node().local().size("u") == 1 && c.node().local().size("v") == 1; }));
+        b.send("u", {.data = "live"});
+        REQUIRE(again.read_events(4));
+        CHECK(again.events.at(0).data == "u5");
+        CHECK(again.events.at(3).data == "live");
+        CHECK(adm_again.events.at(0).data == "o5");
+        CHECK(adm_again.events.at(3).data == "v0");
+        require_one_order(adm_again.events);
+        for (const auto& [ec, r] : c.results()) {
+            CHECK(!ec);
+            CHECK(!r.gap);
+        }
+    }
+}
+
+TEST_CASE("cluster: undelivered events the stream trimmed are a gap", "[cluster]")
+{
+    test::redis_server server;
+    site a(server, {.stream_max_events = 10});
+    REQUIRE(test::eventually([&] { return a.ready(); }));
+    test::client user(a.port(), "/events?key=u&undelivered=1");
+    REQUIRE(test::eventually([&] { return a.node().local().size("u") == 1; }));
+    a.send("u", {.data = "seen"});
+    REQUIRE(user.read_events(1));
+    user.reset();
+    REQUIRE(test::eventually([&] { return a.node().local().size("u") == 0; }));
+    for (int i = 0; i < 300; ++i)
+        a.send("u", {.data = std::to_string(i)});
+    site b(server, {.stream_max_events = 10});
+    REQUIRE(test::eventually([&] { return b.ready(); }));
+    test::client again(b.port(), "/events?key=u&undelivered=1&gap=1");
+    REQUIRE(again.read_events(2));
+    CHECK(again.events.at(0).type == "reset");
+    REQUIRE(test::eventually([&] { return !b.results().empty(); }));
+    CHECK(b.results().at(0).second.gap);
+}
+
+TEST_CASE("cluster: streams expire when idle, ids keep their order when the order hash is lost", "[cluster]")
+{
+    test::redis_server server;
+    site a(server, {.stream_ttl = 60s});
+    REQUIRE(test::eventually([&] { return a.ready(); }));
+    test::redis_client admin(server.endpoint());
+    REQUIRE(admin.wait_connected());
+    const auto before = a.send("k", {.data = "x"});
+    const auto ttl = admin({"PTTL", "ssepp:{k}"}).value.integer();
+    CHECK(ttl > 0);
+    CHECK(ttl <= 60000);
+
+    REQUIRE(!admin({"DEL", "ssepp:order"}).ec);
+    const auto after = a.send("k", {.data = "y"});
+    CHECK(sid(before) < sid(after));
+    // A stream ahead of the server's clock (its order hash lost): the next id follows it.
+    REQUIRE(!admin({"XADD", "ssepp:{ahead}", "99999999999999-5", "e", "d1:z", "f", "0"}).ec);
+    REQUIRE(!admin({"DEL", "ssepp:order"}).ec);
+    CHECK(a.send("ahead", {.data = "w"}) == "99999999999999-6");
+    CHECK(sid("99999999999999-6") < sid(a.send("k", {.data = "later"})));
 }

@@ -14,6 +14,7 @@
 #include <asio/dispatch.hpp>
 #include <asio/post.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <charconv>
 #include <compare>
@@ -35,6 +36,10 @@ struct cluster_options {
     std::string prefix = "ssepp:";
     /// Each stream keeps about this many entries (XADD MAXLEN ~): the shared history.
     std::size_t stream_max_events = 1024;
+    /// A key's stream, and the mark of what its connections wrote (replay::undelivered),
+    /// expire this long after the key's last send, so that keys no one uses leave Redis;
+    /// 0 keeps them.
+    std::chrono::milliseconds stream_ttl = std::chrono::hours(24);
     /// The links' reconnection back-off (see connection::options).
     std::chrono::milliseconds reconnect_delay{100};
     std::chrono::milliseconds max_reconnect_delay{2000};
@@ -127,11 +132,50 @@ inline std::optional<event> decode_event(std::string_view in)
 }
 
 // XADD and PUBLISH in one command, so a publish costs one round trip and every node sees the
-// bus in the streams' order. The bus message: <key piece><id piece><finished flag><event>.
+// bus in the streams' order. The id is taken from one order over every key (the hash
+// KEYS[2]: the last "<ms>-<n>" given out, ms from the server's clock, never going back), so
+// that ids are unique and ordered across keys, nodes and restarts: a connection under
+// several keys resumes from one Last-Event-ID. The bus message:
+// <key piece><id piece><finished flag><event>.
 inline constexpr std::string_view publish_script = R"(
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2], 'f', ARGV[5])
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = tonumber(redis.call('HGET', KEYS[2], 'ms') or 0)
+local n = 0
+if ms > last then
+  redis.call('HSET', KEYS[2], 'ms', string.format('%.0f', ms), 'n', 0)
+else
+  ms = last
+  n = redis.call('HINCRBY', KEYS[2], 'n', 1)
+end
+local id = string.format('%.0f', ms) .. '-' .. n
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'e', ARGV[2], 'f', ARGV[5])
+if type(added) == 'table' and added.err then
+  -- The stream is ahead of the order (the order hash was lost): continue after the stream.
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1][1]
+  local tm, tn = string.match(top, '^(%d+)-(%d+)$')
+  ms, n = tonumber(tm), tonumber(tn) + 1
+  redis.call('HSET', KEYS[2], 'ms', tm, 'n', n)
+  id = tm .. '-' .. n
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'e', ARGV[2], 'f', ARGV[5])
+end
+if ARGV[6] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
 redis.call('PUBLISH', ARGV[3], #ARGV[4] .. ':' .. ARGV[4] .. #id .. ':' .. id .. ARGV[5] .. ARGV[2])
 return id)";
+
+// Raises a key's delivered mark (the last id one of its connections wrote) to ARGV[1],
+// never lowers it: nodes record what their connections wrote as those close.
+inline constexpr std::string_view mark_script = R"(
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local cm, cn = string.match(cur, '^(%d+)-(%d+)$')
+  local nm, nn = string.match(ARGV[1], '^(%d+)-(%d+)$')
+  if cm and (tonumber(cm) > tonumber(nm) or (tonumber(cm) == tonumber(nm) and tonumber(cn) >= tonumber(nn))) then
+    return 0
+  end
+end
+if ARGV[2] ~= '0' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) else redis.call('SET', KEYS[1], ARGV[1]) end
+return 1)";
 
 } // namespace detail
 
@@ -139,17 +183,17 @@ return id)";
 ///
 /// async_send() and async_finish() append the event to the key's stream and publish it on the
 /// bus in one round trip; every node (this one too) delivers it from the bus to its own
-/// connections, with the stream entry id as the event's id: one order, unique across nodes
-/// and restarts. async_attach() resumes a client from its Last-Event-ID on any node: what the
-/// node's own history lacks (it was down, or joined later) comes from the stream. When the bus
-/// link drops, the node catches up from the streams once it is back, so its clients see no
-/// gap; when a stream no longer holds what a node missed, the key's connections are completed
-/// and resume with attach_result::gap set.
+/// connections, with the stream entry id as the event's id. Ids follow one order over every
+/// key, unique across nodes and restarts, so async_attach() resumes a client from its
+/// Last-Event-ID on any node, under one key or several: what the node's own history lacks (it
+/// was down, or joined later) comes from the streams. replay::undelivered works across nodes
+/// too: as a connection closes, its node raises the key's delivered mark in Redis to what it
+/// wrote. When the bus link drops, the node catches up from the streams once it is back, so
+/// its clients see no gap; when a stream no longer holds what a node missed, the key's
+/// connections are completed and resume with attach_result::gap set.
 ///
 /// The node runs on one executor (a strand if several threads run its context): every member
-/// function may be called from any thread; handlers run on that executor. Without
-/// last_event_id, replay::undelivered is served as replay::all (the streams do not record
-/// what a connection wrote).
+/// function may be called from any thread; handlers run on that executor.
 template <class Emitter = emitter>
 class basic_node : public std::enable_shared_from_this<basic_node<Emitter>> {
     struct pass_key {};
@@ -220,21 +264,33 @@ public:
         return publish(std::move(key), std::move(e), true, std::forward<CompletionToken>(token));
     }
 
-    /// Attaches `em` under `key` on this node, resuming from options.last_event_id (a stream
-    /// id seen on any node) or replaying the key's shared history (replay::all), then live
-    /// events; completes with (error_code, attach_result). A Redis failure completes with its
-    /// error and nothing attached.
+    /// Attaches `em` under `key` on this node; see the other overload.
     template <class CompletionToken>
     auto async_attach(std::string key, emitter_ptr em, attach_options options, CompletionToken&& token)
     {
+        return async_attach(std::vector<std::string>{std::move(key)}, std::move(em), std::move(options),
+                            std::forward<CompletionToken>(token));
+    }
+
+    /// Attaches `em` under every key of `keys` on this node and completes with
+    /// (error_code, attach_result). It resumes from options.last_event_id (an id seen on any
+    /// node: ids follow one order over every key), or replays the keys' shared histories
+    /// (replay::all), or what no connection of each key wrote yet (replay::undelivered: the
+    /// nodes record in Redis what their connections wrote as those close), then live events.
+    /// What this node's own copy lacks is read from the streams. A Redis failure completes with
+    /// its error and nothing attached.
+    template <class CompletionToken>
+    auto async_attach(std::vector<std::string> keys, emitter_ptr em, attach_options options, CompletionToken&& token)
+    {
         return asio::async_initiate<CompletionToken, void(std::error_code, attach_result)>(
-            [self = this->shared_from_this()](auto handler, std::string key, emitter_ptr em, attach_options options) {
-                asio::dispatch(self->ex_, [self, handler = std::move(handler), key = std::move(key),
+            [self = this->shared_from_this()](auto handler, std::vector<std::string> keys, emitter_ptr em,
+                                              attach_options options) {
+                asio::dispatch(self->ex_, [self, handler = std::move(handler), keys = std::move(keys),
                                            em = std::move(em), options = std::move(options)]() mutable {
-                    self->attach(std::move(key), std::move(em), std::move(options), std::move(handler));
+                    self->attach(std::move(keys), std::move(em), std::move(options), std::move(handler));
                 });
             },
-            token, std::move(key), std::move(em), std::move(options));
+            token, std::move(keys), std::move(em), std::move(options));
     }
 
     /// Closes the Redis links and completes this node's connections.
@@ -281,8 +337,11 @@ private:
                     const auto encoded = detail::encode_event(e);
                     const auto maxlen = std::to_string(self->options_.stream_max_events);
                     const auto bus = self->options_.prefix + "bus";
+                    const auto order = self->options_.prefix + "order";
+                    const auto ttl = std::to_string(self->options_.stream_ttl.count());
                     self->commands_->async_command(
-                        {"EVAL", detail::publish_script, "1", stream, maxlen, encoded, bus, key, finished ? "1" : "0"},
+                        {"EVAL", detail::publish_script, "2", stream, order, maxlen, encoded, bus, key,
+                         finished ? "1" : "0", ttl},
                         [handler = std::move(handler)](std::error_code ec, reply r) mutable {
                             if (!ec && !r.is_string())
                                 ec = errc::protocol_error;
@@ -427,35 +486,101 @@ private:
         seen_ = std::move(kept);
     }
 
+    // What an attach read from Redis, per key.
+    struct attach_read {
+        std::vector<std::string> keys;
+        std::vector<std::vector<message>> streams;
+        std::vector<std::optional<stream_id>> marks;    // replay::undelivered: what was written
+        std::vector<std::optional<stream_id>> trimmed;  // the first entry, when older ones were trimmed
+        std::error_code ec;
+    };
+
+    std::string mark_key(std::string_view key) const { return stream_key(key) + ":delivered"; }
+
     template <class Handler>
-    void attach(std::string key, emitter_ptr em, attach_options options, Handler handler)
+    void attach(std::vector<std::string> keys, emitter_ptr em, attach_options options, Handler handler)
     {
+        std::sort(keys.begin(), keys.end());
+        keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
         // Live events only, or a resume this node's own history covers: no stream to read.
-        if (options.last_event_id ? is_retained_locally(key, *options.last_event_id)
+        if (options.last_event_id ? keys.size() == 1 && is_retained_locally(keys[0], *options.last_event_id)
                                   : options.otherwise == replay::none) {
-            complete(std::move(handler), {}, local_.attach(key, std::move(em), options));
+            auto result = local_.attach(keys, em, options);
+            watch(*em, keys);
+            complete(std::move(handler), {}, result);
             return;
         }
-        // The stream holds what this node does not: read it, hold the bus for this key
-        // meanwhile, then attach with it as the prefix of the local replay.
-        ++fetching_[key];
+        // Read each key's stream (and, for replay::undelivered, its mark), holding the bus for
+        // these keys meanwhile; the replies come in order, so the last one finishes.
+        auto read = std::make_shared<attach_read>();
+        read->streams.resize(keys.size());
+        read->marks.resize(keys.size());
+        read->trimmed.resize(keys.size());
+        const bool marks = !options.last_event_id && options.otherwise == replay::undelivered;
         const auto count = std::to_string(options_.stream_max_events * 2);
+        read->keys = keys;
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            ++fetching_[keys[i]];
+            if (marks)
+                commands_->async_command({"GET", mark_key(keys[i])}, [read, i](std::error_code ec, reply r) {
+                    read->ec = read->ec ? read->ec : ec;
+                    if (r.is_string())
+                        read->marks[i] = stream_id::parse(r.str());
+                });
+            // A stream that does not exist is a server error here: nothing was trimmed.
+            commands_->async_command({"XINFO", "STREAM", stream_key(keys[i])}, [read, i](std::error_code ec, reply r) {
+                if (ec != errc::server_error)
+                    read->ec = read->ec ? read->ec : ec;
+                read->trimmed[i] = trimmed_before(r);
+            });
+            commands_->async_command({"XRANGE", stream_key(keys[i]), "-", "+", "COUNT", count},
+                                     [read, i, self = this->shared_from_this()](std::error_code ec, reply r) {
+                                         read->ec = read->ec ? read->ec : ec;
+                                         read->streams[i] = self->decode_range(read->keys[i], r);
+                                     });
+        }
+        // A no-op last command whose reply marks that every read above has completed.
         commands_->async_command(
-            {"XRANGE", stream_key(key), "-", "+", "COUNT", count},
-            [self = this->shared_from_this(), key, em = std::move(em), options = std::move(options),
-             handler = std::move(handler)](std::error_code ec, reply r) mutable {
-                if (--self->fetching_[key] == 0)
-                    self->fetching_.erase(key);
-                if (ec) {
+            {"PING"}, [self = this->shared_from_this(), read, em = std::move(em), options = std::move(options),
+                       handler = std::move(handler)](std::error_code ec, reply) mutable {
+                for (const auto& k : read->keys)
+                    if (--self->fetching_[k] == 0)
+                        self->fetching_.erase(k);
+                if (auto err = read->ec ? read->ec : ec) {
                     self->release_held();
-                    self->complete(std::move(handler), ec, {});
+                    self->complete(std::move(handler), err, {});
                     return;
                 }
-                auto shared = self->decode_range(key, r);
-                auto result = self->attach_from(key, std::move(em), std::move(options), std::move(shared));
+                auto result = self->attach_from(*read, em, options);
                 self->release_held();
+                self->watch(*em, read->keys);
                 self->complete(std::move(handler), {}, result);
             });
+    }
+
+    // From XINFO STREAM: when the stream has trimmed entries (entries-added is more than its
+    // length), its first entry's id; a reader from before it may have lost something.
+    static std::optional<stream_id> trimmed_before(const reply& r)
+    {
+        if (!r.is_array())
+            return std::nullopt;
+        std::optional<long long> length, added;
+        std::optional<stream_id> first;
+        const auto& f = r.elements();
+        for (std::size_t i = 0; i + 1 < f.size(); i += 2) {
+            if (!f[i].is_string())
+                continue;
+            const auto& name = f[i].str();
+            if (name == "length" && f[i + 1].is_integer())
+                length = f[i + 1].integer();
+            else if (name == "entries-added" && f[i + 1].is_integer())
+                added = f[i + 1].integer();
+            else if (name == "first-entry" && f[i + 1].is_array() && f[i + 1].size() > 0 && f[i + 1][0].is_string())
+                first = stream_id::parse(f[i + 1][0].str());
+        }
+        if (length && added && *added > *length)
+            return first ? first : stream_id{~std::uint64_t(0), 0};
+        return std::nullopt;
     }
 
     bool is_retained_locally(const std::string& key, std::string_view id) const
@@ -470,58 +595,113 @@ private:
         return f && l && *f <= *sid && *sid <= *l;
     }
 
-    attach_result attach_from(const std::string& key, emitter_ptr em, attach_options options,
-                              std::vector<message> shared)
+    std::optional<stream_id> local_first(const std::string& key) const
     {
-        // First the local copy catches up with the stream (the bus may be behind the read).
-        const auto seen = seen_.find(key);
-        if (seen != seen_.end()) {
-            for (auto& m : shared)
-                if (m.sid > seen->second)
-                    apply(m);
-        } else if (!shared.empty()) {
-            seen_.emplace(key, shared.back().sid);  // delivered to no one here: the prefix below
-        }
-        // Where the client resumes in the stream.
-        std::size_t start = 0;
-        bool resumed = false;
-        if (options.last_event_id) {
-            const auto want = stream_id::parse(*options.last_event_id);
-            for (std::size_t i = 0; want && i < shared.size(); ++i)
-                if (shared[i].sid == *want) {
-                    start = i + 1;
-                    resumed = true;
-                    break;
-                }
-            if (resumed && is_retained_locally(key, *options.last_event_id))
-                return local_.attach(key, std::move(em), options);
-        }
-        const bool gap = options.last_event_id && !resumed;
-        // The prefix: the stream's events after that point that the local copy does not hold.
         const auto first = local_.first_id(key);
-        const auto local_first = first ? stream_id::parse(*first) : std::nullopt;
+        return first ? stream_id::parse(*first) : std::nullopt;
+    }
+
+    attach_result attach_from(attach_read& read, const emitter_ptr& em, const attach_options& options)
+    {
+        const auto& keys = read.keys;
+        // First this node's copy catches up with the streams (the bus may be behind the
+        // reads), in one order over the keys.
+        std::vector<const message*> fetched;
+        for (const auto& stream : read.streams)
+            for (const auto& m : stream)
+                fetched.push_back(&m);
+        std::sort(fetched.begin(), fetched.end(), [](auto* a, auto* b) { return a->sid < b->sid; });
+        for (const auto* m : fetched)
+            apply(*m);
+
+        // Resuming under one key whose copy here now covers the point: the local registry
+        // does it.
+        if (options.last_event_id && keys.size() == 1 && is_retained_locally(keys[0], *options.last_event_id))
+            return local_.attach(keys, em, options);
+
+        // Where the client starts, per key, and whether what it needs is still there (a start
+        // before a trimmed stream's first entry may have lost something).
+        const auto want = options.last_event_id ? stream_id::parse(*options.last_event_id) : std::nullopt;
+        bool resumed = false;
+        for (const auto* m : fetched)
+            resumed |= want && m->sid == *want;
+        bool gap = options.last_event_id && !resumed;  // unknown, foreign or trimmed: all follows
+        std::vector<std::optional<stream_id>> from(keys.size());
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            if (resumed)
+                from[i] = want;
+            else if (!options.last_event_id && options.otherwise == replay::undelivered)
+                from[i] = read.marks[i];
+            else
+                continue;
+            gap |= read.trimmed[i] && (!from[i] || *read.trimmed[i] > *from[i]);
+        }
+
         attach_options local{.otherwise = replay::all};
         if (gap && options.on_gap) {
             std::error_code ec;
             if (auto f = make_frame(*options.on_gap, ec))
                 local.prefix.push_back(std::move(f));
         }
-        std::size_t prefixed = 0;
-        for (std::size_t i = start; i < shared.size(); ++i) {
-            if (local_first && shared[i].sid >= *local_first)
-                break;
-            shared[i].e.id = shared[i].id;
-            std::error_code ec;
-            if (auto f = make_frame(shared[i].e, ec)) {
-                local.prefix.push_back(std::move(f));
-                ++prefixed;
+        // Resuming under several keys: everything after the point comes from the streams, in
+        // one order (this node's copies of the keys may hold older entries of one key after
+        // newer ones of another), then live events.
+        const bool all_from_streams = resumed && keys.size() > 1;
+        if (all_from_streams)
+            local.otherwise = replay::none;
+        else if (!options.last_event_id && options.otherwise == replay::undelivered)
+            local.otherwise = replay::undelivered;
+
+        // The prefix: per key, the stream's entries after the start that this node's copy
+        // does not hold (all of them, when resuming under several keys).
+        std::vector<const message*> prefix;
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            const auto first = all_from_streams ? std::nullopt : local_first(keys[i]);
+            if (local.otherwise == replay::undelivered && from[i] && first && *first <= *from[i]) {
+                // This node holds the key from its mark on: the local watermark learns it.
+                const auto through = *from[i];
+                local_.mark_delivered(keys[i], [through](std::string_view id) {
+                    const auto sid = stream_id::parse(id);
+                    return sid && *sid <= through;
+                });
+                continue;
             }
+            for (const auto& m : read.streams[i])
+                if ((!from[i] || m.sid > *from[i]) && (!first || m.sid < *first))
+                    prefix.push_back(&m);
         }
-        auto result = local_.attach(key, std::move(em), local);
-        result.replayed += prefixed;
+        std::sort(prefix.begin(), prefix.end(), [](auto* a, auto* b) { return a->sid < b->sid; });
+        for (const auto* m : prefix) {
+            auto e = m->e;
+            e.id = m->id;
+            std::error_code ec;
+            if (auto f = make_frame(e, ec))
+                local.prefix.push_back(std::move(f));
+        }
+        auto result = local_.attach(keys, em, local);
+        result.replayed += prefix.size();
         result.resumed = resumed;
         result.gap = gap || result.gap;
         return result;
+    }
+
+    // When `em` closes, what it wrote raises its keys' delivered marks in Redis, for the next
+    // replay::undelivered on any node. (Its close handlers run in order: the registry's, which
+    // counts what it wrote, was added first.)
+    void watch(Emitter& em, const std::vector<std::string>& keys)
+    {
+        em.on_close([w = this->weak_from_this(), keys](close_reason, std::error_code) {
+            auto self = w.lock();
+            if (!self)
+                return;
+            asio::dispatch(self->ex_, [self, keys] {
+                const auto ttl = std::to_string(self->options_.stream_ttl.count());
+                for (const auto& k : keys)
+                    if (auto id = self->local_.delivered_id(k))
+                        self->commands_->async_command({"EVAL", detail::mark_script, "1", self->mark_key(k), *id, ttl},
+                                                       [](std::error_code, reply) {});
+            });
+        });
     }
 
     template <class Handler>
