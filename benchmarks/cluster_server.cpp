@@ -6,9 +6,17 @@
 //   GET /events        subscribes to the key "events" (what --keys 0 publishes to)
 //   GET /events/<key>  subscribes to <key> (--keys N publishes to u0 ... u<N-1> in turn)
 // On SIGINT/SIGTERM it prints one line: published, acknowledged, failed sends.
+//
+// Pacing at --rate max: a node's subscribers can fall behind only on that node, which the
+// publisher does not see; past their queue bound they would be dropped. So every node writes
+// its unwritten bytes per subscriber to Redis every 5 ms (PSETEX bench:backlog:<port>, on a
+// link of its own, not the node's), the publishing node reads them all (MGET) and waits while
+// any node is above the mark. About 400 small commands a second per node, apart from the
+// events' EVALs (cluster.sh leaves psetex, mget and keys out of the per-event counts).
 #include "bench_front.hpp"
 
 #include <ssepp/redis/cluster.hpp>
+#include <ssepp/redis/connection.hpp>
 #include <ssepp/ssepp.hpp>
 
 #include <cstdio>
@@ -19,22 +27,144 @@ using socket_type = asio::basic_stream_socket<asio::ip::tcp, asio::io_context::e
 using emitter_type = ssepp::basic_emitter<socket_type>;
 using node_type = ssepp::redis::basic_node<emitter_type>;
 
+namespace {
+
+// --delivery: cluster_options::delivery where the library has it (targeted delivery, issue 11);
+// written against the option's expected shape, so that this builds before and after it lands.
+template <class Options>
+constexpr bool has_delivery = requires(Options o) { o.delivery; };
+
+template <class Options>
+void set_delivery(Options& options, const std::string& delivery)
+{
+    if constexpr (has_delivery<Options>) {
+        using kind = decltype(options.delivery);
+        if (delivery == "targeted")
+            options.delivery = kind::targeted;
+        else if (delivery == "broadcast")
+            options.delivery = kind::broadcast;
+        else
+            throw std::invalid_argument("--delivery: broadcast or targeted");
+    } else if (delivery != "broadcast") {
+        throw std::invalid_argument("--delivery: this ssepp has broadcast delivery only");
+    }
+}
+
+std::size_t local_backlog(node_type& node)
+{
+    return node.local().queued_bytes() / std::max<std::size_t>(1, node.local().size());
+}
+
+// The backlog exchange described above, on the node's executor: one command at a time,
+// then 5 ms; the reader refreshes its list of nodes (KEYS) once a second.
+struct backlog_share : std::enable_shared_from_this<backlog_share> {
+    std::shared_ptr<node_type> node;
+    std::shared_ptr<ssepp::redis::connection> link;
+    asio::steady_timer timer;
+    std::string mine;
+    bool reader;
+    std::atomic<std::size_t>& out;
+    std::vector<std::string> keys;
+    unsigned tick = 0;
+
+    backlog_share(std::shared_ptr<node_type> n, ssepp::redis::endpoint server, std::uint16_t port, bool r,
+                  std::atomic<std::size_t>& o)
+        : node(std::move(n)), link(ssepp::redis::connection::create(node->get_executor(), {.server = std::move(server)})),
+          timer(node->get_executor()), mine(fmt::format("bench:backlog:{}", port)), reader(r), out(o)
+    {
+    }
+
+    void next()
+    {
+        timer.expires_after(std::chrono::milliseconds(5));
+        timer.async_wait([self = shared_from_this()](std::error_code ec) {
+            if (!ec)
+                self->write();
+        });
+    }
+
+    void write()
+    {
+        link->async_command({"PSETEX", mine, "1000", std::to_string(local_backlog(*node))},
+                            [self = shared_from_this()](std::error_code, ssepp::redis::reply) {
+                                if (!self->reader)
+                                    return self->next();
+                                if (self->tick++ % 200 == 0)
+                                    return self->list();
+                                self->read();
+                            });
+    }
+
+    void list()
+    {
+        link->async_command({"KEYS", "bench:backlog:*"}, [self = shared_from_this()](std::error_code ec, ssepp::redis::reply r) {
+            if (!ec && r.is_array()) {
+                self->keys.clear();
+                for (const auto& k : r.elements())
+                    if (k.is_string())
+                        self->keys.push_back(k.str());
+            }
+            self->read();
+        });
+    }
+
+    void read()
+    {
+        if (keys.empty())
+            return next();
+        std::vector<std::string_view> args{"MGET"};
+        args.insert(args.end(), keys.begin(), keys.end());
+        link->async_command(std::span<const std::string_view>(args),
+                            [self = shared_from_this()](std::error_code ec, ssepp::redis::reply r) {
+                                if (!ec && r.is_array()) {
+                                    std::size_t most = 0;
+                                    for (const auto& v : r.elements())
+                                        if (v.is_string())
+                                            most = std::max<std::size_t>(most, std::stoull(v.str()));
+                                    self->out = most;
+                                }
+                                self->next();
+                            });
+    }
+};
+
+std::shared_ptr<backlog_share> share_backlog(std::shared_ptr<node_type> node, ssepp::redis::endpoint server,
+                                             std::uint16_t port, bool reader, std::atomic<std::size_t>& out)
+{
+    auto s = std::make_shared<backlog_share>(std::move(node), std::move(server), port, reader, out);
+    asio::dispatch(s->node->get_executor(), [s] { s->next(); });
+    return s;
+}
+
+} // namespace
+
 int main(int argc, char** argv)
 {
     bench::options o;
     std::string redis_url = "redis://127.0.0.1:6379";
     std::size_t keys = 0;
     std::size_t max_in_flight = 256;
+    std::string delivery = "broadcast";
     common::cli args("cluster_server");
     o.add_flags(args)
         .flag("--redis", redis_url, "the cluster's Redis (redis://host:port[/db])")
         .flag("--keys", keys, "0: publish to the key \"events\"; N: to u0 ... u<N-1>, one at a time, in turn")
         .flag("--max-in-flight", max_in_flight, "with --rate max, sends not yet acknowledged by Redis at most")
+        .flag("--delivery", delivery,
+              has_delivery<ssepp::redis::cluster_options>
+                  ? "broadcast|targeted: every node gets every event, or only the nodes holding the key"
+                  : "broadcast only (this ssepp has no targeted delivery)")
         .parse(argc, argv);
 
     asio::io_context io;
-    auto node = node_type::create(asio::make_strand(io), {.server = ssepp::redis::parse_url(redis_url)},
-                                  {.max_events = 64});
+    ssepp::redis::cluster_options cluster{.server = ssepp::redis::parse_url(redis_url)};
+    try {
+        set_delivery(cluster, delivery);
+    } catch (const std::invalid_argument& e) {
+        fmt::print(stderr, "cluster_server: {}\n", e.what());
+        return 2;
+    }
+    auto node = node_type::create(asio::make_strand(io), std::move(cluster), {.max_events = 64});
 
     bench::front front(
         io, o,
@@ -44,6 +174,10 @@ int main(int argc, char** argv)
                                [](std::error_code, ssepp::attach_result) {});
         },
         [&](std::string body) { node->async_send("events", {.data = std::move(body)}, [](std::error_code, std::string) {}); });
+
+    std::atomic<std::size_t> cluster_backlog{0};
+    const auto control = share_backlog(node, ssepp::redis::parse_url(redis_url), front.port(), o.rate != "0",
+                                       cluster_backlog);
 
     std::jthread io_thread([&] { bench::run(io, o.threads); });
     // Publish only once the bus is subscribed: before that, this node would miss its own events.
@@ -73,10 +207,11 @@ int main(int argc, char** argv)
                 });
             },
             [&]() -> std::size_t {
-                // Redis's pace first (sends in flight), then the local subscribers' (unwritten bytes).
+                // Redis's pace first (sends in flight), then the subscribers' (unwritten bytes,
+                // the most on any node).
                 if (in_flight.load() > max_in_flight)
                     return SIZE_MAX;
-                return node->local().queued_bytes() / std::max<std::size_t>(1, node->local().size());
+                return std::max(cluster_backlog.load(), local_backlog(*node));
             });
         io_thread.join();  // until SIGINT/SIGTERM
     }
