@@ -8,19 +8,23 @@
 // On SIGINT/SIGTERM it prints one line: published, acknowledged, failed sends.
 //
 // Pacing at --rate max: a node's subscribers can fall behind only on that node, which the
-// publisher does not see; past their queue bound they would be dropped. So every node writes
-// its unwritten bytes per subscriber to Redis every 5 ms (PSETEX bench:backlog:<port>, on a
-// link of its own, not the node's), the publishing node reads them all (MGET) and waits while
-// any node is above the mark. About 400 small commands a second per node, apart from the
-// events' EVALs (cluster.sh leaves psetex, mget and keys out of the per-event counts).
+// publisher does not see, and so can the node itself (its bus backlog); past their queue bound
+// the subscribers would be dropped. So every node writes its unwritten bytes per subscriber and
+// the last id it delivered to Redis every 5 ms (PSETEX bench:backlog:<port>, on a link of its
+// own, not the node's); the publishing node reads them all (MGET) and waits while any node is
+// more than --max-lag sends behind or above the byte mark. About 400 small commands a second
+// per node, apart from the events' EVALs (cluster.sh leaves psetex, mget and keys out of the
+// per-event counts).
 #include "bench_front.hpp"
 
 #include <ssepp/redis/cluster.hpp>
 #include <ssepp/redis/connection.hpp>
 #include <ssepp/ssepp.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 
 // As in fanout_server: sockets typed on io_context's own executor (smaller per connection).
 using socket_type = asio::basic_stream_socket<asio::ip::tcp, asio::io_context::executor_type>;
@@ -55,23 +59,39 @@ std::size_t local_backlog(node_type& node)
     return node.local().queued_bytes() / std::max<std::size_t>(1, node.local().size());
 }
 
-// The backlog exchange described above, on the node's executor: one command at a time,
-// then 5 ms; the reader refreshes its list of nodes (KEYS) once a second.
-struct backlog_share : std::enable_shared_from_this<backlog_share> {
+// The pacing exchange described above, on the node's executor: one command at a time, then
+// 5 ms; the reader refreshes its list of nodes (KEYS) once a second. A node writes
+// "<unwritten bytes per subscriber> <last id delivered of the key 'events'>"; the publisher
+// turns each id into how many of its acknowledged sends that node has yet to deliver.
+struct pacing : std::enable_shared_from_this<pacing> {
     std::shared_ptr<node_type> node;
     std::shared_ptr<ssepp::redis::connection> link;
     asio::steady_timer timer;
     std::string mine;
     bool reader;
-    std::atomic<std::size_t>& out;
     std::vector<std::string> keys;
     unsigned tick = 0;
+    // The publisher's acknowledged sends, in order: (id, count so far); the last 64k.
+    std::deque<std::pair<ssepp::redis::stream_id, std::uint64_t>> acked;
+    std::uint64_t acked_count = 0;
+    std::atomic<std::size_t> most_backlog{0};  // bytes per subscriber, the most on any node
+    std::atomic<std::uint64_t> most_lag{0};    // acknowledged sends not delivered, the most on any node
 
-    backlog_share(std::shared_ptr<node_type> n, ssepp::redis::endpoint server, std::uint16_t port, bool r,
-                  std::atomic<std::size_t>& o)
+    pacing(std::shared_ptr<node_type> n, ssepp::redis::endpoint server, std::uint16_t port, bool r)
         : node(std::move(n)), link(ssepp::redis::connection::create(node->get_executor(), {.server = std::move(server)})),
-          timer(node->get_executor()), mine(fmt::format("bench:backlog:{}", port)), reader(r), out(o)
+          timer(node->get_executor()), mine(fmt::format("bench:backlog:{}", port)), reader(r)
     {
+    }
+
+    // On the node's executor (where its send handlers run).
+    void on_acked(const std::string& id)
+    {
+        ++acked_count;
+        if (auto sid = ssepp::redis::stream_id::parse(id)) {
+            acked.emplace_back(*sid, acked_count);
+            if (acked.size() > 65536)
+                acked.pop_front();
+        }
     }
 
     void next()
@@ -85,14 +105,14 @@ struct backlog_share : std::enable_shared_from_this<backlog_share> {
 
     void write()
     {
-        link->async_command({"PSETEX", mine, "1000", std::to_string(local_backlog(*node))},
-                            [self = shared_from_this()](std::error_code, ssepp::redis::reply) {
-                                if (!self->reader)
-                                    return self->next();
-                                if (self->tick++ % 200 == 0)
-                                    return self->list();
-                                self->read();
-                            });
+        const auto value = fmt::format("{} {}", local_backlog(*node), node->local().last_id("events").value_or("0-0"));
+        link->async_command({"PSETEX", mine, "1000", value}, [self = shared_from_this()](std::error_code, ssepp::redis::reply) {
+            if (!self->reader)
+                return self->next();
+            if (self->tick++ % 200 == 0)
+                return self->list();
+            self->read();
+        });
     }
 
     void list()
@@ -108,6 +128,19 @@ struct backlog_share : std::enable_shared_from_this<backlog_share> {
         });
     }
 
+    // Sends acknowledged after `id` (all we remember when it is older than that).
+    std::uint64_t lag(std::string_view id) const
+    {
+        const auto sid = ssepp::redis::stream_id::parse(id);
+        if (!sid || acked.empty() || (sid->ms == 0 && sid->seq == 0))
+            return 0;  // nothing delivered there yet: the start, not a lag
+        auto it = std::lower_bound(acked.begin(), acked.end(), *sid,
+                                   [](const auto& a, const ssepp::redis::stream_id& b) { return a.first < b; });
+        if (it == acked.end())
+            return 0;
+        return acked_count - it->second;
+    }
+
     void read()
     {
         if (keys.empty())
@@ -117,21 +150,29 @@ struct backlog_share : std::enable_shared_from_this<backlog_share> {
         link->async_command(std::span<const std::string_view>(args),
                             [self = shared_from_this()](std::error_code ec, ssepp::redis::reply r) {
                                 if (!ec && r.is_array()) {
-                                    std::size_t most = 0;
-                                    for (const auto& v : r.elements())
-                                        if (v.is_string())
-                                            most = std::max<std::size_t>(most, std::stoull(v.str()));
-                                    self->out = most;
+                                    std::size_t backlog = 0;
+                                    std::uint64_t lag = 0;
+                                    for (const auto& v : r.elements()) {
+                                        if (!v.is_string())
+                                            continue;
+                                        const auto& text = v.str();
+                                        const auto space = text.find(' ');
+                                        backlog = std::max<std::size_t>(backlog, std::stoull(text.substr(0, space)));
+                                        if (space != std::string::npos)
+                                            lag = std::max(lag, self->lag(std::string_view(text).substr(space + 1)));
+                                    }
+                                    self->most_backlog = backlog;
+                                    self->most_lag = lag;
                                 }
                                 self->next();
                             });
     }
 };
 
-std::shared_ptr<backlog_share> share_backlog(std::shared_ptr<node_type> node, ssepp::redis::endpoint server,
-                                             std::uint16_t port, bool reader, std::atomic<std::size_t>& out)
+std::shared_ptr<pacing> start_pacing(std::shared_ptr<node_type> node, ssepp::redis::endpoint server,
+                                     std::uint16_t port, bool reader)
 {
-    auto s = std::make_shared<backlog_share>(std::move(node), std::move(server), port, reader, out);
+    auto s = std::make_shared<pacing>(std::move(node), std::move(server), port, reader);
     asio::dispatch(s->node->get_executor(), [s] { s->next(); });
     return s;
 }
@@ -144,12 +185,14 @@ int main(int argc, char** argv)
     std::string redis_url = "redis://127.0.0.1:6379";
     std::size_t keys = 0;
     std::size_t max_in_flight = 256;
+    std::uint64_t max_lag = 2048;
     std::string delivery = "broadcast";
     common::cli args("cluster_server");
     o.add_flags(args)
         .flag("--redis", redis_url, "the cluster's Redis (redis://host:port[/db])")
         .flag("--keys", keys, "0: publish to the key \"events\"; N: to u0 ... u<N-1>, one at a time, in turn")
         .flag("--max-in-flight", max_in_flight, "with --rate max, sends not yet acknowledged by Redis at most")
+        .flag("--max-lag", max_lag, "with --rate max, acknowledged sends a node has not delivered at most (--keys 0)")
         .flag("--delivery", delivery,
               has_delivery<ssepp::redis::cluster_options>
                   ? "broadcast|targeted: every node gets every event, or only the nodes holding the key"
@@ -175,9 +218,7 @@ int main(int argc, char** argv)
         },
         [&](std::string body) { node->async_send("events", {.data = std::move(body)}, [](std::error_code, std::string) {}); });
 
-    std::atomic<std::size_t> cluster_backlog{0};
-    const auto control = share_backlog(node, ssepp::redis::parse_url(redis_url), front.port(), o.rate != "0",
-                                       cluster_backlog);
+    const auto pace = start_pacing(node, ssepp::redis::parse_url(redis_url), front.port(), o.rate != "0");
 
     std::jthread io_thread([&] { bench::run(io, o.threads); });
     // Publish only once the bus is subscribed: before that, this node would miss its own events.
@@ -201,17 +242,19 @@ int main(int argc, char** argv)
                 std::string key = keys == 0 ? std::string("events") : fmt::format("u{}", next_key++ % keys);
                 ++published;
                 ++in_flight;
-                node->async_send(std::move(key), {.data = std::move(data)}, [&](std::error_code ec, std::string) {
+                node->async_send(std::move(key), {.data = std::move(data)}, [&](std::error_code ec, std::string id) {
                     --in_flight;
                     ++(ec ? failed : acked);
+                    if (!ec)
+                        pace->on_acked(id);
                 });
             },
             [&]() -> std::size_t {
-                // Redis's pace first (sends in flight), then the subscribers' (unwritten bytes,
-                // the most on any node).
-                if (in_flight.load() > max_in_flight)
+                // Redis's pace first (sends in flight), then the nodes' (sends not delivered
+                // yet, unwritten bytes per subscriber: the most on any node).
+                if (in_flight.load() > max_in_flight || pace->most_lag.load() > max_lag)
                     return SIZE_MAX;
-                return std::max(cluster_backlog.load(), local_backlog(*node));
+                return std::max(pace->most_backlog.load(), local_backlog(*node));
             });
         io_thread.join();  // until SIGINT/SIGTERM
     }
