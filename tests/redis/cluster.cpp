@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <map>
+#include <condition_variable>
 #include <set>
 #include <thread>
 
@@ -115,8 +116,10 @@ TEST_CASE("cluster: events encode and decode, stream ids parse and order", "[clu
 
 TEST_CASE("cluster: a send on any node reaches every node's streams once, in one order", "[cluster]")
 {
+    const auto mode = GENERATE(redis::delivery::broadcast, redis::delivery::targeted);
+    CAPTURE(mode);
     test::redis_server server;
-    site a(server), b(server), c(server);
+    site a(server, {.delivery = mode}), b(server, {.delivery = mode}), c(server, {.delivery = mode});
     REQUIRE(test::eventually([&] { return a.ready() && b.ready() && c.ready(); }));
     std::vector<std::unique_ptr<test::client>> clients;
     for (auto* s : {&a, &b, &c})
@@ -157,8 +160,10 @@ TEST_CASE("cluster: a send on any node reaches every node's streams once, in one
 
 TEST_CASE("cluster: a client resumes on another node, even one that joined later", "[cluster]")
 {
+    const auto mode = GENERATE(redis::delivery::broadcast, redis::delivery::targeted);
+    CAPTURE(mode);
     test::redis_server server;
-    site a(server);
+    site a(server, {.delivery = mode});
     REQUIRE(test::eventually([&] { return a.ready(); }));
     test::client first(a.port(), "/events?key=job");
     REQUIRE(test::eventually([&] { return a.node().local().size("job") == 1; }));
@@ -168,7 +173,7 @@ TEST_CASE("cluster: a client resumes on another node, even one that joined later
     const auto resume_from = first.events[19].id;
     first.reset();
 
-    site b(server);  // joined after the events: its own history of "job" is empty
+    site b(server, {.delivery = mode});  // joined after the events: its own history of "job" is empty
     REQUIRE(test::eventually([&] { return b.ready(); }));
     test::client second(b.port(), "/events?key=job", test::last_event_id_header(resume_from));
     REQUIRE(second.read_events(30));
@@ -220,8 +225,10 @@ TEST_CASE("cluster: an id the streams no longer hold, or never held, is a gap", 
 
 TEST_CASE("cluster: a node whose bus link dropped catches up from the streams, no gap", "[cluster]")
 {
+    const auto mode = GENERATE(redis::delivery::broadcast, redis::delivery::targeted);
+    CAPTURE(mode);
     test::redis_server server;
-    site a(server), b(server);
+    site a(server, {.delivery = mode}), b(server, {.delivery = mode});
     REQUIRE(test::eventually([&] { return a.ready() && b.ready(); }));
     test::client on_b(b.port(), "/events?key=user");
     REQUIRE(test::eventually([&] { return b.node().local().size("user") == 1; }));
@@ -261,8 +268,10 @@ TEST_CASE("cluster: ids stay unique and ordered across a node restart", "[cluste
 
 TEST_CASE("cluster: ids follow one order over every key: a connection under several keys resumes on another node", "[cluster]")
 {
+    const auto mode = GENERATE(redis::delivery::broadcast, redis::delivery::targeted);
+    CAPTURE(mode);
     test::redis_server server;
-    site a(server), b(server);
+    site a(server, {.delivery = mode}), b(server, {.delivery = mode});
     REQUIRE(test::eventually([&] { return a.ready() && b.ready(); }));
     test::client first(a.port(), "/events?key=x,y");
     REQUIRE(test::eventually([&] { return a.node().local().size("x") == 1 && a.node().local().size("y") == 1; }));
@@ -302,8 +311,10 @@ TEST_CASE("cluster: ids follow one order over every key: a connection under seve
 
 TEST_CASE("cluster: replay::undelivered across nodes replays exactly what no connection of the key wrote", "[cluster]")
 {
+    const auto mode = GENERATE(redis::delivery::broadcast, redis::delivery::targeted);
+    CAPTURE(mode);
     test::redis_server server;
-    site a(server), b(server);
+    site a(server, {.delivery = mode}), b(server, {.delivery = mode});
     REQUIRE(test::eventually([&] { return a.ready() && b.ready(); }));
     test::redis_client admin(server.endpoint());
     REQUIRE(admin.wait_connected());
@@ -358,7 +369,7 @@ TEST_CASE("cluster: replay::undelivered across nodes replays exactly what no con
     }
     SECTION("on a node that joined after the events (read from the stream)")
     {
-        site c(server);
+        site c(server, {.delivery = mode});
         REQUIRE(test::eventually([&] { return c.ready(); }));
         test::client again(c.port(), "/events?key=u&undelivered=1");
         test::client adm_again(c.port(), "/events?key=admin,v&undelivered=1");
@@ -421,4 +432,83 @@ TEST_CASE("cluster: streams expire when idle, ids keep their order when the orde
     REQUIRE(!admin({"DEL", "ssepp:order"}).ec);
     CHECK(a.send("ahead", {.data = "w"}) == "99999999999999-6");
     CHECK(sid("99999999999999-6") < sid(a.send("k", {.data = "later"})));
+}
+
+TEST_CASE("cluster: targeted delivery sends an event only to the nodes that hold its key", "[cluster]")
+{
+    using redis::delivery;
+    test::redis_server server;
+    const redis::cluster_options o{.delivery = delivery::targeted, .presence_ttl = 600ms};
+    site a(server, o), b(server, o);
+    auto c = std::make_unique<site>(server, o);
+    REQUIRE(test::eventually([&] { return a.ready() && b.ready() && c->ready(); }));
+    test::redis_client admin(server.endpoint());
+    REQUIRE(admin.wait_connected());
+    const auto present = [&](const std::string& key) {
+        std::set<std::string> nodes;
+        const auto r = admin({"HGETALL", "ssepp:{" + key + "}:nodes"});
+        for (std::size_t i = 0; r.value.is_array() && i < r.value.size(); i += 2)
+            nodes.insert(r.value[i].str());
+        return nodes;
+    };
+
+    auto user = std::make_unique<test::client>(b.port(), "/events?key=u");
+    REQUIRE(test::eventually([&] { return b.node().local().size("u") == 1; }));
+    CHECK(present("u") == std::set<std::string>{b.node().id()});
+    a.send("u", {.data = "1"});
+    REQUIRE(user->read_events(1));
+    CHECK(user->events[0].data == "1");
+    // Only the node holding the key had it.
+    CHECK(b.node().local().contains("u"));
+    CHECK(!a.node().local().contains("u"));
+    CHECK(!c->node().local().contains("u"));
+
+    // Presence is refreshed while the connection lasts (past several TTLs), and left after it.
+    std::this_thread::sleep_for(1500ms);  // 2.5 TTLs: the entry would have lapsed without refresh
+    CHECK(present("u") == std::set<std::string>{b.node().id()});
+    a.send("u", {.data = "2"});
+    REQUIRE(user->read_events(2));
+    user.reset();
+    CHECK(test::eventually([&] { return present("u").empty(); }, 5s));
+
+    SECTION("a node that vanished lapses, and is dropped by the next send")
+    {
+        test::client w(c->port(), "/events?key=w");
+        REQUIRE(test::eventually([&] { return c->node().local().size("w") == 1; }));
+        const auto gone = c->node().id();
+        c.reset();  // closes its links: no refresh, no leave
+        CHECK(present("w") == std::set<std::string>{gone});
+        CHECK(test::eventually([&] {
+            a.send("w", {.data = "x"});
+            return present("w").empty();
+        }, 5s));
+    }
+    SECTION("a node that stalled past its TTL catches up from the stream")
+    {
+        test::client s(b.port(), "/events?key=s");
+        REQUIRE(test::eventually([&] { return b.node().local().size("s") == 1; }));
+        std::mutex m;
+        std::condition_variable cv;
+        bool release = false;
+        asio::post(b.node().get_executor(), [&] {
+            std::unique_lock lock(m);
+            cv.wait_for(lock, 10s, [&] { return release; });
+        });
+        // Once its presence lapsed, the sends go to no node and drop the entry.
+        REQUIRE(test::eventually([&] {
+            a.send("s", {.data = "lost?"});
+            return present("s").empty();
+        }, 5s));
+        a.send("s", {.data = "last"});
+        {
+            std::lock_guard lock(m);
+            release = true;
+        }
+        cv.notify_all();
+        REQUIRE(s.read_until([&] { return !s.events.empty() && s.events.back().data == "last"; }, 10s));
+        for (std::size_t i = 0; i + 1 < s.events.size(); ++i)
+            CHECK(s.events[i].data == "lost?");
+        require_one_order(s.events);
+        CHECK(test::eventually([&] { return present("s") == std::set<std::string>{b.node().id()}; }, 5s));
+    }
 }

@@ -13,6 +13,7 @@
 #include <asio/async_result.hpp>
 #include <asio/dispatch.hpp>
 #include <asio/post.hpp>
+#include <asio/steady_timer.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -21,13 +22,18 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
 namespace ssepp::redis {
+
+/// Which nodes an event goes to (cluster_options::delivery).
+enum class delivery { broadcast, targeted };
 
 struct cluster_options {
     endpoint server{};
@@ -40,6 +46,14 @@ struct cluster_options {
     /// expire this long after the key's last send, so that keys no one uses leave Redis;
     /// 0 keeps them.
     std::chrono::milliseconds stream_ttl = std::chrono::hours(24);
+    /// broadcast: every event goes to every node, which keeps a copy of every key's history.
+    /// targeted: a node announces in Redis the keys it holds connections for (a presence
+    /// entry with a TTL, refreshed), and an event goes only to the nodes that hold its key.
+    /// Every node of a cluster uses the same.
+    redis::delivery delivery = redis::delivery::broadcast;
+    /// targeted: a node's presence under a key lapses this long after its last refresh (every
+    /// third of it), so that a node that died stops being sent to.
+    std::chrono::milliseconds presence_ttl = std::chrono::seconds(30);
     /// The links' reconnection back-off (see connection::options).
     std::chrono::milliseconds reconnect_delay{100};
     std::chrono::milliseconds max_reconnect_delay{2000};
@@ -139,7 +153,8 @@ inline std::optional<event> decode_event(std::string_view in)
 // <key piece><id piece><finished flag><event>.
 inline constexpr std::string_view publish_script = R"(
 local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms = now
 local last = tonumber(redis.call('HGET', KEYS[2], 'ms') or 0)
 local n = 0
 if ms > last then
@@ -160,8 +175,31 @@ if type(added) == 'table' and added.err then
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'e', ARGV[2], 'f', ARGV[5])
 end
 if ARGV[6] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
-redis.call('PUBLISH', ARGV[3], #ARGV[4] .. ':' .. ARGV[4] .. #id .. ':' .. id .. ARGV[5] .. ARGV[2])
+local msg = #ARGV[4] .. ':' .. ARGV[4] .. #id .. ':' .. id .. ARGV[5] .. ARGV[2]
+if ARGV[7] == '' then
+  redis.call('PUBLISH', ARGV[3], msg)
+else
+  -- Targeted: to each node present under the key (KEYS[3]: node -> lapse time), dropping
+  -- the lapsed.
+  local nodes = redis.call('HGETALL', KEYS[3])
+  for i = 1, #nodes, 2 do
+    if tonumber(nodes[i + 1]) > now then
+      redis.call('PUBLISH', ARGV[7] .. nodes[i], msg)
+    else
+      redis.call('HDEL', KEYS[3], nodes[i])
+    end
+  end
+end
 return id)";
+
+// A node's presence under a key (targeted delivery): KEYS[1] node -> lapse time (the
+// server's clock), the hash itself expiring when no node refreshes it.
+inline constexpr std::string_view presence_script = R"(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now + tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
+return 1)";
 
 // Raises a key's delivered mark (the last id one of its connections wrote) to ARGV[1],
 // never lowers it: nodes record what their connections wrote as those close.
@@ -222,16 +260,22 @@ public:
         n->bus_ = subscriber::create(ex, std::move(link));
         // On the executor: the links already run there, and a subscriber is not thread-safe.
         asio::dispatch(ex, [n, w] {
-            n->bus_->subscribe(n->options_.prefix + "bus", [w](std::string_view, std::string_view payload) {
+            const auto deliver = [w](std::string_view, std::string_view payload) {
                 if (auto s = w.lock())
                     s->on_bus(payload);
-            });
+            };
+            n->bus_->subscribe(n->options_.prefix + "bus", deliver);
+            if (n->targeted()) {
+                n->bus_->subscribe(n->options_.prefix + "node:" + n->id_, deliver);
+                n->refresh_later();
+            }
         });
         return n;
     }
 
     basic_node(pass_key, executor_type ex, cluster_options options, history_options local)
-        : ex_(std::move(ex)), options_(std::move(options)), local_(std::move(local))
+        : ex_(std::move(ex)), options_(std::move(options)), local_(std::move(local)), refresh_(ex_),
+          id_(random_name())
     {
     }
 
@@ -246,6 +290,9 @@ public:
 
     /// Whether the bus is subscribed: events published now reach this node.
     bool is_ready() const noexcept { return bus_ready_.load(std::memory_order_acquire); }
+
+    /// This node's name in Redis (targeted delivery: its presence entries and channel).
+    const std::string& id() const noexcept { return id_; }
 
     /// Appends `e` to `key`'s stream and publishes it to every node; completes with
     /// (error_code, the event's id). `e.id` is replaced by the stream's. An invalid event
@@ -297,6 +344,8 @@ public:
     void close()
     {
         asio::dispatch(ex_, [self = this->shared_from_this()] {
+            self->refresh_.cancel();
+            self->closed_ = true;
             self->bus_->close();
             self->commands_->close();
             self->local_.complete_all();
@@ -339,9 +388,11 @@ private:
                     const auto bus = self->options_.prefix + "bus";
                     const auto order = self->options_.prefix + "order";
                     const auto ttl = std::to_string(self->options_.stream_ttl.count());
+                    const auto nodes = self->presence_key(key);
+                    const auto to_nodes = self->targeted() ? self->options_.prefix + "node:" : std::string();
                     self->commands_->async_command(
-                        {"EVAL", detail::publish_script, "2", stream, order, maxlen, encoded, bus, key,
-                         finished ? "1" : "0", ttl},
+                        {"EVAL", detail::publish_script, "3", stream, order, nodes, maxlen, encoded, bus, key,
+                         finished ? "1" : "0", ttl, to_nodes},
                         [handler = std::move(handler)](std::error_code ec, reply r) mutable {
                             if (!ec && !r.is_string())
                                 ec = errc::protocol_error;
@@ -409,6 +460,8 @@ private:
         auto m = decode_bus(payload);
         if (!m)
             return;  // not ours: another application on the same channel
+        if (targeted() && !present_.contains(m->key) && !fetching_.contains(m->key))
+            return;  // sent while this node was leaving the key: its copy follows the stream from a fetch
         if (catching_up_ > 0 || fetching_.contains(m->key))
             held_.push_back(std::move(*m));
         else
@@ -454,6 +507,16 @@ private:
             bus_ready_.store(true, std::memory_order_release);
             return;
         }
+        // Its presence may have lapsed while it was away: announced again before the reads.
+        for (const auto& k : present_)
+            announce(k, [](std::error_code) {});
+        catch_up();
+    }
+
+    // Reads back from the streams what was published after what this node delivered; the bus
+    // is held meanwhile.
+    void catch_up()
+    {
         forget_unheld_keys();
         for (const auto& [key, last] : seen_) {
             ++catching_up_;
@@ -463,9 +526,10 @@ private:
                 [self = this->shared_from_this(), key = key, last = last](std::error_code ec, reply r) {
                     auto missed = self->decode_range(key, r);
                     if (ec || missed.empty() || missed.front().sid != last) {
-                        // The stream no longer holds where this node stopped: its clients
-                        // resume, and learn of the gap.
-                        self->local_.close(key);
+                        // The stream no longer holds where this node stopped: its copy starts
+                        // again from the stream, and its clients resume and learn of the gap.
+                        self->local_.erase(key);
+                        self->seen_.erase(key);
                     }
                     for (auto& m : missed)
                         self->apply(std::move(m));
@@ -473,6 +537,80 @@ private:
                     self->release_held();
                 });
         }
+    }
+
+    bool targeted() const noexcept { return options_.delivery == delivery::targeted; }
+
+    std::string presence_key(std::string_view key) const { return stream_key(key) + ":nodes"; }
+
+    static std::string random_name()
+    {
+        std::random_device rd;
+        auto bits = (std::uint64_t(rd()) << 32) ^ rd();
+        std::string out(12, '0');
+        for (auto& c : out) {
+            c = "0123456789abcdefghijklmnopqrstuvwxyz"[bits % 36];
+            bits /= 36;
+        }
+        return out;
+    }
+
+    // Targeted delivery: this node is present under `key` until presence_ttl from now.
+    template <class Handler>
+    void announce(const std::string& key, Handler done)
+    {
+        commands_->async_command({"EVAL", detail::presence_script, "1", presence_key(key), id_,
+                                  std::to_string(options_.presence_ttl.count())},
+                                 [done = std::move(done)](std::error_code ec, reply) mutable { done(ec); });
+    }
+
+    void refresh_later()
+    {
+        refresh_.expires_after(std::max(options_.presence_ttl / 3, std::chrono::milliseconds(1)));
+        refresh_.async_wait([w = this->weak_from_this()](std::error_code ec) {
+            if (auto s = w.lock(); s && !ec && !s->closed_)
+                s->refresh();
+        });
+    }
+
+    // Announces again the keys this node holds connections for, and leaves the others. After
+    // a refresh that failed, its presence may have lapsed and events gone elsewhere: it
+    // catches up from the streams.
+    void refresh()
+    {
+        for (auto it = present_.begin(); it != present_.end();) {
+            if (local_.size(*it) == 0 && !fetching_.contains(*it)) {
+                commands_->async_command({"HDEL", presence_key(*it), id_}, [](std::error_code, reply) {});
+                it = present_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        if (present_.empty()) {
+            refresh_failed_ = false;
+            refreshed_at_ = std::chrono::steady_clock::now();
+            refresh_later();
+            return;
+        }
+        auto failed = std::make_shared<bool>(false);
+        std::size_t left = present_.size();
+        const auto sent = std::chrono::steady_clock::now();
+        for (const auto& k : present_)
+            announce(k, [self = this->shared_from_this(), failed, sent, last = --left == 0](std::error_code ec) {
+                *failed |= bool(ec);
+                if (!last)
+                    return;
+                if (*failed) {
+                    self->refresh_failed_ = true;
+                } else {
+                    // Late (the node stalled) or after failures: the presence may have lapsed.
+                    if (std::exchange(self->refresh_failed_, false)
+                        || sent - self->refreshed_at_ > 2 * self->options_.presence_ttl / 3)
+                        self->catch_up();
+                    self->refreshed_at_ = sent;
+                }
+                self->refresh_later();
+            });
     }
 
     // Forgets the keys the local registry no longer holds (their clients resume from the
@@ -502,9 +640,13 @@ private:
     {
         std::sort(keys.begin(), keys.end());
         keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
-        // Live events only, or a resume this node's own history covers: no stream to read.
-        if (options.last_event_id ? keys.size() == 1 && is_retained_locally(keys[0], *options.last_event_id)
-                                  : options.otherwise == replay::none) {
+        // Live events only, or a resume this node's own history covers: no stream to read
+        // (with targeted delivery, once the node is present under the keys).
+        const bool present = !targeted() || std::all_of(keys.begin(), keys.end(), [this](const auto& k) {
+            return present_.contains(k);
+        });
+        if (present && (options.last_event_id ? keys.size() == 1 && is_retained_locally(keys[0], *options.last_event_id)
+                                              : options.otherwise == replay::none)) {
             auto result = local_.attach(keys, em, options);
             watch(*em, keys);
             complete(std::move(handler), {}, result);
@@ -521,6 +663,9 @@ private:
         read->keys = keys;
         for (std::size_t i = 0; i < keys.size(); ++i) {
             ++fetching_[keys[i]];
+            // Present first, then read: an event published after the read reaches this node.
+            if (targeted() && !present_.contains(keys[i]))
+                announce(keys[i], [read](std::error_code ec) { read->ec = read->ec ? read->ec : ec; });
             if (marks)
                 commands_->async_command({"GET", mark_key(keys[i])}, [read, i](std::error_code ec, reply r) {
                     read->ec = read->ec ? read->ec : ec;
@@ -551,6 +696,8 @@ private:
                     self->complete(std::move(handler), err, {});
                     return;
                 }
+                if (self->targeted())
+                    self->present_.insert(read->keys.begin(), read->keys.end());
                 auto result = self->attach_from(*read, em, options);
                 self->release_held();
                 self->watch(*em, read->keys);
@@ -614,9 +761,10 @@ private:
         for (const auto* m : fetched)
             apply(*m);
 
-        // Resuming under one key whose copy here now covers the point: the local registry
-        // does it.
-        if (options.last_event_id && keys.size() == 1 && is_retained_locally(keys[0], *options.last_event_id))
+        // Live events only, or resuming under one key whose copy here now covers the point:
+        // the local registry does it.
+        if (options.last_event_id ? keys.size() == 1 && is_retained_locally(keys[0], *options.last_event_id)
+                                  : options.otherwise == replay::none)
             return local_.attach(keys, em, options);
 
         // Where the client starts, per key, and whether what it needs is still there (a start
@@ -720,6 +868,14 @@ private:
     std::vector<message> held_;                       // bus messages that wait for those reads
     int catching_up_ = 0;
     std::atomic<bool> bus_ready_{false};  // read from any thread
+    // Targeted delivery: the keys this node is present under (its copy of them is complete
+    // from their fetch on), and the refresh of that presence.
+    std::unordered_set<std::string> present_;
+    asio::steady_timer refresh_;
+    bool refresh_failed_ = false;
+    std::chrono::steady_clock::time_point refreshed_at_ = std::chrono::steady_clock::now();
+    bool closed_ = false;
+    std::string id_;
 };
 
 using node = basic_node<>;
