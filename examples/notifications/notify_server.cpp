@@ -16,10 +16,17 @@
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 
+#if SSEPP_EXAMPLES_REDIS
+#include <ssepp/redis/cluster.hpp>
+#endif
+
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <filesystem>
+#include <functional>
+#include <future>
 #include <map>
 #include <mutex>
 #include <set>
@@ -153,12 +160,519 @@ struct metrics {
     std::atomic<std::uint64_t> events_sent{0}, bytes_sent{0}, slow_consumer_closes{0}, stalled_closes{0}, replays_served{0};
 };
 
+// --- Cluster mode (--redis) -------------------------------------------------------------------
+// Several nodes behind one load balancer, without sticky sessions: what a request may need on
+// any node lives in Redis (sessions, users, admins, export files), the events go through an
+// ssepp::redis::node (a Redis Stream per key, pub/sub to every node), and a control channel
+// ends a session's or a user's streams on every node. README.md, "Cluster", says why.
+
+/// Redis failed or did not answer in time while serving a request: 503, try again.
+struct store_unavailable : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+/// A cluster-wide cap a login or a notification met: which one, and when there may be room.
+struct cluster_refusal {
+    std::string cap;  // "sessions", "users" or "admins"
+    std::chrono::milliseconds retry{};
+};
+
+struct cluster_export {
+    std::string user;
+    bool ready = false;
+    std::string file;
+};
+
+struct cluster_counts {
+    std::size_t sessions = 0, users = 0, admins = 0;
+};
+
+/// What a cluster node asks of the server it runs in.
+struct cluster_hooks {
+    /// Completes the streams this node holds for a session that ended (logout, expiry).
+    std::function<std::size_t(const std::string& token)> end_session;
+    /// The sessions with streams open on this node: kept alive, and checked for a logout
+    /// this node may have missed.
+    std::function<std::vector<std::string>()> streaming_sessions;
+};
+
+/// How long a request waits for Redis before it is answered 503.
+constexpr std::chrono::seconds store_timeout{2};
+
+#if SSEPP_EXAMPLES_REDIS
+
+/// The state a cluster shares, in Redis; one per node.
+///
+/// The HTTP front's handlers are synchronous, so a request waits for Redis on its I/O thread.
+/// The Redis links therefore run on a thread of their own (the node and the state link on one
+/// strand of their own io_context): a handler waiting for a reply can never be what keeps that
+/// reply from being read, whatever --threads says. Never wait for Redis holding a lock that
+/// the hooks take (they run on that thread).
+class cluster_store {
+public:
+    cluster_store(const std::string& url, const limits& lim, cluster_hooks hooks)
+        : limits_(lim), hooks_(std::move(hooks))
+    {
+        ssepp::redis::cluster_options options;
+        options.server = ssepp::redis::parse_url(url);  // throws, naming what is wrong
+        options.prefix = std::string(prefix);
+        options.stream_max_events = 256;  // as a user's history on a single server
+        options.stream_ttl = limits_.user_ttl;  // what waits for a user goes with them
+        // The node's own copy of each key's history: enough to resume on the same node without
+        // reading Redis; every node gets every event, so keys without streams are swept.
+        node_ = ssepp::redis::node::create(strand_, options, {.max_events = 64, .max_bytes = 256 * 1024});
+        ssepp::redis::connection::options link;
+        link.server = options.server;
+        state_ = ssepp::redis::connection::create(strand_, link);
+        link.on_connect = [this] {
+            // Subscribed again after the link dropped: a logout published meanwhile was
+            // missed, so check the sessions streaming here at once.
+            if (control_links_++ > 0)
+                refresh(false);
+        };
+        control_ = ssepp::redis::subscriber::create(strand_, link);
+        asio::post(strand_, [this] {
+            control_->subscribe(std::string(prefix) + "control",
+                                [this](std::string_view, std::string_view payload) { on_control(payload); },
+                                [this](std::error_code ec) { control_ready_ = !ec; });
+            refresh(true);
+        });
+        thread_ = std::thread([this] { io_.run(); });
+        // Serve nothing before the bus is subscribed: an event published earlier would reach
+        // no stream of this node.
+        const auto deadline = steady::now() + std::chrono::seconds(10);
+        while (!(node_->is_ready() && control_ready_)) {
+            if (steady::now() > deadline) {
+                stop();
+                throw std::runtime_error(fmt::format("no answer from Redis at {} within 10 s", url));
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+    }
+
+    ~cluster_store() { stop(); }
+
+    cluster_store(const cluster_store&) = delete;
+    cluster_store& operator=(const cluster_store&) = delete;
+
+    /// This node's connections (read-only uses, and close(): sends go through the node).
+    ssepp::registry& local() { return node_->local(); }
+
+    std::optional<cluster_refusal> login(const std::string& token, const std::string& user, bool admin)
+    {
+        auto r = script(login_script, {token, user, admin ? "1" : "0", ms(limits_.session_idle), ms(limits_.user_ttl),
+                                       std::to_string(limits_.max_sessions), std::to_string(limits_.max_users),
+                                       std::to_string(limits_.max_admins)});
+        if (r.is_array() && r.size() == 2)
+            return cluster_refusal{r[0].str(), std::chrono::milliseconds(std::stoll(r[1].str()))};
+        return std::nullopt;
+    }
+
+    /// The live session `token` (user, admin), now used; nullopt when there is none.
+    std::optional<std::pair<std::string, bool>> touch(const std::string& token)
+    {
+        auto r = script(touch_script, {ms(limits_.session_idle), token});
+        if (!r.is_array() || r.size() != 1 || r[0].str().empty())
+            return std::nullopt;
+        const auto& s = r[0].str();
+        return std::pair{s.substr(1), s[0] == '1'};
+    }
+
+    /// Ends the session everywhere: its streams on every node complete (control channel).
+    void logout(const std::string& token) { script(logout_script, {token}); }
+
+    /// Completes the user's streams on every node.
+    void close_user(const std::string& user) { command({"PUBLISH", std::string(prefix) + "control", "close\n" + user}); }
+
+    /// Makes `user` (a notification's addressee) known and active; a refusal at --max-users.
+    std::optional<std::chrono::milliseconds> keep_user(const std::string& user)
+    {
+        auto r = script(keep_script, {user, ms(limits_.session_idle), ms(limits_.user_ttl), std::to_string(limits_.max_users)});
+        if (r.integer() < 0)
+            return std::nullopt;
+        return std::chrono::milliseconds(r.integer());
+    }
+
+    /// Every admin (an order alert goes to each).
+    std::vector<std::string> admins()
+    {
+        auto r = script(admins_script, {ms(limits_.user_ttl)});
+        std::vector<std::string> out;
+        for (const auto& e : r.elements())
+            out.push_back(e.str());
+        return out;
+    }
+
+    void export_started(const std::string& id, const std::string& user)
+    {
+        script(export_started_script, {id, user, ms(limits_.user_ttl)});
+    }
+
+    void export_done(const std::string& id, const std::string& user, const std::string& file)
+    {
+        script(export_done_script, {id, user, file, ms(limits_.user_ttl), std::to_string(kept_exports_per_user)});
+    }
+
+    std::optional<cluster_export> find_export(const std::string& id)
+    {
+        auto r = command({"HMGET", std::string(prefix) + "export:" + id, "user", "ready", "file"});
+        if (!r.is_array() || r.size() != 3 || r[0].is_nil())
+            return std::nullopt;
+        return cluster_export{r[0].str(), r[1].str() == "1", r[2].str()};
+    }
+
+    cluster_counts counts()
+    {
+        auto r = script(counts_script, {});
+        if (!r.is_array() || r.size() != 3)
+            return {};
+        return {std::size_t(r[0].integer()), std::size_t(r[1].integer()), std::size_t(r[2].integer())};
+    }
+
+    /// Sends `e` to `key` on every node; its id (a Redis stream id, one order over the cluster).
+    std::string send(const std::string& key, ssepp::event e) { return wait(node_->async_send(key, std::move(e), asio::use_future)); }
+
+    /// Sends `e` to each key, the publishes pipelined.
+    void send_each(const std::vector<std::string>& keys, const ssepp::event& e)
+    {
+        std::vector<std::future<std::string>> sent;
+        for (const auto& k : keys)
+            sent.push_back(node_->async_send(k, e, asio::use_future));
+        for (auto& f : sent)
+            wait(std::move(f));
+    }
+
+    /// Attaches `stream` under `keys` on this node; `done` runs on the Redis thread.
+    void attach(std::vector<std::string> keys, std::shared_ptr<ssepp::emitter> stream, ssepp::attach_options options,
+                std::function<void(std::error_code, ssepp::attach_result)> done)
+    {
+        node_->async_attach(std::move(keys), std::move(stream), std::move(options), std::move(done));
+    }
+
+    /// Checks that `token` is still a session (after a stream of it was registered, so that a
+    /// logout published before is seen here, and one published after reaches the stream);
+    /// `gone` runs on the Redis thread if it is not. A Redis failure concludes nothing.
+    void check_session(const std::string& token, std::function<void()> gone)
+    {
+        asio::post(strand_, [this, token, gone = std::move(gone)] {
+            const std::string idle = ms(limits_.session_idle);
+            const auto s = scripts().touch;
+            state_->async_command({"EVAL", s, "0", prefix, idle, token},
+                                  [gone](std::error_code ec, ssepp::redis::reply r) {
+                                      if (!ec && r.is_array() && r.size() == 1 && r[0].str().empty())
+                                          gone();
+                                  });
+        });
+    }
+
+private:
+    static constexpr std::string_view prefix = "notify:";
+
+    // Every script starts with this: its names, Redis's clock (one clock for every node), and
+    // what forgetting a user takes. ARGV[1] is the prefix. The keys are not declared (KEYS):
+    // this runs on one Redis, not on a Redis Cluster (see README.md).
+    static constexpr std::string_view prelude = R"(
+local P = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function drop_admin(user)
+  redis.call('ZREM', P .. 'admins', user)
+  redis.call('DEL', P .. '{admin:' .. user .. '}', P .. '{admin:' .. user .. '}:delivered')
+end
+local function forget(user)
+  drop_admin(user)
+  redis.call('ZREM', P .. 'users', user)
+  redis.call('DEL', P .. '{user:' .. user .. '}', P .. '{user:' .. user .. '}:delivered')
+  local list = P .. 'exports:' .. user
+  for _, id in ipairs(redis.call('LRANGE', list, 0, -1)) do redis.call('DEL', P .. 'export:' .. id) end
+  redis.call('DEL', list)
+end
+local function prune(ttl)
+  for _, u in ipairs(redis.call('ZRANGEBYSCORE', P .. 'users', '-inf', now - ttl, 'LIMIT', 0, 100)) do forget(u) end
+  for _, u in ipairs(redis.call('ZRANGEBYSCORE', P .. 'admins', '-inf', now - ttl, 'LIMIT', 0, 100)) do drop_admin(u) end
+end
+-- A place for a new one in zset z of at most max: the least recently active one, idle longer
+-- than a session lives, makes room (evict). Nil when there is room, else the ms to wait.
+local function place(z, who, idle, max, evict)
+  if redis.call('ZSCORE', z, who) or redis.call('ZCARD', z) < max then return nil end
+  local oldest = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  local free_at = tonumber(oldest[2]) + idle
+  if free_at > now then return free_at - now end
+  evict(oldest[1])
+  return nil
+end
+local function touch(token, idle)
+  local key = P .. 'session:' .. token
+  local s = redis.call('HMGET', key, 'user', 'admin')
+  if not s[1] then return '' end
+  redis.call('PEXPIRE', key, idle)
+  redis.call('ZADD', P .. 'sessions', now + idle, token)
+  redis.call('ZADD', P .. 'users', now, s[1])
+  if s[2] == '1' then redis.call('ZADD', P .. 'admins', now, s[1]) end
+  return s[2] .. s[1]
+end
+)";
+
+    // ARGV: prefix, token, user, admin, idle, ttl, max sessions, users, admins. Caps are
+    // checked in the single server's order: sessions, admins, users.
+    static constexpr std::string_view login_script = R"(
+local token, user, admin, idle, ttl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+prune(ttl)
+redis.call('ZREMRANGEBYSCORE', P .. 'sessions', '-inf', now)
+if redis.call('ZCARD', P .. 'sessions') >= tonumber(ARGV[7]) then
+  local first = redis.call('ZRANGE', P .. 'sessions', 0, 0, 'WITHSCORES')
+  return {'sessions', tostring(math.max(0, tonumber(first[2]) - now))}
+end
+if admin == '1' then
+  local wait = place(P .. 'admins', user, idle, tonumber(ARGV[9]), drop_admin)
+  if wait then return {'admins', tostring(wait)} end
+end
+local wait = place(P .. 'users', user, idle, tonumber(ARGV[8]), forget)
+if wait then return {'users', tostring(wait)} end
+redis.call('HSET', P .. 'session:' .. token, 'user', user, 'admin', admin)
+touch(token, idle)
+return 'ok'
+)";
+
+    // ARGV: prefix, idle, tokens...: per token, admin flag and user, or '' for no session.
+    static constexpr std::string_view touch_script = R"(
+local out = {}
+for i = 3, #ARGV do out[#out + 1] = touch(ARGV[i], tonumber(ARGV[2])) end
+return out
+)";
+
+    // ARGV: prefix, token.
+    static constexpr std::string_view logout_script = R"(
+redis.call('DEL', P .. 'session:' .. ARGV[2])
+redis.call('ZREM', P .. 'sessions', ARGV[2])
+redis.call('PUBLISH', P .. 'control', 'logout\n' .. ARGV[2])
+return 1
+)";
+
+    // ARGV: prefix, user, idle, ttl, max users: -1, or the ms to wait for a place.
+    static constexpr std::string_view keep_script = R"(
+prune(tonumber(ARGV[4]))
+local wait = place(P .. 'users', ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[5]), forget)
+if wait then return wait end
+redis.call('ZADD', P .. 'users', now, ARGV[2])
+return -1
+)";
+
+    // ARGV: prefix, ttl.
+    static constexpr std::string_view admins_script = R"(
+prune(tonumber(ARGV[2]))
+return redis.call('ZRANGE', P .. 'admins', 0, -1)
+)";
+
+    // ARGV: prefix, id, user, ttl.
+    static constexpr std::string_view export_started_script = R"(
+redis.call('HSET', P .. 'export:' .. ARGV[2], 'user', ARGV[3], 'ready', '0')
+redis.call('PEXPIRE', P .. 'export:' .. ARGV[2], ARGV[4])
+return 1
+)";
+
+    // ARGV: prefix, id, user, file, ttl, kept per user (older ones go).
+    static constexpr std::string_view export_done_script = R"(
+local key, list = P .. 'export:' .. ARGV[2], P .. 'exports:' .. ARGV[3]
+redis.call('HSET', key, 'user', ARGV[3], 'ready', '1', 'file', ARGV[4])
+redis.call('PEXPIRE', key, ARGV[5])
+redis.call('LPUSH', list, ARGV[2])
+redis.call('PEXPIRE', list, ARGV[5])
+while redis.call('LLEN', list) > tonumber(ARGV[6]) do redis.call('DEL', P .. 'export:' .. redis.call('RPOP', list)) end
+return 1
+)";
+
+    // ARGV: prefix.
+    static constexpr std::string_view counts_script = R"(
+redis.call('ZREMRANGEBYSCORE', P .. 'sessions', '-inf', now)
+return {redis.call('ZCARD', P .. 'sessions'), redis.call('ZCARD', P .. 'users'), redis.call('ZCARD', P .. 'admins')}
+)";
+
+    struct script_texts {
+        std::string touch;
+    };
+    static const script_texts& scripts()
+    {
+        static const script_texts s{std::string(prelude) + std::string(touch_script)};
+        return s;
+    }
+
+    static std::string ms(std::chrono::milliseconds d) { return std::to_string(d.count()); }
+
+    /// One command, waited for (bounded); throws store_unavailable.
+    ssepp::redis::reply command(std::vector<std::string> args)
+    {
+        auto done = std::make_shared<std::promise<std::pair<std::error_code, ssepp::redis::reply>>>();
+        auto f = done->get_future();
+        asio::post(strand_, [this, done, args = std::move(args)] {
+            const std::vector<std::string_view> views(args.begin(), args.end());
+            state_->async_command(std::span<const std::string_view>(views), [done](std::error_code ec, ssepp::redis::reply r) {
+                done->set_value({ec, std::move(r)});
+            });
+        });
+        if (f.wait_for(store_timeout) != std::future_status::ready)
+            throw store_unavailable("Redis did not answer in time");
+        auto [ec, r] = f.get();
+        if (ec)
+            throw store_unavailable(fmt::format("Redis: {} {}", ec.message(), r.str()));
+        return r;
+    }
+
+    ssepp::redis::reply script(std::string_view body, std::vector<std::string> args)
+    {
+        std::vector<std::string> all{"EVAL", std::string(prelude) + std::string(body), "0", std::string(prefix)};
+        all.insert(all.end(), std::make_move_iterator(args.begin()), std::make_move_iterator(args.end()));
+        return command(std::move(all));
+    }
+
+    static std::string wait(std::future<std::string> f)
+    {
+        if (f.wait_for(store_timeout) != std::future_status::ready)
+            throw store_unavailable("Redis did not answer in time");
+        try {
+            return f.get();
+        } catch (const std::system_error& e) {
+            throw store_unavailable(fmt::format("Redis: {}", e.what()));
+        }
+    }
+
+    void on_control(std::string_view payload)
+    {
+        const auto nl = payload.find('\n');
+        if (nl == std::string_view::npos)
+            return;
+        const auto verb = payload.substr(0, nl);
+        const auto arg = std::string(payload.substr(nl + 1));
+        if (verb == "logout")
+            hooks_.end_session(arg);
+        else if (verb == "close")
+            node_->local().close(user_key(arg));
+    }
+
+    /// On the strand, every few seconds: the sessions streaming here stay alive (their clients
+    /// use them), those gone meanwhile (a logout this node missed, an expiry) end here too;
+    /// and the node's own copies of keys without a stream here are dropped (every node gets
+    /// every event, so it would else keep the last events of every user the cluster ever had).
+    void refresh(bool rearm)
+    {
+        const auto tokens = hooks_.streaming_sessions();
+        if (!tokens.empty()) {
+            std::vector<std::string> args{"EVAL", scripts().touch, "0", std::string(prefix), ms(limits_.session_idle)};
+            args.insert(args.end(), tokens.begin(), tokens.end());
+            const std::vector<std::string_view> views(args.begin(), args.end());
+            state_->async_command(std::span<const std::string_view>(views), [this, tokens](std::error_code ec, ssepp::redis::reply r) {
+                if (ec || !r.is_array() || r.size() != tokens.size())
+                    return;  // Redis away: nothing is concluded
+                for (std::size_t i = 0; i < tokens.size(); ++i)
+                    if (r[i].str().empty())
+                        hooks_.end_session(tokens[i]);
+            });
+        }
+        if (rearm)
+            sweep();
+        if (!rearm)
+            return;
+        refresh_.expires_after(std::clamp<std::chrono::milliseconds>(limits_.session_idle / 3, std::chrono::milliseconds(100),
+                                                                     std::chrono::seconds(5)));
+        refresh_.async_wait([this](std::error_code ec) {
+            if (!ec)
+                refresh(true);
+        });
+    }
+
+    /// Drops the keys that had no stream here at the last sweep and still have none. Not at
+    /// the first sight: as a stream closes, the node reads its keys' copies here to record in
+    /// Redis what it wrote (for replay::undelivered on any node), a moment after the key
+    /// shows no stream. Nothing is lost by dropping a copy: an attach reads the streams.
+    void sweep()
+    {
+        auto& reg = node_->local();
+        std::set<std::string> idle;
+        for (auto& key : reg.keys())
+            if (reg.size(key) == 0)
+                idle.insert(std::move(key));
+        for (const auto& key : idle)
+            if (swept_.contains(key))
+                reg.erase(key);
+        swept_ = std::move(idle);
+    }
+
+    /// Closes the links and ends the Redis thread (bounded: nothing there waits).
+    void stop()
+    {
+        if (!thread_.joinable())
+            return;
+        asio::post(strand_, [this] {
+            refresh_.cancel();
+            control_->close();
+            state_->close();
+            node_->close();
+            asio::post(strand_, [this] { io_.stop(); });  // after what the closes posted
+        });
+        thread_.join();
+    }
+
+    const limits limits_;
+    cluster_hooks hooks_;
+    asio::io_context io_;
+    asio::strand<asio::io_context::executor_type> strand_{asio::make_strand(io_)};
+    asio::executor_work_guard<asio::io_context::executor_type> work_{io_.get_executor()};
+    std::shared_ptr<ssepp::redis::node> node_;
+    std::shared_ptr<ssepp::redis::connection> state_;
+    std::shared_ptr<ssepp::redis::subscriber> control_;
+    asio::steady_timer refresh_{strand_};
+    int control_links_ = 0;                 // on the strand
+    std::set<std::string> swept_;           // on the strand: keys without a stream at the last sweep
+    std::atomic<bool> control_ready_{false}; // read by the constructor's thread
+    std::thread thread_;
+};
+
+#else
+
+/// Without ssepp::redis, --redis is refused (in main) before any of this is used.
+class cluster_store {
+public:
+    cluster_store(const std::string&, const limits&, cluster_hooks)
+    {
+        throw std::runtime_error("built without Redis support: --redis needs ssepp::redis "
+                                 "(install libhiredis-dev and configure again)");
+    }
+    [[noreturn]] static void unavailable() { throw std::logic_error("cluster_store without Redis support"); }
+    ssepp::registry& local() { unavailable(); }
+    std::optional<cluster_refusal> login(const std::string&, const std::string&, bool) { unavailable(); }
+    std::optional<std::pair<std::string, bool>> touch(const std::string&) { unavailable(); }
+    void logout(const std::string&) { unavailable(); }
+    void close_user(const std::string&) { unavailable(); }
+    std::optional<std::chrono::milliseconds> keep_user(const std::string&) { unavailable(); }
+    std::vector<std::string> admins() { unavailable(); }
+    void export_started(const std::string&, const std::string&) { unavailable(); }
+    void export_done(const std::string&, const std::string&, const std::string&) { unavailable(); }
+    std::optional<cluster_export> find_export(const std::string&) { unavailable(); }
+    cluster_counts counts() { unavailable(); }
+    std::string send(const std::string&, ssepp::event) { unavailable(); }
+    void send_each(const std::vector<std::string>&, const ssepp::event&) { unavailable(); }
+    void attach(std::vector<std::string>, std::shared_ptr<ssepp::emitter>, ssepp::attach_options,
+                std::function<void(std::error_code, ssepp::attach_result)>) { unavailable(); }
+    void check_session(const std::string&, std::function<void()>) { unavailable(); }
+};
+
+#endif
+
 class notify_service {
 public:
-    notify_service(asio::io_context& io, std::string db_path, limits lim, std::chrono::milliseconds export_time)
+    /// `redis_url`: empty for a server of its own; else this server is one node of a cluster
+    /// that shares that Redis (and, on one machine, the database file).
+    notify_service(asio::io_context& io, std::string db_path, limits lim, std::chrono::milliseconds export_time,
+                   const std::string& redis_url = {})
         : io_(io), db_path_(std::move(db_path)), limits_(lim), export_time_(export_time)
     {
+        if (!redis_url.empty())
+            cluster_ = std::make_unique<cluster_store>(
+                redis_url, limits_,
+                cluster_hooks{.end_session = [this](const std::string& token) { return end_node_session(token); },
+                              .streaming_sessions = [this] { return streaming_sessions(); }});
         common::sqlite::db db(db_path_);
+        db.busy_timeout(std::chrono::seconds(5));  // nodes of a cluster may share the file, and start at once
         db.exec("PRAGMA journal_mode=WAL;"
                 "CREATE TABLE IF NOT EXISTS orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL,"
                 " created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));"
@@ -180,11 +694,40 @@ public:
         export_cv_.notify_all();
         workers_.stop();
         workers_.join();
+        cluster_.reset();  // its thread runs the hooks, which use the members below
         std::error_code ec;
         std::filesystem::remove_all(exports_dir_, ec);
     }
 
     common::http::reply handle(request& req)
+    {
+        try {
+            return route(req);
+        } catch (const store_unavailable& e) {
+            fmt::print(stderr, "notify_server: {}\n", e.what());
+            return refuse(503, "the cluster's shared store (Redis) is unavailable; try again", std::chrono::seconds(1));
+        }
+    }
+
+    /// Ends every stream and the ticker (shutdown): then nothing is left for the io_context.
+    void shutdown()
+    {
+        // The ticker's timer lives on its strand: cancelling it from here could miss a tick
+        // already due, which would re-arm it and keep io.run() going forever.
+        asio::post(ticker_timer_.get_executor(), [this] {
+            ticking_ = false;
+            ticker_timer_.cancel();
+        });
+        std::lock_guard lock(life_mtx_);
+        stopping_ = true;
+        users_.complete_all();
+        if (cluster_)
+            cluster_->local().complete_all();
+        ticker_.complete_all();
+    }
+
+private:
+    common::http::reply route(request& req)
     {
         const auto& m = req.method;
         const auto& p = req.path;
@@ -224,22 +767,6 @@ public:
         return notify(*s, decode_path(p.substr(std::string_view("/api/notifications/").size())), req);
     }
 
-    /// Ends every stream and the ticker (shutdown): then nothing is left for the io_context.
-    void shutdown()
-    {
-        // The ticker's timer lives on its strand: cancelling it from here could miss a tick
-        // already due, which would re-arm it and keep io.run() going forever.
-        asio::post(ticker_timer_.get_executor(), [this] {
-            ticking_ = false;
-            ticker_timer_.cancel();
-        });
-        std::lock_guard lock(life_mtx_);
-        stopping_ = true;
-        users_.complete_all();
-        ticker_.complete_all();
-    }
-
-private:
     struct caller {
         std::string token;
         std::string user;
@@ -252,6 +779,12 @@ private:
         auto token = req.cookie("session");
         if (!token)
             return std::nullopt;
+        if (cluster_) {
+            auto s = cluster_->touch(*token);
+            if (!s)
+                return std::nullopt;
+            return caller{*token, std::move(s->first), s->second};
+        }
         std::lock_guard lock(mtx_);
         const auto now = steady::now();
         expire_locked(now);
@@ -424,7 +957,15 @@ private:
             return response::error(400, "user must be 1 to 64 bytes, role admin or customer");
         const bool admin = role == "admin";
         const auto token = common::random_id();
-        {
+        if (cluster_) {
+            if (auto refused = cluster_->login(token, user, admin)) {
+                const auto what = refused->cap == "sessions" ? limits_.max_sessions
+                                  : refused->cap == "admins" ? limits_.max_admins
+                                                             : limits_.max_users;
+                return refuse(503, fmt::format("the cluster holds the most {} it may ({}); try again later", refused->cap, what),
+                              refused->retry);
+            }
+        } else {
             std::lock_guard lock(mtx_);
             const auto now = steady::now();
             expire_locked(now);
@@ -467,15 +1008,23 @@ private:
     common::http::reply logout(const caller& s)
     {
         std::vector<std::shared_ptr<ssepp::emitter>> streams;
-        {
-            std::lock_guard lock(mtx_);
-            auto it = sessions_.find(s.token);
-            if (it != sessions_.end())
-                end_session_locked(it, &streams);
+        std::size_t closed = 0;
+        if (cluster_) {
+            // This node's streams first (they are the count), then every other node's.
+            closed = end_node_session(s.token);
+            cluster_->logout(s.token);
+        } else {
+            {
+                std::lock_guard lock(mtx_);
+                auto it = sessions_.find(s.token);
+                if (it != sessions_.end())
+                    end_session_locked(it, &streams);
+            }
+            for (auto& e : streams)
+                e->complete();
+            closed = streams.size();
         }
-        for (auto& e : streams)
-            e->complete();
-        auto r = response::json(200, {{"user", s.user}, {"closed", streams.size()}});
+        auto r = response::json(200, {{"user", s.user}, {"closed", closed}});
         r.headers.emplace_back("Set-Cookie", "session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict");
         return r;
     }
@@ -524,6 +1073,10 @@ private:
             std::lock_guard lock(life_mtx_);
             if (stopping_)
                 return;  // shutdown already completed the streams: this one would stay open
+            if (cluster_) {
+                attach_on_node(std::move(socket), keys, resume, c.token, slot);
+                return;
+            }
             auto stream = ssepp::make_emitter(std::move(socket));
             if (!stream_opened(c.token, stream))
                 return;  // logged out meanwhile: the socket closes
@@ -565,6 +1118,11 @@ private:
 
     common::http::reply close_streams(const caller& s)
     {
+        if (cluster_) {
+            const auto closed = cluster_->local().close(user_key(s.user));  // this node's: the count
+            cluster_->close_user(s.user);  // and every other node's
+            return response::json(200, {{"closed", closed}});
+        }
         return response::json(200, {{"closed", users_.close(user_key(s.user))}});
     }
 
@@ -596,6 +1154,8 @@ private:
             return response::error(400, "the event name holds NUL");
         if (user.empty() || user.size() > 64)
             return response::error(400, "user must be 1 to 64 bytes");
+        if (cluster_)
+            return notify_cluster(user, std::move(e));
         ssepp::send_result sent;
         {
             // Under the lock, so that the user cannot expire between the check and the send
@@ -632,6 +1192,9 @@ private:
         // The order goes to admins as one event, which the registry bounds (64 KiB).
         if (body->dump().size() > max_order_bytes)
             return response::error(400, fmt::format("an order must be at most {} bytes as JSON", max_order_bytes));
+        // In a cluster, who the admins are comes from Redis: asked first, so that an order is
+        // not stored while its alerts cannot go out.
+        const auto cluster_admins = cluster_ ? cluster_->admins() : std::vector<std::string>{};
         std::int64_t id = 0;
         {
             common::sqlite::db db(db_path_);
@@ -647,7 +1210,16 @@ private:
         }
         const json order{{"order_id", id}, {"customer", customer}, {"items", (*body)["items"]}};
         const auto data = order.dump();
-        {
+        if (cluster_) {
+            std::vector<std::string> keys;
+            for (const auto& admin : cluster_admins)
+                keys.push_back(admin_key(admin));
+            try {
+                cluster_->send_each(keys, {.event = "order-created", .data = data});
+            } catch (const store_unavailable& e) {  // the order is stored: say so, and log the rest
+                fmt::print(stderr, "notify_server: order {} stored, its alerts not all sent: {}\n", id, e.what());
+            }
+        } else {
             std::lock_guard lock(mtx_);  // an admin expiring meanwhile would leave a key behind
             for (const auto& admin : admins_) {
                 const auto sent = users_.send(admin_key(admin), {.event = "order-created", .data = data});
@@ -664,6 +1236,8 @@ private:
     common::http::reply start_export(const caller& s)
     {
         const auto id = common::random_id();
+        if (cluster_)
+            return start_export_cluster(s, id);
         {
             std::lock_guard lock(mtx_);
             auto& a = accounts_.at(s.user);
@@ -705,7 +1279,12 @@ private:
             std::unique_lock lock(mtx_);
             if (export_cv_.wait_for(lock, export_time_, [this] { return stopping_exports_; }))
                 return;
-            file = exports_.at(id).file;
+            if (!cluster_)
+                file = exports_.at(id).file;
+        }
+        if (cluster_) {
+            finish_export_cluster(id, user, csv);
+            return;
         }
         std::FILE* f = std::fopen(file.c_str(), "wb");
         if (f) {
@@ -756,6 +1335,14 @@ private:
         auto s = current(req);
         if (!s)
             return response::error(401, "log in first (POST /api/login)");
+        if (cluster_) {
+            auto x = cluster_->find_export(std::string(id));
+            if (!x || x->user != s->user)
+                return response::error(404, "no such export");
+            if (!x->ready)
+                return response::error(409, "export not ready yet");
+            return export_response(id, std::move(x->file));
+        }
         std::filesystem::path file;
         {
             std::lock_guard lock(mtx_);
@@ -774,6 +1361,11 @@ private:
         for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;)
             content.append(buf, n);
         std::fclose(f);
+        return export_response(id, std::move(content));
+    }
+
+    static response export_response(std::string_view id, std::string content)
+    {
         response r{200, "text/csv; charset=utf-8", std::move(content), {}};
         r.headers.emplace_back("Content-Disposition", fmt::format("attachment; filename=\"orders-{}.csv\"", id));
         return r;
@@ -819,7 +1411,18 @@ private:
     common::http::reply show_metrics()
     {
         std::size_t sessions = 0, users = 0, admins = 0, exports = 0;
-        {
+        if (cluster_) {  // the cluster's, from Redis; zero while it is unavailable
+            cluster_counts c;
+            try {
+                c = cluster_->counts();
+            } catch (const store_unavailable&) {
+            }
+            sessions = c.sessions;
+            users = c.users;
+            admins = c.admins;
+            std::lock_guard lock(mtx_);
+            exports = exports_running_;
+        } else {
             std::lock_guard lock(mtx_);
             expire_locked(steady::now());
             sessions = sessions_.size();
@@ -830,7 +1433,8 @@ private:
         return response::text(200, fmt::format("open_streams {}\nevents_sent {}\nbytes_sent {}\nslow_consumer_closes {}\n"
                                                "stalled_closes {}\nreplays_served {}\nsessions {}\nusers {}\nadmins {}\n"
                                                "exports_running {}\nstream_places {}\n",
-                                               users_.size() + ticker_.size(), metrics_.events_sent.load(),
+                                               (cluster_ ? cluster_->local().size() : users_.size()) + ticker_.size(),
+                                               metrics_.events_sent.load(),
                                                metrics_.bytes_sent.load(), metrics_.slow_consumer_closes.load(),
                                                metrics_.stalled_closes.load(), metrics_.replays_served.load(), sessions,
                                                users, admins, exports, slots_.open()));
@@ -852,6 +1456,146 @@ private:
             if (!token.empty())
                 stream_closed(token);
         });
+    }
+
+    // --- As one node of a cluster ----------------------------------------------------------------
+
+    /// Completes this node's streams of a session that ended (here or on another node); how many.
+    std::size_t end_node_session(const std::string& token)
+    {
+        std::vector<std::shared_ptr<ssepp::emitter>> streams;
+        {
+            std::lock_guard lock(mtx_);
+            auto it = node_streams_.find(token);
+            if (it == node_streams_.end())
+                return 0;
+            for (auto& w : it->second)
+                if (auto e = w.lock())
+                    streams.push_back(std::move(e));
+            node_streams_.erase(it);
+        }
+        for (auto& e : streams)
+            e->complete();
+        return streams.size();
+    }
+
+    /// The sessions with a stream open on this node (those without are dropped from the list).
+    std::vector<std::string> streaming_sessions()
+    {
+        std::vector<std::string> out;
+        std::lock_guard lock(mtx_);
+        for (auto it = node_streams_.begin(); it != node_streams_.end();) {
+            std::erase_if(it->second, [](const auto& w) { return w.expired(); });
+            if (it->second.empty()) {
+                it = node_streams_.erase(it);
+                continue;
+            }
+            out.push_back(it->first);
+            ++it;
+        }
+        return out;
+    }
+
+    /// A session's stream on this node, under life_mtx_: registered (so that a logout reaches
+    /// it), then attached through the cluster node, which replays from Redis what the client
+    /// has not had (from its Last-Event-ID, whichever node gave it, or what no stream of its
+    /// keys was sent), then checked against a logout that came before the registration.
+    void attach_on_node(asio::ip::tcp::socket socket, std::vector<std::string> keys, std::optional<std::string> resume,
+                        const std::string& token, common::stream_slots::slot slot)
+    {
+        auto stream = ssepp::make_emitter(std::move(socket));
+        {
+            std::lock_guard lock(mtx_);
+            auto& list = node_streams_[token];
+            std::erase_if(list, [](const auto& w) { return w.expired(); });
+            list.push_back(stream);
+        }
+        watch(*stream, token, std::move(slot));
+        cluster_->attach(std::move(keys), stream, {.last_event_id = std::move(resume), .otherwise = ssepp::replay::undelivered},
+                         [this, stream, token](std::error_code ec, ssepp::attach_result r) {
+                             if (ec) {  // Redis unavailable: nothing attached; the client retries
+                                 stream->close();
+                                 return;
+                             }
+                             metrics_.replays_served += r.replayed ? 1 : 0;
+                             {
+                                 std::lock_guard lock(life_mtx_);
+                                 if (stopping_) {  // attached after shutdown completed the others
+                                     stream->complete();
+                                     return;
+                                 }
+                             }
+                             cluster_->check_session(token, [this, token] { end_node_session(token); });
+                         });
+    }
+
+    common::http::reply notify_cluster(const std::string& user, ssepp::event e)
+    {
+        // The id is the cluster's (a Redis stream id): one order over every node, which is what
+        // lets a client resume on any node. An application's own id cannot take part in it.
+        e.id = std::string(40, '0');  // at least as long as the id it gets: the size it will have
+        if (ssepp::format(e).size() > ssepp::history_options{}.max_event_bytes)
+            return response::error(400, std::error_code(ssepp::errc::event_too_large).message());
+        e.id.reset();
+        if (auto wait = cluster_->keep_user(user))
+            return refuse(503, fmt::format("the cluster holds the most users it may ({}), each with a session; try again later",
+                                           limits_.max_users),
+                          *wait);
+        return response::json(202, {{"id", cluster_->send(user_key(user), std::move(e))}});
+    }
+
+    // The caps on exports are this node's (its workers run them); the export's record and file
+    // are in Redis, so that the user can fetch it through any node.
+    common::http::reply start_export_cluster(const caller& s, const std::string& id)
+    {
+        {
+            std::lock_guard lock(mtx_);
+            auto& mine = node_exports_[s.user];
+            if (mine >= limits_.max_user_exports)
+                return refuse(429, fmt::format("{} export(s) of yours still running; wait for export-ready", mine), export_time_);
+            if (exports_running_ >= limits_.max_exports)
+                return refuse(503, fmt::format("the server runs the most exports it may ({}); try again later",
+                                               limits_.max_exports),
+                              export_time_);
+            ++mine;
+            ++exports_running_;
+        }
+        try {
+            cluster_->export_started(id, s.user);
+        } catch (const store_unavailable&) {
+            export_ended(s.user);
+            throw;
+        }
+        asio::post(workers_, [this, id, user = s.user, all = s.admin] { run_export(id, user, all); });
+        return response::json(202, {{"export_id", id}, {"file", fmt::format("/api/exports/{}/file", id)}});
+    }
+
+    void export_ended(const std::string& user)
+    {
+        std::lock_guard lock(mtx_);
+        --exports_running_;
+        if (auto it = node_exports_.find(user); it != node_exports_.end() && --it->second == 0)
+            node_exports_.erase(it);
+    }
+
+    // On a worker: the file to Redis, then export-ready to the user's streams on every node.
+    void finish_export_cluster(const std::string& id, const std::string& user, const std::string& csv)
+    {
+        bool stored = true;
+        try {
+            cluster_->export_done(id, user, csv);
+        } catch (const store_unavailable& e) {
+            stored = false;
+            fmt::print(stderr, "notify_server: export {} not stored: {}\n", id, e.what());
+        }
+        export_ended(user);
+        const json ready{{"export_id", id}, {"url", fmt::format("/api/exports/{}/file", id)}};
+        try {
+            cluster_->send(user_key(user), {.event = stored ? "export-ready" : "export-failed", .data = ready.dump()});
+        } catch (const store_unavailable& e) {
+            fmt::print(stderr, "notify_server: export {}: {} not sent: {}\n", id, stored ? "export-ready" : "export-failed",
+                       e.what());
+        }
     }
 
     asio::io_context& io_;
@@ -880,6 +1624,12 @@ private:
     std::size_t exports_running_ = 0;
     steady::time_point next_session_expiry_ = steady::time_point::max(); // no idle session is due before
     common::stream_slots slots_{limits_.max_streams};  // event streams: sessions' (by token), the ticker's
+    // As a node of a cluster (else empty): this node's streams by session token, and its
+    // exports running by user.
+    std::map<std::string, std::vector<std::weak_ptr<ssepp::emitter>>> node_streams_;
+    std::map<std::string, std::size_t> node_exports_;
+    // Set for a node of a cluster. Reset before the members above go (its thread uses them).
+    std::unique_ptr<cluster_store> cluster_;
     // Last, so that it would be destroyed first, though the destructor joins it already.
     asio::thread_pool workers_{2};
 };
@@ -891,6 +1641,7 @@ int main(int argc, char** argv)
     common::server_flags server;
     common::http_flags front;
     std::string db = "notify.db";
+    std::string redis;
     int export_ms = 1500;
     limits lim;
     auto session_idle_ms = lim.session_idle.count();
@@ -899,7 +1650,8 @@ int main(int argc, char** argv)
     auto tick_ms = lim.tick.count();
     common::cli args("notify_server");
     server.add_to(args)
-        .flag("--db", db, "SQLite database file")
+        .flag("--db", db, "SQLite database file (in a cluster on one machine: the same file for every node)")
+        .flag("--redis", redis, "redis://host[:port][/db]: run as one node of a cluster sharing this Redis")
         .flag("--export-ms", export_ms, "how long an export pretends to work")
         .flag("--max-sessions", lim.max_sessions, "sessions held at once (503 past it)")
         .flag("--max-users", lim.max_users, "users held at once, with a session or notifications kept (503 past it)")
@@ -918,9 +1670,16 @@ int main(int argc, char** argv)
     lim.user_ttl = std::chrono::milliseconds(user_ttl_ms);
     lim.ticker_write_timeout = std::chrono::milliseconds(ticker_write_timeout_ms);
     lim.tick = std::chrono::milliseconds(std::max<std::int64_t>(1, tick_ms));
+#if !SSEPP_EXAMPLES_REDIS
+    if (!redis.empty()) {
+        fmt::print(stderr, "notify_server: built without Redis support: --redis needs ssepp::redis "
+                           "(install libhiredis-dev and configure again)\n");
+        return 1;
+    }
+#endif
     try {
         asio::io_context io;
-        notify_service service(io, db, lim, std::chrono::milliseconds(export_ms));
+        notify_service service(io, db, lim, std::chrono::milliseconds(export_ms), redis);
         common::http::server http(io, server.endpoint(), [&](request& r) { return service.handle(r); }, {}, front.get());
         fmt::print("notify_server listening on http://{}:{}/\n", server.host, http.local_endpoint().port());
         std::fflush(stdout);
