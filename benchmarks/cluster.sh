@@ -86,6 +86,7 @@ redis_url="redis://127.0.0.1:$redis_port"
 start_nodes() {
   local kind=$1 count=$2 rate=$3 keys=$4 delivery=$5 i
   node_pids=(); urls=""
+  rm -f "$work"/node*.out
   for i in $(seq 0 $(( count - 1 ))); do
     local r=0; [ "$i" = 0 ] && r=$rate
     local out="$work/node$i.out"; : > "$out"
@@ -112,6 +113,7 @@ start_nodes() {
 start_nchan() {
   local count=$1 rate=$2 i
   node_pids=(); urls=""
+  rm -f "$work"/node*.out
   local first_port=""
   for i in $(seq 0 $(( count - 1 ))); do
     local port dir="$work/nginx$i"; port=$(free_port); mkdir -p "$dir/logs"
@@ -179,6 +181,11 @@ run_scenario() {
       --duration "$secs" --keys "$keys" $publish > "$work/load.json" || echo '{}' > "$work/load.json"
   local cpu1; cpu1=$(cpu_ticks "${node_pids[@]}")
   stop_nodes
+  # Subscribers the servers dropped: say why (cluster_server counts close reasons).
+  if python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1])).get("closed_early", 0) == 0)' "$work/load.json"; then
+    echo "$sc $name: subscribers closed early:" >&2
+    grep -h 'closed' "$work"/node*.out >&2 || true
+  fi
   local t1; t1=$(date +%s.%N)
   local rcpu1; rcpu1=$(cpu_ticks "$redis_pid")
   redis_info "$work/after.txt"

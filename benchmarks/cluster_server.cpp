@@ -22,6 +22,7 @@
 #include <ssepp/ssepp.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
@@ -209,10 +210,15 @@ int main(int argc, char** argv)
     }
     auto node = node_type::create(asio::make_strand(io), std::move(cluster), {.max_events = 64});
 
+    // Why subscribers left, by close_reason (completed, client_gone, timeout, overflow, error).
+    std::array<std::atomic<std::uint64_t>, 5> closed{};
     bench::front front(
         io, o,
         [&](asio::ip::tcp::socket s, std::string key) {
             auto stream = ssepp::make_emitter(socket_type(io.get_executor(), asio::ip::tcp::v4(), s.release()));
+            stream->on_close([&closed](ssepp::close_reason r, std::error_code) {
+                ++closed[std::min<std::size_t>(static_cast<std::size_t>(r), closed.size() - 1)];
+            });
             node->async_attach(std::move(key), stream, {.otherwise = ssepp::replay::none},
                                [](std::error_code, ssepp::attach_result) {});
         },
@@ -258,7 +264,10 @@ int main(int argc, char** argv)
             });
         io_thread.join();  // until SIGINT/SIGTERM
     }
-    fmt::print("cluster_server: published {} acked {} failed {}\n", published.load(), acked.load(), failed.load());
+    fmt::print("cluster_server: published {} acked {} failed {}; subscribers closed: client_gone {} timeout {} "
+               "overflow {} other {}\n",
+               published.load(), acked.load(), failed.load(), closed[1].load(), closed[2].load(), closed[3].load(),
+               closed[0].load() + closed[4].load());
     std::fflush(stdout);
     // The node's handlers still queued in the stopped io_context own it and its emitters:
     // tearing that down buys a benchmark nothing.
