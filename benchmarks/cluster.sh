@@ -2,7 +2,7 @@
 # The cluster benchmark (issue 11): nodes of ssepp::redis::node (cluster_server) on one
 # redis-server, against one node without Redis (fanout_server) and against nginx + nchan with
 # its Redis backend (same redis-server), with the same client (sse_load), in one run.
-#   benchmarks/cluster.sh [--runs N] [--only sat,bus,keys] [--seconds S] [--quick] [--bin DIR]
+#   benchmarks/cluster.sh [--runs N] [--only sat,bus,keys,redis] [--seconds S] [--quick] [--bin DIR]
 # --bin DIR: use the binaries in DIR (e.g. built from a snapshot of a commit) instead of building.
 # Scenarios (each run bounded: S seconds of measurement, default 10, after the connect phase):
 #   sat   1,000 subscribers split over the servers, events of 64 B published on the first one as
@@ -11,15 +11,19 @@
 #         what the bus adds to the latency when nothing saturates
 #   keys  1,000 users with one subscriber each over 4 nodes, each event sent to one user:
 #         broadcast vs targeted delivery (when cluster_options has `delivery`)
+#   redis no subscribers, 5,000 events/s, 1, 2, 4 and 8 nodes: Redis's cost per event as the
+#         bus fans out to more nodes (for the capacity estimate)
 # For the Redis-backed servers: INFO commandstats, stats and cpu before and after the
 # publisher's life -> Redis calls, microseconds, bytes and CPU per published event.
+# CPU wait ms/s: how long the servers, Redis and the client were runnable but had no CPU, per
+# second of measurement (schedstat): what other jobs on a shared machine cost the run.
 # Prints a markdown table of each run and one of the medians. Loopback only. Needs a Release
 # build in build-bench (made here), redis-server, and for nchan nginx + libnginx-mod-nchan
 # (bash scripts/deps.sh --bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-runs=3; only="sat,bus,keys"; secs=10; quick=0; bin=
+runs=3; only="sat,bus,keys,redis"; secs=10; quick=0; bin=
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs="$2"; shift ;;
@@ -27,7 +31,7 @@ while [ $# -gt 0 ]; do
     --seconds) secs="$2"; shift ;;
     --quick) quick=1; secs=2; runs=1 ;;
     --bin) bin="$2"; shift ;;
-    *) echo "usage: $0 [--runs N] [--only sat,bus,keys] [--seconds S] [--quick] [--bin DIR]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--runs N] [--only sat,bus,keys,redis] [--seconds S] [--quick] [--bin DIR]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -68,6 +72,19 @@ cpu_ticks() {
   for p in "$@"; do
     for c in $p $(pgrep -P "$p" 2>/dev/null); do
       total=$(( total + $(awk '{print $14 + $15}' /proc/$c/stat 2>/dev/null || echo 0) ))
+    done
+  done
+  echo $total
+}
+# Nanoseconds the threads of processes (and their children) spent runnable but waiting for a
+# CPU (/proc/PID/task/TID/schedstat, 2nd field): on a shared machine, what the load cost us.
+wait_ns() {
+  local total=0 p c t
+  for p in "$@"; do
+    for c in $p $(pgrep -P "$p" 2>/dev/null); do
+      for t in /proc/$c/task/*/schedstat; do
+        total=$(( total + $(awk '{print $2}' "$t" 2>/dev/null || echo 0) ))
+      done
     done
   done
   echo $total
@@ -176,9 +193,16 @@ run_scenario() {
     nchan) start_nchan "$nodes" "$rate" ;;
   esac
   local cpu0; cpu0=$(cpu_ticks "${node_pids[@]}")
+  local wait0; wait0=$(wait_ns "${node_pids[@]}" "$redis_pid")
   # shellcheck disable=SC2086
   timeout $(( secs + 40 )) $bin/sse_load --url "$urls" --connections "$conns" --connect-rate 3000 \
-      --duration "$secs" --keys "$keys" $publish > "$work/load.json" || echo '{}' > "$work/load.json"
+      --duration "$secs" --keys "$keys" $publish > "$work/load.json" &
+  local client=$!
+  local cwait=0
+  # The client's wait, sampled until it ends (its /proc entry goes with it).
+  while kill -0 "$client" 2>/dev/null; do cwait=$(wait_ns "$client"); sleep 0.2; done
+  wait "$client" || echo '{}' > "$work/load.json"
+  local wait1; wait1=$(wait_ns "${node_pids[@]}" "$redis_pid")
   local cpu1; cpu1=$(cpu_ticks "${node_pids[@]}")
   stop_nodes
   # Subscribers the servers dropped: say why (cluster_server counts close reasons).
@@ -191,9 +215,10 @@ run_scenario() {
   redis_info "$work/after.txt"
   local load1; load1=$(cut -d' ' -f1 /proc/loadavg)
   python3 - "$sc" "$name" "$nodes" "$conns" "$cpu0" "$cpu1" "$rcpu0" "$rcpu1" "$t0" "$t1" "$load0" "$load1" \
+      "$(( wait1 - wait0 + cwait ))" \
       "$work/load.json" "$work/node0.out" "$work/before.txt" "$work/after.txt" >> "$results" <<'PY'
 import json, os, re, sys
-sc, name, nodes, conns, c0, c1, r0, r1, t0, t1, l0, l1, load, out0, before, after = sys.argv[1:]
+sc, name, nodes, conns, c0, c1, r0, r1, t0, t1, l0, l1, waited, load, out0, before, after = sys.argv[1:]
 j = json.load(open(load))
 hz = os.sysconf('SC_CLK_TCK')
 window = j.get("duration_s", 0) + j.get("connect_s", 0)
@@ -237,7 +262,7 @@ else:
             f"{eval_us / max(evals, 1):.1f}",
             f"{(dk('used_cpu_user') + dk('used_cpu_sys')) * 1e6 / events:.1f}",
             round(dk("total_net_output_bytes") / events), round(dk("total_net_input_bytes") / events)]
-row += [f"{l0}/{l1}"]
+row += [f"{l0}/{l1}", round(int(waited) / 1e6 / max(window, 1e-9))]
 print("\t".join(str(x) for x in row))
 PY
 }
@@ -260,6 +285,9 @@ for run in $(seq "$runs"); do
       echo "keys: skipped (cluster_options has no delivery yet)" >&2
     fi
   ;; esac
+  case ",$only," in *,redis,*)
+    for n in 1 2 4 8; do run_scenario redis "cluster-$n" "$n" 5000 0 0; done
+  ;; esac
 done
 
 python3 - "$results" "$secs" <<'PY'
@@ -267,7 +295,8 @@ import sys, collections, statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 head = ["scenario", "server", "nodes", "connected", "closed early", "delivered ev/s", "p50 µs", "p99 µs",
         "servers CPU %", "published ev/s", "redis CPU %", "EVAL/event", "Redis calls/event",
-        "µs/EVAL", "redis CPU µs/event", "bytes out/event", "bytes in/event", "load avg before/after"]
+        "µs/EVAL", "redis CPU µs/event", "bytes out/event", "bytes in/event", "load avg before/after",
+        "CPU wait ms/s"]
 print(f"Each run: {sys.argv[2]} s of measurement after the connect phase.\n")
 print("| " + " | ".join(head) + " |")
 print("|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|")
@@ -281,7 +310,7 @@ def med(rs, k):
     return statistics.median(xs) if xs else None
 print()
 print("Medians over runs:\n")
-cols = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+cols = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18]
 print("| scenario | server | runs | " + " | ".join(head[c] for c in cols) + " |")
 print("|---|---|---:|" + "---:|" * len(cols))
 meds = {}
