@@ -234,8 +234,16 @@ struct job_stream {
     std::mutex mtx;  // one publish at a time: the stream's order is the order of the calls
     bool primed = false;
     std::string last;                    // the stream id of the last event stored, "" if none
-    std::optional<std::string> failure;  // why publishing stopped, once it did
+    std::optional<std::string> failure;  // why publishing stopped, once it did (under mtx)
+    std::atomic<bool> failed{false};     // failure is set: for the import's polls, lock-free
     std::atomic<bool> disowned{false};   // another node holds the job's lease now
+
+    bool stopped() const { return failed || disowned; }
+    std::string why()
+    {
+        std::lock_guard lock(mtx);
+        return disowned ? "another node declared this import lost" : failure.value_or("?");
+    }
 };
 
 /// This node's link to the cluster: the ssepp::redis::node that carries the job streams, and
@@ -393,6 +401,13 @@ return {h, redis.call('EXISTS', KEYS[2])})";
         if (js.failure && !finish)
             return std::nullopt;
         js.failure.reset();
+        js.failed = false;
+        // Sets the failure (the caller's lock held) and says there is no id.
+        const auto fail = [&](std::string why) {
+            js.failure = std::move(why);
+            js.failed = true;
+            return std::nullopt;
+        };
         const auto deadline = clock::now() + settings_.lease / 3;
         std::optional<std::future<std::pair<std::error_code, std::string>>> pending;  // fate unknown
         bool unsure = !js.primed;  // what the stream holds is to be read first
@@ -401,8 +416,7 @@ return {h, redis.call('EXISTS', KEYS[2])})";
             if (unsure) {
                 if (pending) {
                     if (pending->wait_until(deadline) != std::future_status::ready) {
-                        js.failure = "Redis did not answer a publish";
-                        return std::nullopt;
+                        return fail("Redis did not answer a publish");
                     }
                     auto [ec, id] = get(*pending);
                     pending.reset();
@@ -431,8 +445,7 @@ return {h, redis.call('EXISTS', KEYS[2])})";
                     if (!ec)
                         return stored(js, std::move(id));
                     if (ec.category() != ssepp::redis::error_category()) {
-                        js.failure = ec.message();  // the event itself (validate()): no retry
-                        return std::nullopt;
+                        return fail(ec.message());  // the event itself (validate()): no retry
                     }
                     why = ec.message();
                     unsure = ec != ssepp::redis::errc::not_connected;  // not_connected: never sent
@@ -443,8 +456,7 @@ return {h, redis.call('EXISTS', KEYS[2])})";
                 }
             }
             if (clock::now() >= deadline) {
-                js.failure = fmt::format("Redis took no event for {} ms ({})", ms(settings_.lease / 3), why);
-                return std::nullopt;
+                return fail(fmt::format("Redis took no event for {} ms ({})", ms(settings_.lease / 3), why));
             }
             std::this_thread::sleep_for(std::min<clock::duration>(std::chrono::milliseconds(100), deadline - clock::now()));
         }
@@ -716,7 +728,7 @@ return 0)";
                 lost.id = *id;
             else
                 fmt::print(stderr, "upload_server: job {}: could not declare it lost: {}\n", js->id,
-                           js->failure.value_or("?"));
+                           js->why());
             ended(js->id, "failed", id ? std::optional(lost) : std::nullopt, std::nullopt);
         });
     }
@@ -902,10 +914,9 @@ private:
             js = cluster_->stream(id);
             cluster_->update(id, "processing", {});
             send = [&](ssepp::event e) { return cluster_->publish(*js, std::move(e), false).has_value(); };
-            lost = [&] { return js->failure || js->disowned; };
+            lost = [&] { return js->stopped(); };
             lost_reason = [&] {
-                return js->disowned ? std::string("another node declared this import lost")
-                                    : fmt::format("events could not be published: {}", js->failure.value_or("?"));
+                return js->disowned ? js->why() : fmt::format("events could not be published: {}", js->why());
             };
         }
 #endif
@@ -979,7 +990,7 @@ private:
                     sent = true;
                 } else {
                     fmt::print(stderr, "upload_server: job {}: its {} event could not be published: {}\n", id,
-                               terminal.event, js->failure.value_or("?"));
+                               terminal.event, js->why());
                 }
             } else {
                 fmt::print(stderr, "upload_server: job {}: another node declared it lost; its {} is not published\n",

@@ -11,8 +11,16 @@
 #include "support/redis_server.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <csignal>
+#include <mutex>
+#include <thread>
+
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 using namespace e2e;
 using namespace e2e::upload;
@@ -115,6 +123,156 @@ std::string redis_command(const test::redis_server& redis, const std::string& co
     while (got.find("\r\n") == std::string::npos && c.read_some(got, deadline)) {
     }
     return got;
+}
+
+/// A TCP proxy on 127.0.0.1 in front of Redis that can lose a reply: armed with a marker, it
+/// forwards the next command whose bytes hold the marker, then swallows Redis's reply to it and
+/// cuts that connection. The command ran; its sender only sees the link drop.
+class reply_cutter {
+public:
+    explicit reply_cutter(std::uint16_t target) : target_(target)
+    {
+        listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in a = loopback(0);
+        socklen_t len = sizeof a;
+        if (listener_ < 0 || ::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
+            || ::listen(listener_, 16) != 0 || ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+            throw std::runtime_error("reply_cutter: cannot listen");
+        port_ = ntohs(a.sin_port);
+        thread_ = std::thread([this] { loop(); });
+    }
+    ~reply_cutter()
+    {
+        stop_ = true;
+        thread_.join();
+        for (auto& l : links_)
+            ::close(l.client), ::close(l.server);
+        ::close(listener_);
+    }
+    reply_cutter(const reply_cutter&) = delete;
+    reply_cutter& operator=(const reply_cutter&) = delete;
+
+    std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
+    void arm(std::string marker)
+    {
+        std::lock_guard lock(mtx_);
+        marker_ = std::move(marker);
+    }
+    bool fired() const { return fired_; }
+
+private:
+    struct link {
+        int client, server;
+        bool cut_at_reply = false;
+    };
+
+    static sockaddr_in loopback(std::uint16_t port)
+    {
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        return a;
+    }
+
+    static bool write_all(int fd, const char* p, std::size_t n)
+    {
+        while (n > 0) {
+            const auto w = ::send(fd, p, n, MSG_NOSIGNAL);
+            if (w <= 0)
+                return false;
+            p += w;
+            n -= static_cast<std::size_t>(w);
+        }
+        return true;
+    }
+
+    // Polls every 20 ms at most, so that the destructor's stop is seen soon.
+    void loop()
+    {
+        char buf[65536];
+        while (!stop_) {
+            std::vector<pollfd> fds{{listener_, POLLIN, 0}};
+            for (const auto& l : links_)
+                fds.push_back({l.client, POLLIN, 0}), fds.push_back({l.server, POLLIN, 0});
+            if (::poll(fds.data(), fds.size(), 20) <= 0)
+                continue;
+            if (fds[0].revents & POLLIN) {
+                const int c = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+                const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                const auto a = loopback(target_);
+                if (c >= 0 && s >= 0 && ::connect(s, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0)
+                    links_.push_back({c, s});
+                else
+                    ::close(c), ::close(s);
+            }
+            std::vector<std::size_t> gone;
+            const std::size_t polled = (fds.size() - 1) / 2;  // a link accepted above waits for the next poll
+            for (std::size_t i = 0; i < polled; ++i) {
+                auto& l = links_[i];
+                bool drop = false;
+                if (fds[1 + 2 * i].revents & (POLLIN | POLLHUP | POLLERR)) {
+                    const auto n = ::recv(l.client, buf, sizeof buf, 0);
+                    if (n <= 0) {
+                        drop = true;
+                    } else {
+                        {
+                            std::lock_guard lock(mtx_);
+                            if (!marker_.empty() && std::string_view(buf, static_cast<std::size_t>(n)).find(marker_)
+                                                        != std::string_view::npos) {
+                                l.cut_at_reply = true;
+                                marker_.clear();
+                            }
+                        }
+                        drop = !write_all(l.server, buf, static_cast<std::size_t>(n));
+                    }
+                }
+                if (!drop && (fds[2 + 2 * i].revents & (POLLIN | POLLHUP | POLLERR))) {
+                    const auto n = ::recv(l.server, buf, sizeof buf, 0);
+                    if (n <= 0 || l.cut_at_reply) {
+                        drop = true;
+                        fired_ = fired_ || l.cut_at_reply;
+                    } else {
+                        drop = !write_all(l.client, buf, static_cast<std::size_t>(n));
+                    }
+                }
+                if (drop)
+                    gone.push_back(i);
+            }
+            for (auto it = gone.rbegin(); it != gone.rend(); ++it) {
+                ::close(links_[*it].client);
+                ::close(links_[*it].server);
+                links_.erase(links_.begin() + static_cast<std::ptrdiff_t>(*it));
+            }
+        }
+    }
+
+    std::uint16_t target_;
+    std::uint16_t port_ = 0;
+    int listener_ = -1;
+    std::vector<link> links_;  // the loop's thread only
+    std::mutex mtx_;
+    std::string marker_;
+    std::atomic<bool> fired_{false};
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
+};
+
+/// Follows a job on `nodes` in turn from `seen` on, as EventSource would, until its terminal
+/// event (at most `attempts` connections).
+void follow_to_end(std::vector<event>& seen, const std::string& path, std::initializer_list<server*> nodes,
+                   int attempts = 10)
+{
+    for (int i = 0; terminals(seen) == 0 && i < attempts; ++i) {
+        auto* s = *(nodes.begin() + i % static_cast<int>(nodes.size()));
+        header_list h;
+        if (!seen.empty())
+            h.emplace_back("Last-Event-ID", seen.back().id);
+        sse_client c(s->port(), path, h);
+        REQUIRE(c.read_head() == 200);
+        c.read_to_eof(60s);
+        seen.insert(seen.end(), c.events.begin(), c.events.end());
+    }
 }
 
 } // namespace
@@ -274,12 +432,7 @@ TEST_CASE("upload cluster e2e: Redis links dropped mid-import: the events are ne
     std::vector<event> seen = first.events;
     // Had B ended the stream early (a node that cannot read back what its bus missed
     // completes its streams), the client resumes, as EventSource does, on either node.
-    for (int attempt = 0; terminals(seen) == 0 && attempt < 10; ++attempt) {
-        sse_client c(attempt % 2 ? b.port() : a.port(), path, {{"Last-Event-ID", seen.back().id}});
-        REQUIRE(c.read_head() == 200);
-        c.read_to_eof(60s);
-        seen.insert(seen.end(), c.events.begin(), c.events.end());
-    }
+    follow_to_end(seen, path, {&a, &b});
     const auto& terminal = check_stream(seen, g);
     CHECK(terminal.type == "complete");
     check_same(replay(a, id), seen);
@@ -317,4 +470,32 @@ TEST_CASE("upload cluster e2e: the node running an import dies: the client on an
     check_same(replay(b, id), c.events);
 }
 
+#endif
+
+#if defined(SSEPP_EXAMPLES_REDIS) && defined(SSEPP_REDIS_SERVER)
+TEST_CASE("upload cluster e2e: a publish that Redis ran but whose reply was lost is found in the stream, not stored "
+          "twice",
+          "[upload-e2e][cluster]")
+{
+    test::redis_server redis;
+    reply_cutter cutter(redis.port());
+    server a({"--redis", cutter.url(), "--import-pause-us", "3000"});  // A's links go through the cutter
+    server b(node_flags(redis));
+    const auto g = make_csv(30'000, 60);  // a row error every 64 rows or so: pass 1 publishes them steadily
+    const auto id = a.accepted(g.text);
+    const std::string path = "/api/upload/" + id + "/events";
+    sse_client c(b.port(), path);
+    REQUIRE(c.read_head() == 200);
+    REQUIRE(c.read_until([&] { return count(c.events, {"row-error"}) >= 1; }, 30s));
+    // The next row error's EVAL runs in Redis (appended, and published to B), and A's link
+    // drops before its reply: sent again blindly, it would be in the stream twice.
+    cutter.arm("row-error");
+    REQUIRE(test::eventually([&] { return cutter.fired(); }, 10s, 5ms));
+    c.read_to_eof(60s);
+    std::vector<event> seen = c.events;
+    follow_to_end(seen, path, {&b, &a});
+    const auto& terminal = check_stream(seen, g);  // every row error once, in order
+    CHECK(terminal.type == "complete");
+    check_same(replay(a, id), seen);
+}
 #endif
