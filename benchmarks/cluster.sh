@@ -2,7 +2,7 @@
 # The cluster benchmark (issue 11): nodes of ssepp::redis::node (cluster_server) on one
 # redis-server, against one node without Redis (fanout_server) and against nginx + nchan with
 # its Redis backend (same redis-server), with the same client (sse_load), in one run.
-#   benchmarks/cluster.sh [--runs N] [--only sat,bus,keys,redis] [--seconds S] [--quick] [--bin DIR]
+#   benchmarks/cluster.sh [--runs N] [--only sat,bus,keys,shared,redis] [--seconds S] [--quick] [--bin DIR]
 # --bin DIR: use the binaries in DIR (e.g. built from a snapshot of a commit) instead of building.
 # Scenarios (each run bounded: S seconds of measurement, default 10, after the connect phase):
 #   sat   1,000 subscribers split over the servers, events of 64 B published on the first one as
@@ -11,6 +11,8 @@
 #         what the bus adds to the latency when nothing saturates
 #   keys  1,000 users with one subscriber each over 4 nodes, each event sent to one user:
 #         broadcast vs targeted delivery (when cluster_options has `delivery`)
+#   shared one key held on every node (8 subscribers over 4 nodes), 5,000 events/s: broadcast
+#         vs targeted where targeting saves nothing
 #   redis no subscribers, 5,000 events/s, 1, 2, 4 and 8 nodes: Redis's cost per event as the
 #         bus fans out to more nodes (for the capacity estimate)
 # For the Redis-backed servers: INFO commandstats, stats and cpu before and after the
@@ -23,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-runs=3; only="sat,bus,keys,redis"; secs=10; quick=0; bin=
+runs=3; only="sat,bus,keys,shared,redis"; secs=10; quick=0; bin=
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs="$2"; shift ;;
@@ -31,7 +33,7 @@ while [ $# -gt 0 ]; do
     --seconds) secs="$2"; shift ;;
     --quick) quick=1; secs=2; runs=1 ;;
     --bin) bin="$2"; shift ;;
-    *) echo "usage: $0 [--runs N] [--only sat,bus,keys,redis] [--seconds S] [--quick] [--bin DIR]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--runs N] [--only sat,bus,keys,shared,redis] [--seconds S] [--quick] [--bin DIR]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -285,6 +287,12 @@ for run in $(seq "$runs"); do
       echo "keys: skipped (cluster_options has no delivery yet)" >&2
     fi
   ;; esac
+  case ",$only," in *,shared,*)
+    if [ "$have_targeted" = 1 ]; then
+      run_scenario shared cluster-broadcast 4 5000 8 0 broadcast
+      run_scenario shared cluster-targeted 4 5000 8 0 targeted
+    fi
+  ;; esac
   case ",$only," in *,redis,*)
     for n in 1 2 4 8; do run_scenario redis "cluster-$n" "$n" 5000 0 0; done
   ;; esac
@@ -328,8 +336,10 @@ if s and c:
 bs, bc = get("bus", "single", 2), get("bus", "cluster", 2)
 if bs is not None and bc is not None:
     print(f"- bus: p99 {bc:.0f} µs cluster vs {bs:.0f} µs single at 10k ev/s: the bus adds {bc - bs:.0f} µs (target <= 2000)")
-for name in ("cluster-broadcast", "cluster-targeted"):
-    v = get("keys", name, 0)
-    if v:
-        print(f"- keys: {name} {v:.0f} ev/s delivered")
+for sc in ("keys", "shared"):
+    for name in ("cluster-broadcast", "cluster-targeted"):
+        v = meds.get((sc, name))
+        if v:
+            print(f"- {sc}: {name}: {v[0]:.0f} ev/s delivered, {v[4]:.0f} published/s, servers CPU {v[3]:.0f} %, "
+                  f"Redis {v[9]:.1f} µs CPU and {v[10]:.0f} bytes out per event")
 PY
