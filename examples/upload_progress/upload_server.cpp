@@ -497,8 +497,14 @@ return 1)";
             std::lock_guard lock(mtx_);
             held_.erase(id);
         }
-        if (!terminal)
+        if (!terminal) {
+            // The status at least says it ended; the lease lapses, and a node that streams
+            // the job declares it lost (unless the event landed after all: see watch()).
+            if (p)
+                post({"HSET", record_key(id), "state", std::string(state), "rows_done", std::to_string(p->rows_done),
+                      "rows_total", std::to_string(p->rows_total), "errors", std::to_string(p->errors)});
             return;
+        }
         static constexpr std::string_view script = R"(
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'outcome_id', ARGV[3], 'outcome_event', ARGV[4], 'outcome_data', ARGV[5])
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'rows_done', ARGV[8], 'rows_total', ARGV[9], 'errors', ARGV[10]) end
