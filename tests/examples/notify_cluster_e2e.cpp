@@ -6,6 +6,7 @@
 #include "examples/support/process.hpp"
 
 #include "catch.hpp"
+#include "support/loopback.hpp"
 
 #if SSEPP_EXAMPLES_REDIS
 
@@ -15,6 +16,7 @@
 
 #include <array>
 #include <memory>
+#include <thread>
 
 using namespace e2e;
 using namespace std::chrono_literals;
@@ -70,9 +72,22 @@ struct node {
         return c;
     }
 
+    /// The status of GET /api/events (for a session that is gone: a live one gets a stream,
+    /// closed at once; and any request renews its session).
     int events_status(const std::string& cookie) const
     {
-        return request(port, "GET", "/api/events", {{"Cookie", cookie}, {"Accept", "text/event-stream"}}).status;
+        sse_client c(port, "/api/events", {{"Cookie", cookie}});
+        return c.read_head();
+    }
+
+    /// A counter of /metrics (it renews no session).
+    std::uint64_t metric(const std::string& name) const
+    {
+        auto r = request(port, "GET", "/metrics");
+        const auto at = r.body.find(name + " ");
+        if (r.status != 200 || at == std::string::npos)
+            throw std::runtime_error("no " + name + " in /metrics: " + r.body);
+        return std::stoull(r.body.substr(at + name.size() + 1));
     }
 };
 
@@ -85,12 +100,15 @@ struct cluster {
     std::array<std::unique_ptr<server_process>, 2> procs;
     node a, b;
 
-    cluster()
+    /// `flags`: more command-line flags, the same for both nodes (the limits).
+    explicit cluster(const std::vector<std::string>& flags = {})
     {
-        for (auto& p : procs)
-            p = std::make_unique<server_process>(example_binary("notify_server", "SSEPP_NOTIFY_SERVER"),
-                                                 std::vector<std::string>{"--port", "0", "--db", (dir / "notify.db").string(),
-                                                                          "--export-ms", "100", "--redis", redis.url()});
+        for (auto& p : procs) {
+            std::vector<std::string> args{"--port", "0", "--db", (dir / "notify.db").string(), "--export-ms", "100",
+                                          "--redis", redis.url()};
+            args.insert(args.end(), flags.begin(), flags.end());
+            p = std::make_unique<server_process>(example_binary("notify_server", "SSEPP_NOTIFY_SERVER"), args);
+        }
         redirect.restore();
         a.port = procs[0]->port();
         b.port = procs[1]->port();
@@ -111,6 +129,19 @@ struct cluster {
             std::fprintf(stderr, "notify_server nodes' stderr:\n%s\n", text.c_str());
     }
 };
+
+/// One command to the test's redis-server (inline form); its reply's first line.
+std::string redis_command(std::uint16_t port, const std::string& command)
+{
+    connection c(port);
+    c.send_all(command + "\r\n");
+    std::string reply;
+    const auto deadline = clock::now() + 5s;
+    while (reply.find("\r\n") == std::string::npos)
+        if (!c.read_some(reply, deadline) || c.eof())
+            break;
+    return reply.substr(0, reply.find("\r\n"));
+}
 
 /// What an event stands for in these tests: a notification's data, an order's sku, or the
 /// event name for anything else.
@@ -287,8 +318,8 @@ TEST_CASE("notify cluster e2e: logout on A ends the session's streams on B withi
     auto other_on_b = c.b.stream(other);
     auto r = c.a.post("/api/logout", ann);
     REQUIRE(r.status == 200);
-    CHECK(on_b->read_to_eof(5s));
-    CHECK(on_a->read_to_eof(5s));
+    CHECK(on_b->read_to_eof(2s));
+    CHECK(on_a->read_to_eof(2s));
     for (const auto* n : {&c.a, &c.b})
         CHECK(n->events_status(ann) == 401);
     CHECK(c.b.post("/api/notifications/ann", ann, R"({"data":"x"})").status == 401);
@@ -335,6 +366,78 @@ TEST_CASE("notify cluster e2e: what is sent while a user has no stream arrives o
     REQUIRE(s->read_events(2));
     CHECK(labels(s->events) == std::vector<std::string>{"while away", "sku-away"});
     CHECK(s->nothing_for(300ms));
+}
+
+TEST_CASE("notify cluster e2e: the caps on sessions and users are the cluster's, a user idle past the session time "
+          "makes room with what was kept for them",
+          "[notify-e2e][cluster]")
+{
+    cluster c({"--max-sessions", "3", "--max-users", "2", "--session-idle-ms", "1000"});
+    // Sessions: three in all, whichever node made them.
+    const auto u1 = c.a.login("u1");
+    const auto u1b = c.b.login("u1");
+    const auto u2 = c.b.login("u2");
+    for (const auto* n : {&c.a, &c.b}) {
+        auto r = request(n->port, "POST", "/api/login", {{"Content-Type", "application/json"}},
+                         R"({"user":"u1","role":"customer"})");
+        INFO(r.head << r.body);
+        CHECK(r.status == 503);
+        CHECK(r.header("Retry-After").has_value());
+    }
+    c.a.post("/api/logout", u1b);
+    // Users: two, both active now, so a third is refused.
+    c.a.notify(u1, "u1", "kept for u1");
+    auto r = c.b.post("/api/notifications/u3", u2, R"({"data":"x"})");  // a customer may not: 403 first
+    CHECK(r.status == 403);
+    r = request(c.b.port, "POST", "/api/login", {{"Content-Type", "application/json"}}, R"({"user":"u3","role":"customer"})");
+    INFO(r.head << r.body);
+    CHECK(r.status == 503);
+    // Once u1 and u2 are idle past --session-idle-ms (their sessions are gone), u3 takes the place
+    // of the least recently active one, u1, with what was kept for u1.
+    REQUIRE(test::eventually([&] { return c.a.metric("sessions") == 0; }, 5s, 50ms));
+    CHECK(c.b.events_status(u2) == 401);
+    const auto u3 = c.b.login("u3");
+    const auto u1_again = c.a.login("u1");  // makes room in turn (u2 is the least recent now)
+    auto s = c.b.stream(u1_again);
+    CHECK(s->nothing_for(300ms));  // "kept for u1" went with u1
+    CHECK(s->events.empty());
+}
+
+TEST_CASE("notify cluster e2e: a session with a stream open on B stays while unused, one without expires on both "
+          "nodes",
+          "[notify-e2e][cluster]")
+{
+    cluster c({"--session-idle-ms", "600"});
+    const auto kept = c.a.login("ann");
+    const auto idle = c.a.login("bob");
+    auto s = c.b.stream(kept);
+    // bob's session goes after 600 ms without use; ann's stays while B holds her stream (B
+    // renews it every 200 ms), though no request of hers comes.
+    REQUIRE(test::eventually([&] { return c.b.metric("sessions") == 1; }, 5s, 50ms));
+    CHECK(c.a.events_status(idle) == 401);
+    CHECK(c.b.events_status(idle) == 401);
+    std::this_thread::sleep_for(1500ms);  // 2.5 idle times without a request of ann's
+    CHECK(c.a.metric("sessions") == 1);
+    CHECK_FALSE(s->eof());
+    c.a.notify(kept, "ann", "still valid");  // a request of that session, on the other node
+    REQUIRE(s->read_events(1));
+    CHECK(s->events[0].data == "still valid");
+}
+
+TEST_CASE("notify cluster e2e: a logout made while B's Redis links drop still ends the session's stream on B",
+          "[notify-e2e][cluster]")
+{
+    cluster c({"--session-idle-ms", "1500"});  // B checks its streaming sessions every 500 ms
+    const auto ann = c.a.login("ann");
+    auto s = c.b.stream(ann);
+    // Every subscribed link (both nodes' bus and control channels) drops; the logout's message
+    // may be published before B's control link is back, and B must learn of it anyway.
+    const auto killed = redis_command(c.redis.port(), "CLIENT KILL TYPE pubsub");
+    INFO(killed);
+    REQUIRE(killed.starts_with(":"));
+    REQUIRE(c.a.post("/api/logout", ann).status == 200);
+    CHECK(s->read_to_eof(5s));
+    CHECK(c.b.events_status(ann) == 401);
 }
 
 #endif
