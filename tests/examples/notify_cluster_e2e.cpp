@@ -117,6 +117,8 @@ struct cluster {
     ~cluster()
     {
         for (auto& p : procs) {
+            if (p->wait_exit(0ms))
+                continue;  // never signal a pid already reaped (it may be reused)
             p->signal(SIGTERM);
             if (!p->wait_exit(10s)) {
                 p->signal(SIGKILL);
@@ -438,6 +440,28 @@ TEST_CASE("notify cluster e2e: a logout made while B's Redis links drop still en
     REQUIRE(c.a.post("/api/logout", ann).status == 200);
     CHECK(s->read_to_eof(5s));
     CHECK(c.b.events_status(ann) == 401);
+}
+
+TEST_CASE("notify cluster e2e: SIGTERM ends a node's streams and it exits 0 with nothing on stderr, the other node "
+          "serves on",
+          "[notify-e2e][cluster]")
+{
+    cluster c;
+    const auto ann = c.a.login("ann", "admin");
+    auto on_a = c.a.stream(ann);
+    auto on_b = c.b.stream(ann);
+    REQUIRE(c.a.post("/api/exports", ann).status == 202);  // one running on A's workers
+    c.procs[0]->signal(SIGTERM);
+    CHECK(on_a->read_to_eof(5s));
+    CHECK(c.procs[0]->wait_exit(10s) == std::optional<int>(0));
+    // B goes on: its stream is open and gets what is sent through it.
+    CHECK_FALSE(on_b->eof());
+    c.b.notify(ann, "ann", "after A left");
+    REQUIRE(on_b->read_until([&] { return !on_b->events.empty() && on_b->events.back().data == "after A left"; }));
+    c.procs[1]->signal(SIGTERM);
+    CHECK(on_b->read_to_eof(5s));
+    CHECK(c.procs[1]->wait_exit(10s) == std::optional<int>(0));
+    CHECK(read_file(c.err).empty());
 }
 
 #endif
