@@ -1,7 +1,8 @@
 // tests/support/redis_server.hpp
-// A real redis-server for the cluster tests: started on a free port of 127.0.0.1 without
-// persistence in a temp dir, waited for (bounded), then stopped, restarted on the same port,
-// or killed with SIGKILL. It dies with the test process (PR_SET_PDEATHSIG).
+// A real redis-server for the cluster tests: started on a free port of 127.0.0.1 in a temp dir,
+// without persistence unless asked (redis_server::options::appendonly), waited for (bounded),
+// then stopped, restarted on the same port, or killed with SIGKILL. It dies with the test
+// process (PR_SET_PDEATHSIG).
 #pragma once
 
 #include <ssepp/redis/url.hpp>
@@ -30,8 +31,17 @@ namespace test {
 
 class redis_server {
 public:
+    struct options {
+        /// An append-only file written and fsynced before each reply (appendfsync always): a
+        /// restart after kill() keeps every write that was acknowledged. Off: a restart starts
+        /// empty.
+        bool appendonly = false;
+    };
+
     /// Starts a server on a free port; throws when none answers within 5 s (3 ports tried).
-    redis_server()
+    redis_server() : redis_server(options{}) {}
+
+    explicit redis_server(options o) : options_(o)
     {
         char tmpl[] = "/tmp/ssepp-redis-XXXXXX";
         if (::mkdtemp(tmpl) == nullptr)
@@ -143,8 +153,13 @@ private:
         const std::string port = std::to_string(port_);
         const std::string logfile = dir_ + "/redis.log";
         std::vector<std::string> args{exe,         "--port",       port,   "--bind",    "127.0.0.1", "--save",
-                                      "",          "--appendonly", "no",   "--dir",     dir_,        "--logfile",
-                                      logfile,     "--daemonize",  "no",   "--databases", "16"};
+                                      "",          "--appendonly", options_.appendonly ? "yes" : "no",
+                                      "--dir",     dir_,           "--logfile", logfile, "--daemonize", "no",
+                                      "--databases", "16"};
+        if (options_.appendonly) {
+            args.emplace_back("--appendfsync");
+            args.emplace_back("always");
+        }
         std::vector<char*> argv;
         for (auto& a : args)
             argv.push_back(a.data());
@@ -205,6 +220,7 @@ private:
         return got.find("process_id:" + std::to_string(pid_) + "\r\n") != std::string::npos;
     }
 
+    options options_;
     std::string dir_;
     std::uint16_t port_ = 0;
     pid_t pid_ = -1;
