@@ -115,7 +115,7 @@ start_nodes() {
       cluster)
         local extra=""; [ -n "$delivery" ] && extra="--delivery $delivery"
         # shellcheck disable=SC2086
-        $bin/cluster_server --port 0 --threads 1 --rate "$r" --payload 64 --events 2000000 --keys "$keys" \
+        $bin/cluster_server --port 0 --threads 1 --rate "$r" --payload 64 --events 2000000 --keys "$keys" --nodes "$count" \
             --redis "$redis_url" $extra > "$out" 2>&1 & ;;
     esac
     node_pids+=($!); pids+=($!)

@@ -12,7 +12,8 @@
 // the subscribers would be dropped. So every node writes its unwritten bytes per subscriber and
 // the last id it delivered to Redis every 5 ms (PSETEX bench:backlog:<port>, on a link of its
 // own, not the node's); the publishing node reads them all (MGET) and waits while any node is
-// more than --max-lag sends behind or above the byte mark. About 400 small commands a second
+// more than --max-lag sends behind or above the byte mark, and until all --nodes have reported
+// (a node it did not know of would not pace it). About 400 small commands a second
 // per node, apart from the events' EVALs (cluster.sh leaves psetex, mget and keys out of the
 // per-event counts).
 #include "bench_front.hpp"
@@ -70,7 +71,9 @@ struct pacing : std::enable_shared_from_this<pacing> {
     asio::steady_timer timer;
     std::string mine;
     bool reader;
+    std::size_t expected;  // nodes the reader waits to know of (--nodes)
     std::vector<std::string> keys;
+    std::atomic<std::size_t> known{0};
     unsigned tick = 0;
     // The publisher's acknowledged sends, in order: (id, count so far); the last 64k.
     std::deque<std::pair<ssepp::redis::stream_id, std::uint64_t>> acked;
@@ -78,9 +81,9 @@ struct pacing : std::enable_shared_from_this<pacing> {
     std::atomic<std::size_t> most_backlog{0};  // bytes per subscriber, the most on any node
     std::atomic<std::uint64_t> most_lag{0};    // acknowledged sends not delivered, the most on any node
 
-    pacing(std::shared_ptr<node_type> n, ssepp::redis::endpoint server, std::uint16_t port, bool r)
+    pacing(std::shared_ptr<node_type> n, ssepp::redis::endpoint server, std::uint16_t port, bool r, std::size_t e)
         : node(std::move(n)), link(ssepp::redis::connection::create(node->get_executor(), {.server = std::move(server)})),
-          timer(node->get_executor()), mine(fmt::format("bench:backlog:{}", port)), reader(r)
+          timer(node->get_executor()), mine(fmt::format("bench:backlog:{}", port)), reader(r), expected(e)
     {
     }
 
@@ -110,7 +113,8 @@ struct pacing : std::enable_shared_from_this<pacing> {
         link->async_command({"PSETEX", mine, "1000", value}, [self = shared_from_this()](std::error_code, ssepp::redis::reply) {
             if (!self->reader)
                 return self->next();
-            if (self->tick++ % 200 == 0)
+            // The list of nodes: at every tick until every node is known, then once a second.
+            if (self->keys.size() < self->expected || self->tick++ % 200 == 0)
                 return self->list();
             self->read();
         });
@@ -124,6 +128,7 @@ struct pacing : std::enable_shared_from_this<pacing> {
                 for (const auto& k : r.elements())
                     if (k.is_string())
                         self->keys.push_back(k.str());
+                self->known = self->keys.size();
             }
             self->read();
         });
@@ -171,9 +176,9 @@ struct pacing : std::enable_shared_from_this<pacing> {
 };
 
 std::shared_ptr<pacing> start_pacing(std::shared_ptr<node_type> node, ssepp::redis::endpoint server,
-                                     std::uint16_t port, bool reader)
+                                     std::uint16_t port, bool reader, std::size_t nodes)
 {
-    auto s = std::make_shared<pacing>(std::move(node), std::move(server), port, reader);
+    auto s = std::make_shared<pacing>(std::move(node), std::move(server), port, reader, nodes);
     asio::dispatch(s->node->get_executor(), [s] { s->next(); });
     return s;
 }
@@ -187,6 +192,7 @@ int main(int argc, char** argv)
     std::size_t keys = 0;
     std::size_t max_in_flight = 256;
     std::uint64_t max_lag = 2048;
+    std::size_t nodes = 1;
     std::string delivery = "broadcast";
     common::cli args("cluster_server");
     o.add_flags(args)
@@ -194,6 +200,7 @@ int main(int argc, char** argv)
         .flag("--keys", keys, "0: publish to the key \"events\"; N: to u0 ... u<N-1>, one at a time, in turn")
         .flag("--max-in-flight", max_in_flight, "with --rate max, sends not yet acknowledged by Redis at most")
         .flag("--max-lag", max_lag, "with --rate max, acknowledged sends a node has not delivered at most (--keys 0)")
+        .flag("--nodes", nodes, "with --rate max, publish once this many nodes report their backlog (this one included)")
         .flag("--delivery", delivery,
               has_delivery<ssepp::redis::cluster_options>
                   ? "broadcast|targeted: every node gets every event, or only the nodes holding the key"
@@ -224,7 +231,7 @@ int main(int argc, char** argv)
         },
         [&](std::string body) { node->async_send("events", {.data = std::move(body)}, [](std::error_code, std::string) {}); });
 
-    const auto pace = start_pacing(node, ssepp::redis::parse_url(redis_url), front.port(), o.rate != "0");
+    const auto pace = start_pacing(node, ssepp::redis::parse_url(redis_url), front.port(), o.rate != "0", nodes);
 
     std::jthread io_thread([&] { bench::run(io, o.threads); });
     // Publish only once the bus is subscribed: before that, this node would miss its own events.
@@ -258,7 +265,7 @@ int main(int argc, char** argv)
             [&]() -> std::size_t {
                 // Redis's pace first (sends in flight), then the nodes' (sends not delivered
                 // yet, unwritten bytes per subscriber: the most on any node).
-                if (in_flight.load() > max_in_flight || pace->most_lag.load() > max_lag)
+                if (in_flight.load() > max_in_flight || pace->most_lag.load() > max_lag || pace->known.load() < nodes)
                     return SIZE_MAX;
                 return std::max(pace->most_backlog.load(), local_backlog(*node));
             });
