@@ -23,12 +23,13 @@ namespace {
 // target, Last-Event-ID from the head), the node on a strand of the listener's io_context.
 class site {
 public:
-    site(const test::redis_server& server, redis::cluster_options o = {})
+    site(const test::redis_server& server, redis::cluster_options o = {},
+         ssepp::history_options local = {.max_events = 4096})
     {
         o.server = server.endpoint();
         o.reconnect_delay = 20ms;
         o.max_reconnect_delay = 200ms;
-        node_ = redis::node::create(asio::make_strand(srv_.io()), std::move(o), {.max_events = 4096});
+        node_ = redis::node::create(asio::make_strand(srv_.io()), std::move(o), std::move(local));
         srv_.serve([this](asio::ip::tcp::socket s, std::string head) {
             const auto line = std::string_view(head).substr(0, head.find("\r\n"));
             const auto target = line.substr(line.find(' ') + 1, line.rfind(' ') - line.find(' ') - 1);
@@ -511,4 +512,32 @@ TEST_CASE("cluster: targeted delivery sends an event only to the nodes that hold
         require_one_order(s.events);
         CHECK(test::eventually([&] { return present("s") == std::set<std::string>{b.node().id()}; }, 5s));
     }
+}
+
+TEST_CASE("cluster: a key the node forgot after its finish lingered is copied afresh: a late client is completed", "[cluster]")
+{
+    test::redis_server server;
+    site a(server, {}, {.finished_linger = 100ms});
+    REQUIRE(test::eventually([&] { return a.ready(); }));
+    a.send("job", {.data = "50%"});
+    auto f = a.node().async_finish("job", {.event = "complete", .data = "done"}, asio::use_future);
+    REQUIRE(f.wait_for(5s) == std::future_status::ready);
+    REQUIRE(test::eventually([&] { return a.node().local().finished("job"); }));
+    REQUIRE(test::eventually([&] { return !a.node().local().contains("job"); }));
+
+    test::client late(a.port(), "/events?key=job");
+    REQUIRE(late.read_to_eof());
+    REQUIRE(late.events.size() == 2);
+    CHECK(late.events[1].type == "complete");
+}
+
+TEST_CASE("cluster: is_ready() follows the bus link down and up", "[cluster]")
+{
+    test::redis_server server;
+    site a(server);
+    REQUIRE(test::eventually([&] { return a.ready(); }));
+    server.kill();
+    CHECK(test::eventually([&] { return !a.ready(); }));
+    server.start();
+    CHECK(test::eventually([&] { return a.ready(); }, 10s));
 }

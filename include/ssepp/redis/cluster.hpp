@@ -257,6 +257,10 @@ public:
             if (auto s = w.lock())
                 s->bus_up();
         };
+        link.on_disconnect = [w](std::error_code) {
+            if (auto s = w.lock())
+                s->bus_ready_.store(false, std::memory_order_release);
+        };
         n->bus_ = subscriber::create(ex, std::move(link));
         // On the executor: the links already run there, and a subscriber is not thread-safe.
         asio::dispatch(ex, [n, w] {
@@ -288,11 +292,23 @@ public:
     /// an event sent to the local registry alone reaches only this node.
     registry_type& local() noexcept { return local_; }
 
-    /// Whether the bus is subscribed: events published now reach this node.
+    /// Whether the bus is subscribed (false while its link is down): events published now
+    /// reach this node.
     bool is_ready() const noexcept { return bus_ready_.load(std::memory_order_acquire); }
 
     /// This node's name in Redis (targeted delivery: its presence entries and channel).
     const std::string& id() const noexcept { return id_; }
+
+    /// The Redis key of `key`'s stream, "<prefix>{key}": for an application that reads it
+    /// itself (to learn, after a lost reply, whether a send was stored).
+    std::string stream_key(std::string_view key) const
+    {
+        std::string k = options_.prefix;
+        k += '{';
+        k += key;
+        k += '}';
+        return k;
+    }
 
     /// Appends `e` to `key`'s stream and publishes it to every node; completes with
     /// (error_code, the event's id). `e.id` is replaced by the stream's. An invalid event
@@ -360,15 +376,6 @@ private:
         bool finished = false;
         event e;
     };
-
-    std::string stream_key(std::string_view key) const
-    {
-        std::string k = options_.prefix;
-        k += '{';
-        k += key;
-        k += '}';
-        return k;
-    }
 
     template <class CompletionToken>
     auto publish(std::string key, event e, bool finished, CompletionToken&& token)
@@ -503,10 +510,9 @@ private:
     // is read back from the streams; the bus is held meanwhile.
     void bus_up()
     {
-        if (!bus_ready_.load(std::memory_order_relaxed)) {
-            bus_ready_.store(true, std::memory_order_release);
+        bus_ready_.store(true, std::memory_order_release);
+        if (!std::exchange(bus_was_up_, true))
             return;
-        }
         // Its presence may have lapsed while it was away: announced again before the reads.
         for (const auto& k : present_)
             announce(k, [](std::error_code) {});
@@ -758,6 +764,11 @@ private:
             for (const auto& m : stream)
                 fetched.push_back(&m);
         std::sort(fetched.begin(), fetched.end(), [](auto* a, auto* b) { return a->sid < b->sid; });
+        // A key the registry forgot (a finished key after its linger) is copied afresh, its
+        // finish included, so that a client attaching to it is completed.
+        for (const auto& k : keys)
+            if (!local_.contains(k))
+                seen_.erase(k);
         for (const auto* m : fetched)
             apply(*m);
 
@@ -868,6 +879,7 @@ private:
     std::vector<message> held_;                       // bus messages that wait for those reads
     int catching_up_ = 0;
     std::atomic<bool> bus_ready_{false};  // read from any thread
+    bool bus_was_up_ = false;
     // Targeted delivery: the keys this node is present under (its copy of them is complete
     // from their fetch on), and the refresh of that presence.
     std::unordered_set<std::string> present_;
