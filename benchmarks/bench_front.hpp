@@ -9,8 +9,12 @@
 #include <asio.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
+#include <bit>
 #include <charconv>
+#include <cmath>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -40,6 +44,54 @@ struct options : common::server_flags {
     {
         common::cli args(program);
         add_flags(args).parse(argc, argv);
+    }
+};
+
+// Latency histogram: exact below 64 ns, then 64 buckets per power of two (error < 1.6 %).
+struct histogram {
+    static constexpr int sub_bits = 6;
+    std::array<std::uint64_t, 64 * 58> counts{};
+    std::int64_t max = 0;
+
+    static std::size_t index(std::uint64_t v)
+    {
+        if (v < 64)
+            return v;
+        const int e = 63 - std::countl_zero(v);  // >= 6
+        return static_cast<std::size_t>((e - sub_bits + 1) * 64) + ((v >> (e - sub_bits)) & 63);
+    }
+    static std::uint64_t value(std::size_t i)
+    {
+        if (i < 64)
+            return i;
+        const auto e = static_cast<int>(i / 64) + sub_bits - 1;
+        return (std::uint64_t(64 + i % 64)) << (e - sub_bits);
+    }
+    void add(std::int64_t ns)
+    {
+        const auto v = static_cast<std::uint64_t>(std::max<std::int64_t>(0, ns));
+        ++counts[std::min(index(v), counts.size() - 1)];
+        max = std::max(max, ns);
+    }
+    void merge(const histogram& o)
+    {
+        for (std::size_t i = 0; i < counts.size(); ++i)
+            counts[i] += o.counts[i];
+        max = std::max(max, o.max);
+    }
+    double percentile_us(double q) const
+    {
+        std::uint64_t total = 0;
+        for (auto c : counts)
+            total += c;
+        if (total == 0)
+            return 0;
+        const auto rank = static_cast<std::uint64_t>(std::ceil(q * double(total)));
+        std::uint64_t seen = 0;
+        for (std::size_t i = 0; i < counts.size(); ++i)
+            if ((seen += counts[i]) >= rank)
+                return double(value(i)) / 1000.0;
+        return double(max) / 1000.0;
     }
 };
 

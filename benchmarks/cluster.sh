@@ -265,6 +265,9 @@ else:
             f"{(dk('used_cpu_user') + dk('used_cpu_sys')) * 1e6 / events:.1f}",
             round(dk("total_net_output_bytes") / events), round(dk("total_net_input_bytes") / events)]
 row += [f"{l0}/{l1}", round(int(waited) / 1e6 / max(window, 1e-9))]
+# The publisher's send -> acknowledgement (the EVAL's round trip), from cluster_server.
+m = re.search(r"ack us: p50 ([0-9.]+) p99 ([0-9.]+)", open(out0).read()) if name.startswith("cluster") and os.path.exists(out0) else None
+row += [m.group(1), m.group(2)] if m else ["", ""]
 print("\t".join(str(x) for x in row))
 PY
 }
@@ -304,7 +307,7 @@ rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 head = ["scenario", "server", "nodes", "connected", "closed early", "delivered ev/s", "p50 µs", "p99 µs",
         "servers CPU %", "published ev/s", "redis CPU %", "EVAL/event", "Redis calls/event",
         "µs/EVAL", "redis CPU µs/event", "bytes out/event", "bytes in/event", "load avg before/after",
-        "CPU wait ms/s"]
+        "CPU wait ms/s", "send→ack p50 µs", "send→ack p99 µs"]
 print(f"Each run: {sys.argv[2]} s of measurement after the connect phase.\n")
 print("| " + " | ".join(head) + " |")
 print("|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|")
@@ -318,7 +321,7 @@ def med(rs, k):
     return statistics.median(xs) if xs else None
 print()
 print("Medians over runs:\n")
-cols = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18]
+cols = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20]
 print("| scenario | server | runs | " + " | ".join(head[c] for c in cols) + " |")
 print("|---|---|---:|" + "---:|" * len(cols))
 meds = {}

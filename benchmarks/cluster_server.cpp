@@ -5,7 +5,8 @@
 // the publisher on one of them (--rate), the others with --rate 0.
 //   GET /events        subscribes to the key "events" (what --keys 0 publishes to)
 //   GET /events/<key>  subscribes to <key> (--keys N publishes to u0 ... u<N-1> in turn)
-// On SIGINT/SIGTERM it prints one line: published, acknowledged, failed sends.
+// On SIGINT/SIGTERM it prints one line: published, acknowledged, failed sends, why subscribers
+// left, and the time from async_send to its completion (the EVAL's round trip, percentiles).
 //
 // Pacing at --rate max: a node's subscribers can fall behind only on that node, which the
 // publisher does not see, and so can the node itself (its bus backlog); past their queue bound
@@ -247,6 +248,8 @@ int main(int argc, char** argv)
 
     std::atomic<std::uint64_t> published{0}, acked{0}, failed{0};
     std::atomic<std::size_t> in_flight{0};
+    // From async_send to its completion: the publisher's round trip through Redis (the EVAL).
+    bench::histogram ack_latency;
     std::uint64_t next_key = 0;  // the publisher's thread only
     {
         bench::publisher publisher(
@@ -255,12 +258,15 @@ int main(int argc, char** argv)
                 std::string key = keys == 0 ? std::string("events") : fmt::format("u{}", next_key++ % keys);
                 ++published;
                 ++in_flight;
-                node->async_send(std::move(key), {.data = std::move(data)}, [&](std::error_code ec, std::string id) {
-                    --in_flight;
-                    ++(ec ? failed : acked);
-                    if (!ec)
-                        pace->on_acked(id);
-                });
+                node->async_send(std::move(key), {.data = std::move(data)},
+                                 [&, sent = bench::now_ns()](std::error_code ec, std::string id) {
+                                     --in_flight;
+                                     ++(ec ? failed : acked);
+                                     if (!ec) {
+                                         pace->on_acked(id);
+                                         ack_latency.add(bench::now_ns() - sent);  // on the node's strand
+                                     }
+                                 });
             },
             [&]() -> std::size_t {
                 // Redis's pace first (sends in flight), then the nodes' (sends not delivered
@@ -272,9 +278,10 @@ int main(int argc, char** argv)
         io_thread.join();  // until SIGINT/SIGTERM
     }
     fmt::print("cluster_server: published {} acked {} failed {}; subscribers closed: client_gone {} timeout {} "
-               "overflow {} other {}\n",
+               "overflow {} other {}; send to ack us: p50 {:.1f} p99 {:.1f} max {:.1f}\n",
                published.load(), acked.load(), failed.load(), closed[1].load(), closed[2].load(), closed[3].load(),
-               closed[0].load() + closed[4].load());
+               closed[0].load() + closed[4].load(), ack_latency.percentile_us(0.5), ack_latency.percentile_us(0.99),
+               double(ack_latency.max) / 1000.0);
     std::fflush(stdout);
     // The node's handlers still queued in the stopped io_context own it and its emitters:
     // tearing that down buys a benchmark nothing.
