@@ -1151,3 +1151,38 @@ TEST_CASE("run() returns promptly once the last emitter is gone, whatever the he
     // The sweeper's timer (armed for up to a second) is cancelled with its last target.
     CHECK(ran.wait_for(500ms) == std::future_status::ready);
 }
+
+TEST_CASE("a close while a write is in flight holds the close handlers until that write counts", "[emitter]")
+{
+    // The peer may read the bytes, then leave, and its leaving be seen before the write's
+    // handler runs: what the write took must reach written_seq() before the handlers run, or
+    // replay::undelivered would send the event again.
+    for (const bool taken : {true, false}) {
+        CAPTURE(taken);
+        asio::io_context io;
+        auto st = std::make_shared<manual_state>();
+        auto em = ssepp::make_emitter(manual_transport(io, st), bare_options());
+        std::uint64_t seen_in_handler = 99;
+        int calls = 0;
+        em->on_close([&, raw = em.get()](ssepp::close_reason, std::error_code) {
+            ++calls;
+            seen_in_handler = raw->written_seq();
+        });
+        em->start();
+        em->send(ssepp::make_raw_frame("data: 1\n\n"), 5);
+        pump(io);
+        REQUIRE(st->handler);
+        em->close();
+        pump(io);
+        CHECK(st->closed);
+        CHECK(calls == 0);  // held for the write in flight
+        if (taken)
+            complete_write(*st, st->offered);
+        else
+            complete_write(*st, 0, asio::error::operation_aborted);
+        pump(io);
+        CHECK(calls == 1);
+        CHECK(seen_in_handler == (taken ? 5u : 0u));
+        CHECK(em->send({.data = "late"}) == ssepp::errc::closed);
+    }
+}

@@ -524,6 +524,7 @@ private:
         write_started_ns_.store(detail::steady_now_ns(), std::memory_order_relaxed);
         // Asio writes at most 64 buffers per call; pass no more than that.
         const auto rest = std::span<const asio::const_buffer>(bufs_).subspan(buf_pos_);
+        in_flight_ = true;
         transport_.async_write_some(rest.first(std::min<std::size_t>(rest.size(), 64)),
                                     write_handler{this->shared_from_this()});
         return after::nothing;
@@ -578,11 +579,22 @@ private:
     void on_written(std::error_code ec, std::size_t n)
     {
         std::unique_lock lock(mtx_);
+        in_flight_ = false;
         if (state_ == state::closed) {
+            // Closed while this write was in flight: what it wrote counts, then the close
+            // handlers, held for it, run.
+            account_written_locked(n);
             writing_ = false;
+            auto* handlers = std::exchange(handlers_, nullptr);
+            const auto reason = reason_;
+            const auto reason_ec = reason_ec_;
+            lock.unlock();
+            detail::close_node::invoke_all(handlers, reason, reason_ec);
             return;
         }
         if (ec) {
+            account_written_locked(n);
+            writing_ = false;
             lock.unlock();
             close_now(peer_gone(ec) ? close_reason::client_gone : close_reason::error, ec);
             return;
@@ -590,6 +602,20 @@ private:
         bytes_written_.fetch_add(n, std::memory_order_relaxed);
         last_write_ns_.store(detail::steady_now_ns(), std::memory_order_relaxed);
         inflight_bytes_ -= std::min(n, inflight_bytes_);
+        account_written_locked(n);
+        // A producer waiting for room is told once the queue is low enough.
+        if (drained_ && pending_bytes_ + inflight_bytes_ <= drained_->threshold)
+            asio::post(get_executor(), [self = this->shared_from_this(), h = std::move(drained_)] { h->invoke(); });
+        if (write_next_locked() == after::close_completed) {
+            lock.unlock();
+            finish_completed();
+        }
+    }
+
+    // Consumes `n` written bytes from the batch: whole frames are freed, and their tags
+    // recorded in written_seq().
+    void account_written_locked(std::size_t n)
+    {
         while (n > 0 && buf_pos_ < bufs_.size()) {
             auto& b = bufs_[buf_pos_];
             if (n < b.size()) {
@@ -602,13 +628,6 @@ private:
                 written_seq_.store(owner.seq, std::memory_order_release);
             owner.frame.reset();  // written: free it now, not at the end of the batch
             ++buf_pos_;
-        }
-        // A producer waiting for room is told once the queue is low enough.
-        if (drained_ && pending_bytes_ + inflight_bytes_ <= drained_->threshold)
-            asio::post(get_executor(), [self = this->shared_from_this(), h = std::move(drained_)] { h->invoke(); });
-        if (write_next_locked() == after::close_completed) {
-            lock.unlock();
-            finish_completed();
         }
     }
 
@@ -727,7 +746,11 @@ private:
             if (reason == close_reason::completed)
                 detail::shutdown_send(transport_);
             detail::close_transport(transport_);
-            handlers = std::exchange(handlers_, nullptr);
+            // A write in flight may have been taken whole by the transport already (the peer
+            // read it, then left): its handler, which the close makes come soon, counts it in
+            // written_seq() before the close handlers learn what was written.
+            if (!in_flight_)
+                handlers = std::exchange(handlers_, nullptr);
             drained = std::move(drained_);
         }
         detail::stream_service::remove(*this);
@@ -792,6 +815,7 @@ private:
     bool chunked_;
     bool started_ = false;
     bool writing_ = false;
+    bool in_flight_ = false;  // a write_some's handler is to come
     bool terminated_ = false;
     bool tls_shutdown_ = false;  // close_notify under way (TLS transports only)
     std::atomic<bool> close_posted_{false};
