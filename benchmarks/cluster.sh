@@ -45,7 +45,7 @@ if [ -z "$bin" ]; then
   cmake --build build-bench --target fanout_server cluster_server sse_load >/dev/null
   bin=build-bench/benchmarks
 fi
-[ -x $bin/cluster_server ] || { echo "cluster.sh: no cluster_server (ssepp::redis needs libhiredis-dev)" >&2; exit 1; }
+[ -x "$bin"/cluster_server ] || { echo "cluster.sh: no cluster_server (ssepp::redis needs libhiredis-dev)" >&2; exit 1; }
 command -v redis-server >/dev/null || { echo "cluster.sh: needs redis-server (bash scripts/deps.sh --bench)" >&2; exit 1; }
 have_nchan=0
 if command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
@@ -55,7 +55,7 @@ else
 fi
 # Targeted delivery exists once cluster_options has `delivery` (issue 11, being added).
 have_targeted=0
-$bin/cluster_server --help 2>&1 | grep -q 'broadcast|targeted' && have_targeted=1
+"$bin"/cluster_server --help 2>&1 | grep -q 'broadcast|targeted' && have_targeted=1
 
 ulimit -n 20000
 work=$(mktemp -d)
@@ -73,7 +73,7 @@ cpu_ticks() {
   local total=0 p c
   for p in "$@"; do
     for c in $p $(pgrep -P "$p" 2>/dev/null); do
-      total=$(( total + $(awk '{print $14 + $15}' /proc/$c/stat 2>/dev/null || echo 0) ))
+      total=$(( total + $(awk '{print $14 + $15}' /proc/"$c"/stat 2>/dev/null || echo 0) ))
     done
   done
   echo $total
@@ -84,14 +84,14 @@ wait_ns() {
   local total=0 p c t
   for p in "$@"; do
     for c in $p $(pgrep -P "$p" 2>/dev/null); do
-      for t in /proc/$c/task/*/schedstat; do
+      for t in /proc/"$c"/task/*/schedstat; do
         total=$(( total + $(awk '{print $2}' "$t" 2>/dev/null || echo 0) ))
       done
     done
   done
   echo $total
 }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
@@ -111,11 +111,11 @@ start_nodes() {
     local out="$work/node$i.out"; : > "$out"
     case "$kind" in
       single)
-        $bin/fanout_server --port 0 --threads 1 --rate "$r" --payload 64 --events 2000000 > "$out" 2>&1 & ;;
+        "$bin"/fanout_server --port 0 --threads 1 --rate "$r" --payload 64 --events 2000000 > "$out" 2>&1 & ;;
       cluster)
         local extra=""; [ -n "$delivery" ] && extra="--delivery $delivery"
         # shellcheck disable=SC2086
-        $bin/cluster_server --port 0 --threads 1 --rate "$r" --payload 64 --events 2000000 --keys "$keys" --nodes "$count" \
+        "$bin"/cluster_server --port 0 --threads 1 --rate "$r" --payload 64 --events 2000000 --keys "$keys" --nodes "$count" \
             --redis "$redis_url" $extra > "$out" 2>&1 & ;;
     esac
     node_pids+=($!); pids+=($!)
@@ -197,7 +197,7 @@ run_scenario() {
   local cpu0; cpu0=$(cpu_ticks "${node_pids[@]}")
   local wait0; wait0=$(wait_ns "${node_pids[@]}" "$redis_pid")
   # shellcheck disable=SC2086
-  timeout $(( secs + 40 )) $bin/sse_load --url "$urls" --connections "$conns" --connect-rate 3000 \
+  timeout $(( secs + 40 )) "$bin"/sse_load --url "$urls" --connections "$conns" --connect-rate 3000 \
       --duration "$secs" --keys "$keys" $publish > "$work/load.json" &
   local client=$!
   local cwait=0
@@ -272,7 +272,7 @@ print("\t".join(str(x) for x in row))
 PY
 }
 
-for run in $(seq "$runs"); do
+for _ in $(seq "$runs"); do
   case ",$only," in *,sat,*)
     run_scenario sat single 1 max "$subs" 0
     run_scenario sat cluster 2 max "$subs" 0
