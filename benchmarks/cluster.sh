@@ -3,13 +3,15 @@
 # redis-server, against one node without Redis (fanout_server) and against nginx + nchan with
 # its Redis backend (same redis-server), with the same client (sse_load), in one run.
 #   benchmarks/cluster.sh [--runs N] [--only sat,bus,keys,shared,redis] [--seconds S] [--quick] [--bin DIR]
+#                         [--keys-nodes N]
 # --bin DIR: use the binaries in DIR (e.g. built from a snapshot of a commit) instead of building.
+# --keys-nodes N: nodes of the keys scenario (default 4).
 # Scenarios (each run bounded: S seconds of measurement, default 10, after the connect phase):
 #   sat   1,000 subscribers split over the servers, events of 64 B published on the first one as
 #         fast as it takes them: single (fanout_server), cluster (2 nodes), nchan (2 nginx)
 #   bus   20 subscribers, a fixed 10,000 events/s (open loop): single vs cluster (2 nodes);
 #         what the bus adds to the latency when nothing saturates
-#   keys  1,000 users with one subscriber each over 4 nodes, each event sent to one user:
+#   keys  1,000 users with one subscriber each over 4 nodes (--keys-nodes), each event sent to one user:
 #         broadcast vs targeted delivery (when cluster_options has `delivery`)
 #   shared one key held on every node (8 subscribers over 4 nodes), 5,000 events/s: broadcast
 #         vs targeted where targeting saves nothing
@@ -25,7 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-runs=3; only="sat,bus,keys,shared,redis"; secs=10; quick=0; bin=
+runs=3; only="sat,bus,keys,shared,redis"; secs=10; quick=0; bin=; keys_nodes=4
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs="$2"; shift ;;
@@ -33,7 +35,8 @@ while [ $# -gt 0 ]; do
     --seconds) secs="$2"; shift ;;
     --quick) quick=1; secs=2; runs=1 ;;
     --bin) bin="$2"; shift ;;
-    *) echo "usage: $0 [--runs N] [--only sat,bus,keys,shared,redis] [--seconds S] [--quick] [--bin DIR]" >&2; exit 2 ;;
+    --keys-nodes) keys_nodes="$2"; shift ;;
+    *) echo "usage: $0 [--runs N] [--only sat,bus,keys,shared,redis] [--seconds S] [--quick] [--bin DIR] [--keys-nodes N]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -284,8 +287,8 @@ for _ in $(seq "$runs"); do
   ;; esac
   case ",$only," in *,keys,*)
     if [ "$have_targeted" = 1 ]; then
-      run_scenario keys cluster-broadcast 4 max "$subs" "$subs" broadcast
-      run_scenario keys cluster-targeted 4 max "$subs" "$subs" targeted
+      run_scenario keys cluster-broadcast "$keys_nodes" max "$subs" "$subs" broadcast
+      run_scenario keys cluster-targeted "$keys_nodes" max "$subs" "$subs" targeted
     else
       echo "keys: skipped (cluster_options has no delivery yet)" >&2
     fi
