@@ -517,12 +517,14 @@ TEST_CASE("cluster: targeted delivery sends an event only to the nodes that hold
 TEST_CASE("cluster: a key the node forgot after its finish lingered is copied afresh: a late client is completed", "[cluster]")
 {
     test::redis_server server;
-    site a(server, {}, {.finished_linger = 100ms});
+    site a(server, {}, {.finished_linger = 100ms});  // the sweep (presence_ttl / 3) comes much later
     REQUIRE(test::eventually([&] { return a.ready(); }));
+    test::client first(a.port(), "/events?key=job");
+    REQUIRE(test::eventually([&] { return a.node().local().size("job") == 1; }));
     a.send("job", {.data = "50%"});
     auto f = a.node().async_finish("job", {.event = "complete", .data = "done"}, asio::use_future);
     REQUIRE(f.wait_for(5s) == std::future_status::ready);
-    REQUIRE(test::eventually([&] { return a.node().local().finished("job"); }));
+    REQUIRE(first.read_to_eof());
     REQUIRE(test::eventually([&] { return !a.node().local().contains("job"); }));
 
     test::client late(a.port(), "/events?key=job");
@@ -540,4 +542,29 @@ TEST_CASE("cluster: is_ready() follows the bus link down and up", "[cluster]")
     CHECK(test::eventually([&] { return !a.ready(); }));
     server.start();
     CHECK(test::eventually([&] { return a.ready(); }, 10s));
+}
+
+TEST_CASE("cluster: a node keeps a copy of a key only while it holds a connection of it", "[cluster]")
+{
+    const auto mode = GENERATE(redis::delivery::broadcast, redis::delivery::targeted);
+    CAPTURE(mode);
+    test::redis_server server;
+    const redis::cluster_options o{.delivery = mode, .presence_ttl = 300ms};
+    site a(server, o), b(server, o);
+    REQUIRE(test::eventually([&] { return a.ready() && b.ready(); }));
+    auto user = std::make_unique<test::client>(b.port(), "/events?key=u");
+    REQUIRE(test::eventually([&] { return b.node().local().size("u") == 1; }));
+    for (int i = 0; i < 3; ++i)
+        a.send("u", {.data = std::to_string(i)});
+    REQUIRE(user->read_events(3));
+    const auto last = user->events.back().id;
+    CHECK(!a.node().local().contains("u"));  // no connection there: dropped on arrival
+    user.reset();
+    CHECK(test::eventually([&] { return !b.node().local().contains("u"); }));
+    a.send("u", {.data = "while away"});
+    CHECK(!b.node().local().contains("u"));
+    // The next connection is served from the stream.
+    test::client again(b.port(), "/events?key=u", test::last_event_id_header(last));
+    REQUIRE(again.read_events(1));
+    CHECK(again.events[0].data == "while away");
 }

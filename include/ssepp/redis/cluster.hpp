@@ -46,13 +46,15 @@ struct cluster_options {
     /// expire this long after the key's last send, so that keys no one uses leave Redis;
     /// 0 keeps them.
     std::chrono::milliseconds stream_ttl = std::chrono::hours(24);
-    /// broadcast: every event goes to every node, which keeps a copy of every key's history.
-    /// targeted: a node announces in Redis the keys it holds connections for (a presence
-    /// entry with a TTL, refreshed), and an event goes only to the nodes that hold its key.
-    /// Every node of a cluster uses the same.
+    /// broadcast: every event goes to every node, which delivers it to its connections of the
+    /// key, if any. targeted: a node announces in Redis the keys it holds connections for (a
+    /// presence entry with a TTL, refreshed), and an event goes only to the nodes that hold
+    /// its key. Either way a node keeps a copy of a key's history only while it holds a
+    /// connection of the key. Every node of a cluster uses the same.
     redis::delivery delivery = redis::delivery::broadcast;
     /// targeted: a node's presence under a key lapses this long after its last refresh (every
-    /// third of it), so that a node that died stops being sent to.
+    /// third of it), so that a node that died stops being sent to. Every third of it, too, a
+    /// node lets go of the keys it no longer holds connections for.
     std::chrono::milliseconds presence_ttl = std::chrono::seconds(30);
     /// The links' reconnection back-off (see connection::options).
     std::chrono::milliseconds reconnect_delay{100};
@@ -269,10 +271,9 @@ public:
                     s->on_bus(payload);
             };
             n->bus_->subscribe(n->options_.prefix + "bus", deliver);
-            if (n->targeted()) {
+            if (n->targeted())
                 n->bus_->subscribe(n->options_.prefix + "node:" + n->id_, deliver);
-                n->refresh_later();
-            }
+            n->refresh_later();
         });
         return n;
     }
@@ -467,8 +468,8 @@ private:
         auto m = decode_bus(payload);
         if (!m)
             return;  // not ours: another application on the same channel
-        if (targeted() && !present_.contains(m->key) && !fetching_.contains(m->key))
-            return;  // sent while this node was leaving the key: its copy follows the stream from a fetch
+        if (!present_.contains(m->key) && !fetching_.contains(m->key))
+            return;  // no connection here: the node's copy of the key is filled from the stream when one comes
         if (catching_up_ > 0 || fetching_.contains(m->key))
             held_.push_back(std::move(*m));
         else
@@ -579,20 +580,24 @@ private:
         });
     }
 
-    // Announces again the keys this node holds connections for, and leaves the others. After
-    // a refresh that failed, its presence may have lapsed and events gone elsewhere: it
-    // catches up from the streams.
+    // Leaves the keys this node no longer holds connections for (its copy of them goes: the
+    // next connection's attach reads the stream), and, with targeted delivery, announces the
+    // others again. After a refresh that failed, its presence may have lapsed and events gone
+    // elsewhere: it catches up from the streams.
     void refresh()
     {
         for (auto it = present_.begin(); it != present_.end();) {
             if (local_.size(*it) == 0 && !fetching_.contains(*it)) {
-                commands_->async_command({"HDEL", presence_key(*it), id_}, [](std::error_code, reply) {});
+                if (targeted())
+                    commands_->async_command({"HDEL", presence_key(*it), id_}, [](std::error_code, reply) {});
+                local_.erase(*it);
+                seen_.erase(*it);
                 it = present_.erase(it);
             } else {
                 ++it;
             }
         }
-        if (present_.empty()) {
+        if (present_.empty() || !targeted()) {
             refresh_failed_ = false;
             refreshed_at_ = std::chrono::steady_clock::now();
             refresh_later();
@@ -648,7 +653,7 @@ private:
         keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
         // Live events only, or a resume this node's own history covers: no stream to read
         // (with targeted delivery, once the node is present under the keys).
-        const bool present = !targeted() || std::all_of(keys.begin(), keys.end(), [this](const auto& k) {
+        const bool present = std::all_of(keys.begin(), keys.end(), [this](const auto& k) {
             return present_.contains(k);
         });
         if (present && (options.last_event_id ? keys.size() == 1 && is_retained_locally(keys[0], *options.last_event_id)
@@ -702,8 +707,7 @@ private:
                     self->complete(std::move(handler), err, {});
                     return;
                 }
-                if (self->targeted())
-                    self->present_.insert(read->keys.begin(), read->keys.end());
+                self->present_.insert(read->keys.begin(), read->keys.end());
                 auto result = self->attach_from(*read, em, options);
                 self->release_held();
                 self->watch(*em, read->keys);
@@ -853,12 +857,17 @@ private:
             auto self = w.lock();
             if (!self)
                 return;
-            asio::dispatch(self->ex_, [self, keys] {
+            // Read now (the registry is thread-safe): on the node's executor the key's copy
+            // may be gone by then.
+            std::vector<std::pair<std::string, std::string>> marks;
+            for (const auto& k : keys)
+                if (auto id = self->local_.delivered_id(k))
+                    marks.emplace_back(self->mark_key(k), std::move(*id));
+            asio::dispatch(self->ex_, [self, marks = std::move(marks)] {
                 const auto ttl = std::to_string(self->options_.stream_ttl.count());
-                for (const auto& k : keys)
-                    if (auto id = self->local_.delivered_id(k))
-                        self->commands_->async_command({"EVAL", detail::mark_script, "1", self->mark_key(k), *id, ttl},
-                                                       [](std::error_code, reply) {});
+                for (const auto& [key, id] : marks)
+                    self->commands_->async_command({"EVAL", detail::mark_script, "1", key, id, ttl},
+                                                   [](std::error_code, reply) {});
             });
         });
     }
@@ -880,8 +889,9 @@ private:
     int catching_up_ = 0;
     std::atomic<bool> bus_ready_{false};  // read from any thread
     bool bus_was_up_ = false;
-    // Targeted delivery: the keys this node is present under (its copy of them is complete
-    // from their fetch on), and the refresh of that presence.
+    // The keys this node holds connections for (with targeted delivery: is present under in
+    // Redis), its copy of each complete from their fetch on; the sweep that lets go of them
+    // (and refreshes the presence).
     std::unordered_set<std::string> present_;
     asio::steady_timer refresh_;
     bool refresh_failed_ = false;
