@@ -568,3 +568,33 @@ TEST_CASE("cluster: a node keeps a copy of a key only while it holds a connectio
     REQUIRE(again.read_events(1));
     CHECK(again.events[0].data == "while away");
 }
+
+TEST_CASE("cluster: scripts go by SHA1, and a flushed script cache costs one refused send", "[cluster]")
+{
+    test::redis_server server;
+    site a(server);
+    REQUIRE(test::eventually([&] { return a.ready(); }));
+    test::redis_client admin(server.endpoint());
+    REQUIRE(admin.wait_connected());
+    const auto stat = [&](std::string_view command) {
+        const auto info = admin({"INFO", "commandstats"}).value.str();
+        const auto at = info.find("cmdstat_" + std::string(command) + ":calls=");
+        return at == std::string::npos ? 0 : std::stoll(info.substr(at + 15 + command.size()));
+    };
+    a.send("k", {.data = "warm"});
+    const auto eval = stat("eval");
+    const auto evalsha = stat("evalsha");
+    for (int i = 0; i < 10; ++i)
+        a.send("k", {.data = std::to_string(i)});
+    CHECK(stat("eval") == eval);
+    CHECK(stat("evalsha") == evalsha + 10);
+
+    REQUIRE(!admin({"SCRIPT", "FLUSH"}).ec);
+    auto refused = a.node().async_send("k", {.data = "x"}, asio::use_future);
+    REQUIRE(refused.wait_for(5s) == std::future_status::ready);
+    CHECK_THROWS(refused.get());  // NOSCRIPT: nothing was stored; the caller may send again
+    CHECK(test::eventually([&] {
+        auto f = a.node().async_send("k", {.data = "again"}, asio::use_future);
+        return f.wait_for(5s) == std::future_status::ready && (f.get(), true);
+    }));
+}

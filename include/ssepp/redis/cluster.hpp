@@ -16,6 +16,7 @@
 #include <asio/steady_timer.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <charconv>
 #include <compare>
@@ -160,12 +161,12 @@ local ms = now
 local last = tonumber(redis.call('HGET', KEYS[2], 'ms') or 0)
 local n = 0
 if ms > last then
-  redis.call('HSET', KEYS[2], 'ms', string.format('%.0f', ms), 'n', 0)
+  redis.call('HSET', KEYS[2], 'ms', ms, 'n', 0)
 else
   ms = last
   n = redis.call('HINCRBY', KEYS[2], 'n', 1)
 end
-local id = string.format('%.0f', ms) .. '-' .. n
+local id = ms .. '-' .. n  -- ms has 13 digits: Lua writes it whole
 local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'e', ARGV[2], 'f', ARGV[5])
 if type(added) == 'table' and added.err then
   -- The stream is ahead of the order (the order hash was lost): continue after the stream.
@@ -254,7 +255,11 @@ public:
         link.server = n->options_.server;
         link.reconnect_delay = n->options_.reconnect_delay;
         link.max_reconnect_delay = n->options_.max_reconnect_delay;
-        n->commands_ = connection::create(ex, link);
+        auto commands = link;
+        commands.on_connect = [w] {
+            if (auto s = w.lock())
+                s->load_scripts();
+        };
         link.on_connect = [w] {
             if (auto s = w.lock())
                 s->bus_up();
@@ -263,9 +268,12 @@ public:
             if (auto s = w.lock())
                 s->bus_ready_.store(false, std::memory_order_release);
         };
-        n->bus_ = subscriber::create(ex, std::move(link));
-        // On the executor: the links already run there, and a subscriber is not thread-safe.
-        asio::dispatch(ex, [n, w] {
+        // The links are made on the executor, where their hooks run: a hook then always finds
+        // them (and a subscriber is not thread-safe). What is asked of the node meanwhile is
+        // dispatched there too, so it comes after.
+        asio::dispatch(ex, [n, w, commands = std::move(commands), link = std::move(link)]() mutable {
+            n->commands_ = connection::create(n->ex_, std::move(commands));
+            n->bus_ = subscriber::create(n->ex_, std::move(link));
             const auto deliver = [w](std::string_view, std::string_view payload) {
                 if (auto s = w.lock())
                     s->on_bus(payload);
@@ -398,9 +406,9 @@ private:
                     const auto ttl = std::to_string(self->options_.stream_ttl.count());
                     const auto nodes = self->presence_key(key);
                     const auto to_nodes = self->targeted() ? self->options_.prefix + "node:" : std::string();
-                    self->commands_->async_command(
-                        {"EVAL", detail::publish_script, "3", stream, order, nodes, maxlen, encoded, bus, key,
-                         finished ? "1" : "0", ttl, to_nodes},
+                    self->call_script(
+                        script::publish, {"3", stream, order, nodes, maxlen, encoded, bus, key, finished ? "1" : "0",
+                                          ttl, to_nodes},
                         [handler = std::move(handler)](std::error_code ec, reply r) mutable {
                             if (!ec && !r.is_string())
                                 ec = errc::protocol_error;
@@ -546,6 +554,52 @@ private:
         }
     }
 
+    // The scripts go by their SHA1 (EVALSHA: Redis hashes an EVAL's whole text on every call)
+    // once this link has loaded them; before, and after a NOSCRIPT (the server's script cache
+    // was flushed), by their text.
+    enum class script { publish, mark, presence };
+
+    static std::string_view script_text(script which)
+    {
+        switch (which) {
+        case script::publish: return detail::publish_script;
+        case script::mark: return detail::mark_script;
+        default: return detail::presence_script;
+        }
+    }
+
+    template <class Handler>
+    void call_script(script which, std::initializer_list<std::string_view> rest, Handler handler)
+    {
+        const auto& sha = shas_[static_cast<std::size_t>(which)];
+        std::vector<std::string_view> args;
+        args.reserve(rest.size() + 2);
+        args.push_back(sha.empty() ? "EVAL" : "EVALSHA");
+        args.push_back(sha.empty() ? script_text(which) : std::string_view(sha));
+        args.insert(args.end(), rest.begin(), rest.end());
+        commands_->async_command(std::span<const std::string_view>(args),
+                                 [self = this->shared_from_this(), handler = std::move(handler)](std::error_code ec,
+                                                                                                  reply r) mutable {
+                                     if (ec == errc::server_error && r.is_error() && r.str().starts_with("NOSCRIPT")) {
+                                         self->shas_ = {};
+                                         self->load_scripts();
+                                     }
+                                     handler(ec, std::move(r));
+                                 });
+    }
+
+    // On each (re)connection of the commands link: its first commands, so the SHA1s hold for
+    // everything after.
+    void load_scripts()
+    {
+        for (auto which : {script::publish, script::mark, script::presence})
+            commands_->async_command({"SCRIPT", "LOAD", script_text(which)},
+                                     [self = this->shared_from_this(), which](std::error_code ec, reply r) {
+                                         if (!ec && r.is_string())
+                                             self->shas_[static_cast<std::size_t>(which)] = r.str();
+                                     });
+    }
+
     bool targeted() const noexcept { return options_.delivery == delivery::targeted; }
 
     std::string presence_key(std::string_view key) const { return stream_key(key) + ":nodes"; }
@@ -566,8 +620,8 @@ private:
     template <class Handler>
     void announce(const std::string& key, Handler done)
     {
-        commands_->async_command({"EVAL", detail::presence_script, "1", presence_key(key), id_,
-                                  std::to_string(options_.presence_ttl.count())},
+        call_script(script::presence,
+                    {"1", presence_key(key), id_, std::to_string(options_.presence_ttl.count())},
                                  [done = std::move(done)](std::error_code ec, reply) mutable { done(ec); });
     }
 
@@ -866,8 +920,7 @@ private:
             asio::dispatch(self->ex_, [self, marks = std::move(marks)] {
                 const auto ttl = std::to_string(self->options_.stream_ttl.count());
                 for (const auto& [key, id] : marks)
-                    self->commands_->async_command({"EVAL", detail::mark_script, "1", key, id, ttl},
-                                                   [](std::error_code, reply) {});
+                    self->call_script(script::mark, {"1", key, id, ttl}, [](std::error_code, reply) {});
             });
         });
     }
@@ -898,6 +951,7 @@ private:
     std::chrono::steady_clock::time_point refreshed_at_ = std::chrono::steady_clock::now();
     bool closed_ = false;
     std::string id_;
+    std::array<std::string, 3> shas_;  // the scripts' SHA1s, once loaded
 };
 
 using node = basic_node<>;
