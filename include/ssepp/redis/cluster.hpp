@@ -258,7 +258,7 @@ public:
         auto commands = link;
         commands.on_connect = [w] {
             if (auto s = w.lock())
-                s->load_scripts();
+                s->commands_up();
         };
         link.on_connect = [w] {
             if (auto s = w.lock())
@@ -478,7 +478,7 @@ private:
             return;  // not ours: another application on the same channel
         if (!present_.contains(m->key) && !fetching_.contains(m->key))
             return;  // no connection here: the node's copy of the key is filled from the stream when one comes
-        if (catching_up_ > 0 || fetching_.contains(m->key))
+        if (catching_up_ > 0 || !retry_.empty() || fetching_.contains(m->key))
             held_.push_back(std::move(*m));
         else
             apply(std::move(*m));
@@ -503,7 +503,7 @@ private:
     // Applies, in order, what was held while a fetch or a catch-up was under way.
     void release_held()
     {
-        if (catching_up_ > 0)
+        if (catching_up_ > 0 || !retry_.empty())
             return;
         std::vector<message> keep;
         for (auto& m : held_) {
@@ -533,25 +533,50 @@ private:
     void catch_up()
     {
         forget_unheld_keys();
-        for (const auto& [key, last] : seen_) {
-            ++catching_up_;
-            const auto from = std::to_string(last.ms) + "-" + std::to_string(last.seq);
-            commands_->async_command(
-                {"XRANGE", stream_key(key), from, "+"},
-                [self = this->shared_from_this(), key = key, last = last](std::error_code ec, reply r) {
-                    auto missed = self->decode_range(key, r);
-                    if (ec || missed.empty() || missed.front().sid != last) {
-                        // The stream no longer holds where this node stopped: its copy starts
-                        // again from the stream, and its clients resume and learn of the gap.
-                        self->local_.erase(key);
-                        self->seen_.erase(key);
-                    }
-                    for (auto& m : missed)
-                        self->apply(std::move(m));
+        for (const auto& [key, last] : seen_)
+            catch_up(key, last);
+    }
+
+    // One key's catch-up. The bus stays held until it is done: a catch-up whose read could
+    // not reach Redis (the bus link came back before the commands link) is tried again when
+    // the commands link is back, still holding.
+    void catch_up(const std::string& key, stream_id last)
+    {
+        ++catching_up_;
+        const auto from = std::to_string(last.ms) + "-" + std::to_string(last.seq);
+        commands_->async_command(
+            {"XRANGE", stream_key(key), from, "+"},
+            [self = this->shared_from_this(), key, last](std::error_code ec, reply r) {
+                if (ec == errc::not_connected || ec == errc::connection_lost) {
                     --self->catching_up_;
-                    self->release_held();
-                });
-        }
+                    if (self->commands_->is_connected())
+                        self->catch_up(key, last);  // it came back meanwhile
+                    else
+                        self->retry_.emplace_back(key, last);  // held (see catching_up_) till then
+                    return;
+                }
+                auto missed = self->decode_range(key, r);
+                if (ec || missed.empty() || missed.front().sid != last) {
+                    // The stream no longer holds where this node stopped: its copy starts
+                    // again from the stream, and its clients resume and learn of the gap.
+                    self->local_.erase(key);
+                    self->seen_.erase(key);
+                }
+                for (auto& m : missed)
+                    self->apply(std::move(m));
+                --self->catching_up_;
+                self->release_held();
+            });
+    }
+
+    // The commands link is (re)connected: its scripts first, then the catch-ups that waited.
+    void commands_up()
+    {
+        load_scripts();
+        auto retry = std::exchange(retry_, {});
+        for (const auto& [key, last] : retry)
+            catch_up(key, last);
+        release_held();
     }
 
     // The scripts go by their SHA1 (EVALSHA: Redis hashes an EVAL's whole text on every call)
@@ -952,6 +977,7 @@ private:
     bool closed_ = false;
     std::string id_;
     std::array<std::string, 3> shas_;  // the scripts' SHA1s, once loaded
+    std::vector<std::pair<std::string, stream_id>> retry_;  // catch-ups that wait for the commands link
 };
 
 using node = basic_node<>;

@@ -112,6 +112,9 @@ public:
             if (::getppid() != parent)
                 ::_exit(127);
             ::dup2(out[1], STDOUT_FILENO);
+            // Nothing else of the test's: Asio's sockets are not close-on-exec, and a server
+            // holding a test's socket open keeps a connection the test closed alive.
+            ::close_range(3, ~0U, 0);
             ::execv(argv[0], argv.data());
             ::_exit(127);
         }
