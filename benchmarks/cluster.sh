@@ -3,9 +3,11 @@
 # redis-server, against one node without Redis (fanout_server) and against nginx + nchan with
 # its Redis backend (same redis-server), with the same client (sse_load), in one run.
 #   benchmarks/cluster.sh [--runs N] [--only sat,bus,keys,shared,redis] [--seconds S] [--quick] [--bin DIR]
-#                         [--keys-nodes N]
+#                         [--keys-nodes N] [--redis-rate R]
 # --bin DIR: use the binaries in DIR (e.g. built from a snapshot of a commit) instead of building.
 # --keys-nodes N: nodes of the keys scenario (default 4).
+# --redis-rate R: events/s of the redis scenario (default 5000), or max: the publisher pipelines
+#   (up to 256 sends in flight), so Redis's cost per event is its cost under load.
 # Scenarios (each run bounded: S seconds of measurement, default 10, after the connect phase):
 #   sat   1,000 subscribers split over the servers, events of 64 B published on the first one as
 #         fast as it takes them: single (fanout_server), cluster (2 nodes), nchan (2 nginx)
@@ -15,7 +17,7 @@
 #         broadcast vs targeted delivery (when cluster_options has `delivery`)
 #   shared one key held on every node (8 subscribers over 4 nodes), 5,000 events/s: broadcast
 #         vs targeted where targeting saves nothing
-#   redis no subscribers, 5,000 events/s, 1, 2, 4 and 8 nodes: Redis's cost per event as the
+#   redis no subscribers, 5,000 events/s (--redis-rate), 1, 2, 4 and 8 nodes: Redis's cost per event as the
 #         bus fans out to more nodes (for the capacity estimate)
 # For the Redis-backed servers: INFO commandstats, stats and cpu before and after the
 # publisher's life -> Redis calls, microseconds, bytes and CPU per published event.
@@ -27,7 +29,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-runs=3; only="sat,bus,keys,shared,redis"; secs=10; quick=0; bin=; keys_nodes=4
+runs=3; only="sat,bus,keys,shared,redis"; secs=10; quick=0; bin=; keys_nodes=4; redis_rate=5000
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs="$2"; shift ;;
@@ -36,7 +38,8 @@ while [ $# -gt 0 ]; do
     --quick) quick=1; secs=2; runs=1 ;;
     --bin) bin="$2"; shift ;;
     --keys-nodes) keys_nodes="$2"; shift ;;
-    *) echo "usage: $0 [--runs N] [--only sat,bus,keys,shared,redis] [--seconds S] [--quick] [--bin DIR] [--keys-nodes N]" >&2; exit 2 ;;
+    --redis-rate) redis_rate="$2"; shift ;;
+    *) echo "usage: $0 [--runs N] [--only sat,bus,keys,shared,redis] [--seconds S] [--quick] [--bin DIR] [--keys-nodes N] [--redis-rate R]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -304,7 +307,7 @@ for _ in $(seq "$runs"); do
     fi
   ;; esac
   case ",$only," in *,redis,*)
-    for n in 1 2 4 8; do run_scenario redis "cluster-$n" "$n" 5000 0 0; done
+    for n in 1 2 4 8; do run_scenario redis "cluster-$n" "$n" "$redis_rate" 0 0; done
   ;; esac
 done
 
