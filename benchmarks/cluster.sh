@@ -266,7 +266,12 @@ else:
     calls = sum(d(c, 0) for c in ca if c not in skip)
     evals = d("eval", 0) + d("evalsha", 0)
     eval_us = d("eval", 1) + d("evalsha", 1)
-    top = sorted(((d(c, 0), c) for c in ca if c not in skip), reverse=True)[:1]
+    # Commands other than the scripts and what they call (catch-up reads, presence upkeep...):
+    # on stderr, so a calls/event or bytes/event above the usual says where it came from.
+    script = {"eval", "evalsha", "time", "hget", "hset", "hincrby", "xadd", "pexpire", "publish", "hgetall"}
+    other = sorted(((d(c, 0), c) for c in ca if c not in skip | script and d(c, 0) > 0), reverse=True)
+    if other:
+        print(f"{sc} {name}: other commands: " + ", ".join(f"{c} {n}" for n, c in other), file=sys.stderr)
     # Round trips: EVALSHA, plus the plain EVALs a link sends before its SCRIPT LOAD is answered
     # or after a NOSCRIPT (counted apart: they should be a handful, not one an event).
     row += [round(events / life), round(rcpu * 100),
