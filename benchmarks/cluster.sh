@@ -46,10 +46,19 @@ done
 [ "$secs" -le 20 ] || { echo "cluster.sh: --seconds is at most 20" >&2; exit 2; }
 subs=1000; [ "$quick" = 1 ] && subs=100
 
+# What is measured: build-bench is built from the working tree, which on a shared checkout may
+# hold someone's uncommitted library changes (--bin of a `git archive` build avoids that).
 if [ -z "$bin" ]; then
+  built_from="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  if ! git diff --quiet HEAD -- include benchmarks 2>/dev/null; then
+    built_from="$built_from + uncommitted changes in $(git diff --name-only HEAD -- include benchmarks | tr '\n' ' ')"
+    echo "cluster.sh: building from a working tree with uncommitted changes: $built_from" >&2
+  fi
   cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DSSEPP_BUILD_TESTS=OFF >/dev/null
   cmake --build build-bench --target fanout_server cluster_server sse_load >/dev/null
   bin=build-bench/benchmarks
+else
+  built_from="binaries in $bin"
 fi
 [ -x "$bin"/cluster_server ] || { echo "cluster.sh: no cluster_server (ssepp::redis needs libhiredis-dev)" >&2; exit 1; }
 command -v redis-server >/dev/null || { echo "cluster.sh: needs redis-server (bash scripts/deps.sh --bench)" >&2; exit 1; }
@@ -316,9 +325,10 @@ for _ in $(seq "$runs"); do
   ;; esac
 done
 
-python3 - "$results" "$secs" <<'PY'
+python3 - "$results" "$secs" "$built_from" <<'PY'
 import sys, collections, statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+print(f"Built from: {sys.argv[3]}.")
 head = ["scenario", "server", "nodes", "connected", "closed early", "delivered ev/s", "p50 µs", "p99 µs",
         "servers CPU %", "published ev/s", "redis CPU %", "EVALSHA+EVAL/event", "of which EVAL (calls)",
         "Redis calls/event", "µs/script call", "redis CPU µs/event", "bytes out/event", "bytes in/event", "load avg before/after",
