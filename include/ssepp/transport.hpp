@@ -22,7 +22,9 @@ struct write_handler_archetype {
 } // namespace detail
 
 /// An Asio AsyncWriteStream that can be closed: either `t.close(ec)` or, for layered streams
-/// such as `asio::ssl::stream`, `t.lowest_layer().close(ec)`.
+/// such as `asio::ssl::stream`, `t.lowest_layer().close(ec)`. Closing completes a write in
+/// flight (Asio's sockets do, with operation_aborted): the emitter's close handlers wait for
+/// it, to know what it wrote.
 ///
 /// Optional, detected when present:
 /// - `t.lowest_layer()` (or `t` itself) is an Asio socket: the emitter waits for readability on

@@ -598,3 +598,36 @@ TEST_CASE("cluster: scripts go by SHA1, and a flushed script cache costs one ref
         return f.wait_for(5s) == std::future_status::ready && (f.get(), true);
     }));
 }
+
+TEST_CASE("cluster: a key whose stream was empty at attach is caught up after a bus drop", "[cluster]")
+{
+    const auto mode = GENERATE(redis::delivery::broadcast, redis::delivery::targeted);
+    CAPTURE(mode);
+    test::redis_server server;
+    site a(server, {.delivery = mode}), b(server, {.delivery = mode});
+    REQUIRE(test::eventually([&] { return a.ready() && b.ready(); }));
+    test::client fresh(b.port(), "/events?key=fresh");
+    REQUIRE(test::eventually([&] { return b.node().local().size("fresh") == 1; }));
+    test::redis_client admin(server.endpoint());
+    REQUIRE(admin.wait_connected());
+    REQUIRE(admin({"CLIENT", "KILL", "TYPE", "pubsub"}).value.integer() >= 1);
+    a.send("fresh", {.data = "during"});
+    a.send("fresh", {.data = "after"});
+    REQUIRE(fresh.read_events(2));
+    CHECK(fresh.events[0].data == "during");
+    CHECK(fresh.events[1].data == "after");
+}
+
+TEST_CASE("cluster: an attach reads the newest entries of a stream MAXLEN ~ keeps longer than its bound", "[cluster]")
+{
+    test::redis_server server;
+    site a(server, {.stream_max_events = 10});
+    REQUIRE(test::eventually([&] { return a.ready(); }));
+    for (int i = 0; i < 150; ++i)
+        a.send("feed", {.data = std::to_string(i)});
+    site b(server, {.stream_max_events = 10});
+    REQUIRE(test::eventually([&] { return b.ready(); }));
+    test::client late(b.port(), "/events?key=feed");
+    REQUIRE(late.read_until([&] { return !late.events.empty() && late.events.back().data == "149"; }));
+    require_one_order(late.events);
+}

@@ -43,9 +43,9 @@ struct cluster_options {
     std::string prefix = "ssepp:";
     /// Each stream keeps about this many entries (XADD MAXLEN ~): the shared history.
     std::size_t stream_max_events = 1024;
-    /// A key's stream, and the mark of what its connections wrote (replay::undelivered),
-    /// expire this long after the key's last send, so that keys no one uses leave Redis;
-    /// 0 keeps them.
+    /// A key's stream expires this long after the key's last send, and the mark of what its
+    /// connections wrote (replay::undelivered) this long after a connection last raised it,
+    /// so that keys no one uses leave Redis; 0 keeps them.
     std::chrono::milliseconds stream_ttl = std::chrono::hours(24);
     /// broadcast: every event goes to every node, which delivers it to its connections of the
     /// key, if any. targeted: a node announces in Redis the keys it holds connections for (a
@@ -478,7 +478,7 @@ private:
             return;  // not ours: another application on the same channel
         if (!present_.contains(m->key) && !fetching_.contains(m->key))
             return;  // no connection here: the node's copy of the key is filled from the stream when one comes
-        if (catching_up_ > 0 || !retry_.empty() || fetching_.contains(m->key))
+        if (holding())
             held_.push_back(std::move(*m));
         else
             apply(std::move(*m));
@@ -491,92 +491,103 @@ private:
         if (!fresh && m.sid <= it->second)
             return;
         it->second = m.sid;
-        if (fresh && seen_.size() > 2 * local_.key_count() + 1024)
-            forget_unheld_keys();
         m.e.id = std::move(m.id);
         if (m.finished)
             local_.finish(m.key, std::move(m.e));
         else
             local_.send(m.key, std::move(m.e));
+        if (fresh && seen_.size() > 2 * local_.key_count() + 1024)
+            forget_unheld_keys();  // after the send: the key is in the registry now
     }
 
-    // Applies, in order, what was held while a fetch or a catch-up was under way.
-    void release_held()
+    // While a read of the streams is under way (an attach's, a catch-up's, or one waiting for
+    // the commands link), the bus is held, whatever the key: what the read brings may come
+    // before what the bus brings meanwhile, and a connection under several keys must get
+    // them in one order.
+    bool holding() const noexcept { return reads_ > 0 || !retry_.empty(); }
+
+    // Once no read is under way: what catch-ups read and what the bus held, in one order.
+    void settle()
     {
-        if (catching_up_ > 0 || !retry_.empty())
+        if (holding())
             return;
-        std::vector<message> keep;
-        for (auto& m : held_) {
-            if (fetching_.contains(m.key))
-                keep.push_back(std::move(m));
-            else
+        auto all = std::exchange(batch_, {});
+        all.insert(all.end(), std::make_move_iterator(held_.begin()), std::make_move_iterator(held_.end()));
+        held_.clear();
+        std::stable_sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.sid < b.sid; });
+        for (auto& m : all)
+            if (present_.contains(m.key) || fetching_.contains(m.key))
                 apply(std::move(m));
-        }
-        held_ = std::move(keep);
     }
 
-    // The bus is (re)subscribed. After the first time, what was published while it was down
-    // is read back from the streams; the bus is held meanwhile.
+    // The bus is (re)subscribed: what was published while it was not is read back from the
+    // streams (the first time too: an attach may have completed before it).
     void bus_up()
     {
         bus_ready_.store(true, std::memory_order_release);
-        if (!std::exchange(bus_was_up_, true))
-            return;
         // Its presence may have lapsed while it was away: announced again before the reads.
-        for (const auto& k : present_)
-            announce(k, [](std::error_code) {});
+        if (targeted())
+            for (const auto& k : present_)
+                announce(k, [](std::error_code) {});
         catch_up();
     }
 
-    // Reads back from the streams what was published after what this node delivered; the bus
-    // is held meanwhile.
+    // Reads back from the streams what was published after what this node delivered, for
+    // every key it holds connections for.
     void catch_up()
     {
         forget_unheld_keys();
-        for (const auto& [key, last] : seen_)
-            catch_up(key, last);
+        for (const auto& k : present_) {
+            const auto it = seen_.find(k);
+            catch_up(k, it == seen_.end() ? std::nullopt : std::optional<stream_id>(it->second));
+        }
     }
 
-    // One key's catch-up. The bus stays held until it is done: a catch-up whose read could
-    // not reach Redis (the bus link came back before the commands link) is tried again when
-    // the commands link is back, still holding.
-    void catch_up(const std::string& key, stream_id last)
+    // One key's catch-up from `last` (none: the key had no event here yet, the whole stream
+    // is new). A read that could not reach Redis (the bus link came back before the commands
+    // link) is made again when the commands link is back, the bus held till then.
+    void catch_up(const std::string& key, std::optional<stream_id> last)
     {
-        ++catching_up_;
-        const auto from = std::to_string(last.ms) + "-" + std::to_string(last.seq);
+        ++reads_;
+        const auto from = last ? std::to_string(last->ms) + "-" + std::to_string(last->seq) : std::string("-");
         commands_->async_command(
             {"XRANGE", stream_key(key), from, "+"},
             [self = this->shared_from_this(), key, last](std::error_code ec, reply r) {
+                --self->reads_;
                 if (ec == errc::not_connected || ec == errc::connection_lost) {
-                    --self->catching_up_;
                     if (self->commands_->is_connected())
                         self->catch_up(key, last);  // it came back meanwhile
                     else
-                        self->retry_.emplace_back(key, last);  // held (see catching_up_) till then
+                        self->retry_.emplace_back(key, last);
                     return;
                 }
                 auto missed = self->decode_range(key, r);
-                if (ec || missed.empty() || missed.front().sid != last) {
+                if (last && (ec || missed.empty() || missed.front().sid != *last)) {
                     // The stream no longer holds where this node stopped: its copy starts
                     // again from the stream, and its clients resume and learn of the gap.
                     self->local_.erase(key);
                     self->seen_.erase(key);
                 }
-                for (auto& m : missed)
-                    self->apply(std::move(m));
-                --self->catching_up_;
-                self->release_held();
+                self->batch_.insert(self->batch_.end(), std::make_move_iterator(missed.begin()),
+                                    std::make_move_iterator(missed.end()));
+                self->settle();
             });
     }
 
-    // The commands link is (re)connected: its scripts first, then the catch-ups that waited.
+    // The commands link is (re)connected: its scripts first; then, if reads waited for it or
+    // the node's presence may have lapsed meanwhile (it could not be refreshed), it announces
+    // itself again and catches up.
     void commands_up()
     {
         load_scripts();
-        auto retry = std::exchange(retry_, {});
-        for (const auto& [key, last] : retry)
-            catch_up(key, last);
-        release_held();
+        if (!targeted() && retry_.empty())
+            return;
+        retry_.clear();
+        if (targeted())
+            for (const auto& k : present_)
+                announce(k, [](std::error_code) {});
+        catch_up();
+        settle();
     }
 
     // The scripts go by their SHA1 (EVALSHA: Redis hashes an EVAL's whole text on every call)
@@ -685,19 +696,25 @@ private:
         auto failed = std::make_shared<bool>(false);
         std::size_t left = present_.size();
         const auto sent = std::chrono::steady_clock::now();
+        // Late (the node stalled) or after failures, the presence may have lapsed: the bus is
+        // held from the announce on, so that the catch-up comes before what the bus brings.
+        const bool lapsed = refresh_failed_ || sent - refreshed_at_ > 2 * options_.presence_ttl / 3;
+        if (lapsed)
+            ++reads_;
         for (const auto& k : present_)
-            announce(k, [self = this->shared_from_this(), failed, sent, last = --left == 0](std::error_code ec) {
+            announce(k, [self = this->shared_from_this(), failed, sent, lapsed, last = --left == 0](std::error_code ec) {
                 *failed |= bool(ec);
                 if (!last)
                     return;
-                if (*failed) {
-                    self->refresh_failed_ = true;
-                } else {
-                    // Late (the node stalled) or after failures: the presence may have lapsed.
-                    if (std::exchange(self->refresh_failed_, false)
-                        || sent - self->refreshed_at_ > 2 * self->options_.presence_ttl / 3)
-                        self->catch_up();
+                self->refresh_failed_ = *failed;
+                if (!*failed) {
                     self->refreshed_at_ = sent;
+                    if (lapsed)
+                        self->catch_up();
+                }
+                if (lapsed) {
+                    --self->reads_;
+                    self->settle();
                 }
                 self->refresh_later();
             });
@@ -742,56 +759,87 @@ private:
             complete(std::move(handler), {}, result);
             return;
         }
-        // Read each key's stream (and, for replay::undelivered, its mark), holding the bus for
-        // these keys meanwhile; the replies come in order, so the last one finishes.
+        // Read each key's stream (and, for replay::undelivered, its mark) in one transaction:
+        // one instant of the streams, so that the bus messages held meanwhile split cleanly
+        // into those the reads hold and those that come after.
         auto read = std::make_shared<attach_read>();
         read->streams.resize(keys.size());
         read->marks.resize(keys.size());
         read->trimmed.resize(keys.size());
         const bool marks = !options.last_event_id && options.otherwise == replay::undelivered;
-        const auto count = std::to_string(options_.stream_max_events * 2);
         read->keys = keys;
-        for (std::size_t i = 0; i < keys.size(); ++i) {
-            ++fetching_[keys[i]];
+        ++reads_;
+        for (const auto& k : keys) {
+            ++fetching_[k];
             // Present first, then read: an event published after the read reaches this node.
-            if (targeted() && !present_.contains(keys[i]))
-                announce(keys[i], [read](std::error_code ec) { read->ec = read->ec ? read->ec : ec; });
-            if (marks)
-                commands_->async_command({"GET", mark_key(keys[i])}, [read, i](std::error_code ec, reply r) {
-                    read->ec = read->ec ? read->ec : ec;
-                    if (r.is_string())
-                        read->marks[i] = stream_id::parse(r.str());
-                });
-            // A stream that does not exist is a server error here: nothing was trimmed.
-            commands_->async_command({"XINFO", "STREAM", stream_key(keys[i])}, [read, i](std::error_code ec, reply r) {
-                if (ec != errc::server_error)
-                    read->ec = read->ec ? read->ec : ec;
-                read->trimmed[i] = trimmed_before(r);
-            });
-            commands_->async_command({"XRANGE", stream_key(keys[i]), "-", "+", "COUNT", count},
-                                     [read, i, self = this->shared_from_this()](std::error_code ec, reply r) {
-                                         read->ec = read->ec ? read->ec : ec;
-                                         read->streams[i] = self->decode_range(read->keys[i], r);
-                                     });
+            if (targeted() && !present_.contains(k))
+                announce(k, [read](std::error_code ec) { read->ec = read->ec ? read->ec : ec; });
         }
-        // A no-op last command whose reply marks that every read above has completed.
+        const auto queued = [](std::error_code, reply) {};  // the replies come with EXEC's
+        commands_->async_command({"MULTI"}, queued);
+        for (const auto& k : keys) {
+            if (marks)
+                commands_->async_command({"GET", mark_key(k)}, queued);
+            commands_->async_command({"XINFO", "STREAM", stream_key(k)}, queued);  // an error when there is none
+            // The whole stream (XADD MAXLEN ~ bounds it): its newest entries are the ones needed.
+            commands_->async_command({"XRANGE", stream_key(k), "-", "+"}, queued);
+        }
         commands_->async_command(
-            {"PING"}, [self = this->shared_from_this(), read, em = std::move(em), options = std::move(options),
-                       handler = std::move(handler)](std::error_code ec, reply) mutable {
+            {"EXEC"}, [self = this->shared_from_this(), read, marks, em = std::move(em), options = std::move(options),
+                       handler = std::move(handler)](std::error_code ec, reply r) mutable {
                 for (const auto& k : read->keys)
                     if (--self->fetching_[k] == 0)
                         self->fetching_.erase(k);
+                --self->reads_;
+                const std::size_t per_key = marks ? 3 : 2;
+                if (!ec && (!r.is_array() || r.size() != per_key * read->keys.size()))
+                    ec = errc::protocol_error;
                 if (auto err = read->ec ? read->ec : ec) {
-                    self->release_held();
+                    self->settle();
                     self->complete(std::move(handler), err, {});
                     return;
                 }
-                self->present_.insert(read->keys.begin(), read->keys.end());
-                auto result = self->attach_from(*read, em, options);
-                self->release_held();
+                for (std::size_t i = 0, at = 0; i < read->keys.size(); ++i) {
+                    if (marks && r[at].is_string())
+                        read->marks[i] = stream_id::parse(r[at].str());
+                    at += marks ? 1 : 0;
+                    read->trimmed[i] = trimmed_before(r[at++]);
+                    read->streams[i] = self->decode_range(read->keys[i], r[at++]);
+                }
+                auto result = self->attach_read_done(*read, em, options);
                 self->watch(*em, read->keys);
                 self->complete(std::move(handler), {}, result);
+                self->settle();
             });
+    }
+
+    // The reads are in: this node's copy catches up with them, in one order with what the
+    // bus held from before their instant; then the attach; what the bus held from after it
+    // follows (settle()), live to the new connection too.
+    attach_result attach_read_done(attach_read& read, const emitter_ptr& em, const attach_options& options)
+    {
+        present_.insert(read.keys.begin(), read.keys.end());
+        // A key the registry forgot (a finished key after its linger) is copied afresh, its
+        // finish included, so that a client attaching to it is completed.
+        for (const auto& k : read.keys)
+            if (!local_.contains(k))
+                seen_.erase(k);
+        std::optional<stream_id> instant;
+        std::vector<message> now;
+        for (const auto& stream : read.streams)
+            for (const auto& m : stream) {
+                instant = instant ? std::max(*instant, m.sid) : m.sid;
+                now.push_back(m);
+            }
+        std::vector<message> later;
+        for (auto& m : held_)
+            (instant && m.sid <= *instant ? now : later).push_back(std::move(m));
+        held_ = std::move(later);
+        std::stable_sort(now.begin(), now.end(), [](const auto& a, const auto& b) { return a.sid < b.sid; });
+        for (auto& m : now)
+            if (present_.contains(m.key) || fetching_.contains(m.key))
+                apply(std::move(m));
+        return attach_from(read, em, options);
     }
 
     // From XINFO STREAM: when the stream has trimmed entries (entries-added is more than its
@@ -840,20 +888,11 @@ private:
     attach_result attach_from(attach_read& read, const emitter_ptr& em, const attach_options& options)
     {
         const auto& keys = read.keys;
-        // First this node's copy catches up with the streams (the bus may be behind the
-        // reads), in one order over the keys.
+        // This node's copy has caught up with the reads (attach_read_done()).
         std::vector<const message*> fetched;
         for (const auto& stream : read.streams)
             for (const auto& m : stream)
                 fetched.push_back(&m);
-        std::sort(fetched.begin(), fetched.end(), [](auto* a, auto* b) { return a->sid < b->sid; });
-        // A key the registry forgot (a finished key after its linger) is copied afresh, its
-        // finish included, so that a client attaching to it is completed.
-        for (const auto& k : keys)
-            if (!local_.contains(k))
-                seen_.erase(k);
-        for (const auto* m : fetched)
-            apply(*m);
 
         // Live events only, or resuming under one key whose copy here now covers the point:
         // the local registry does it.
@@ -963,10 +1002,10 @@ private:
     std::shared_ptr<subscriber> bus_;
     std::unordered_map<std::string, stream_id> seen_;  // per key, the last entry delivered here
     std::unordered_map<std::string, int> fetching_;   // keys whose stream is being read
-    std::vector<message> held_;                       // bus messages that wait for those reads
-    int catching_up_ = 0;
+    std::vector<message> held_;                       // bus messages that wait for reads under way
+    std::vector<message> batch_;                      // what those reads brought
+    int reads_ = 0;                                   // reads under way (see holding())
     std::atomic<bool> bus_ready_{false};  // read from any thread
-    bool bus_was_up_ = false;
     // The keys this node holds connections for (with targeted delivery: is present under in
     // Redis), its copy of each complete from their fetch on; the sweep that lets go of them
     // (and refreshes the presence).
@@ -977,7 +1016,7 @@ private:
     bool closed_ = false;
     std::string id_;
     std::array<std::string, 3> shas_;  // the scripts' SHA1s, once loaded
-    std::vector<std::pair<std::string, stream_id>> retry_;  // catch-ups that wait for the commands link
+    std::vector<std::pair<std::string, std::optional<stream_id>>> retry_;  // catch-ups that wait for the commands link
 };
 
 using node = basic_node<>;
