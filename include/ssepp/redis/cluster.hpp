@@ -552,7 +552,10 @@ private:
         const auto from = last ? std::to_string(last->ms) + "-" + std::to_string(last->seq) : std::string("-");
         commands_->async_command(
             {"XRANGE", stream_key(key), from, "+"},
-            [self = this->shared_from_this(), key, last](std::error_code ec, reply r) {
+            [w = this->weak_from_this(), key, last](std::error_code ec, reply r) {
+                auto self = w.lock();
+                if (!self)
+                    return;
                 --self->reads_;
                 if (ec == errc::not_connected || ec == errc::connection_lost) {
                     if (self->commands_->is_connected())
@@ -614,9 +617,11 @@ private:
         args.push_back(sha.empty() ? script_text(which) : std::string_view(sha));
         args.insert(args.end(), rest.begin(), rest.end());
         commands_->async_command(std::span<const std::string_view>(args),
-                                 [self = this->shared_from_this(), handler = std::move(handler)](std::error_code ec,
+                                 [w = this->weak_from_this(), handler = std::move(handler)](std::error_code ec,
                                                                                                   reply r) mutable {
-                                     if (ec == errc::server_error && r.is_error() && r.str().starts_with("NOSCRIPT")) {
+                                     auto self = w.lock();
+                                     if (self && ec == errc::server_error && r.is_error()
+                                         && r.str().starts_with("NOSCRIPT")) {
                                          self->shas_ = {};
                                          self->load_scripts();
                                      }
@@ -630,8 +635,9 @@ private:
     {
         for (auto which : {script::publish, script::mark, script::presence})
             commands_->async_command({"SCRIPT", "LOAD", script_text(which)},
-                                     [self = this->shared_from_this(), which](std::error_code ec, reply r) {
-                                         if (!ec && r.is_string())
+                                     [w = this->weak_from_this(), which](std::error_code ec, reply r) {
+                                         auto self = w.lock();
+                                         if (self && !ec && r.is_string())
                                              self->shas_[static_cast<std::size_t>(which)] = r.str();
                                      });
     }
@@ -702,9 +708,10 @@ private:
         if (lapsed)
             ++reads_;
         for (const auto& k : present_)
-            announce(k, [self = this->shared_from_this(), failed, sent, lapsed, last = --left == 0](std::error_code ec) {
+            announce(k, [w = this->weak_from_this(), failed, sent, lapsed, last = --left == 0](std::error_code ec) {
                 *failed |= bool(ec);
-                if (!last)
+                auto self = w.lock();
+                if (!last || !self)
                     return;
                 self->refresh_failed_ = *failed;
                 if (!*failed) {
@@ -785,8 +792,11 @@ private:
             commands_->async_command({"XRANGE", stream_key(k), "-", "+"}, queued);
         }
         commands_->async_command(
-            {"EXEC"}, [self = this->shared_from_this(), read, marks, em = std::move(em), options = std::move(options),
+            {"EXEC"}, [w = this->weak_from_this(), read, marks, em = std::move(em), options = std::move(options),
                        handler = std::move(handler)](std::error_code ec, reply r) mutable {
+                auto self = w.lock();
+                if (!self)
+                    return;  // the node is gone, and its connections with it
                 for (const auto& k : read->keys)
                     if (--self->fetching_[k] == 0)
                         self->fetching_.erase(k);
