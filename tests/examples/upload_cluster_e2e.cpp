@@ -370,7 +370,7 @@ TEST_CASE("upload cluster e2e: the id of a 202 is known on the other node at onc
     }
 }
 
-TEST_CASE("upload cluster e2e: with Redis down an upload is refused 503 with the reason, at once; with Redis back "
+TEST_CASE("upload cluster e2e: with Redis down an upload is refused 503 with the reason, at once, and with Redis back "
           "uploads are accepted again",
           "[upload-e2e][cluster]")
 {
