@@ -487,6 +487,7 @@ private:
     // Delivers what this node has not delivered yet, in the streams' order.
     void apply(message m)
     {
+        // seen_ follows present_: the sweep that lets a key go forgets it (refresh()).
         auto [it, fresh] = seen_.try_emplace(m.key, m.sid);
         if (!fresh && m.sid <= it->second)
             return;
@@ -496,8 +497,6 @@ private:
             local_.finish(m.key, std::move(m.e));
         else
             local_.send(m.key, std::move(m.e));
-        if (fresh && seen_.size() > 2 * local_.key_count() + 1024)
-            forget_unheld_keys();  // after the send: the key is in the registry now
     }
 
     // While a read of the streams is under way (an attach's, a catch-up's, or one waiting for
@@ -536,7 +535,6 @@ private:
     // every key it holds connections for.
     void catch_up()
     {
-        forget_unheld_keys();
         for (const auto& k : present_) {
             const auto it = seen_.find(k);
             catch_up(k, it == seen_.end() ? std::nullopt : std::optional<stream_id>(it->second));
@@ -725,17 +723,6 @@ private:
                 }
                 self->refresh_later();
             });
-    }
-
-    // Forgets the keys the local registry no longer holds (their clients resume from the
-    // streams), so that what the node remembers follows what its registry does.
-    void forget_unheld_keys()
-    {
-        std::unordered_map<std::string, stream_id> kept;
-        for (const auto& k : local_.keys())
-            if (auto it = seen_.find(k); it != seen_.end())
-                kept.emplace(k, it->second);
-        seen_ = std::move(kept);
     }
 
     // What an attach read from Redis, per key.
