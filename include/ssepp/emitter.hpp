@@ -1,54 +1,49 @@
 // ssepp/emitter.hpp
-// One event stream on one connection: a bounded write queue drained by coalesced gather
-// writes, heartbeats, timeouts, a vanished-peer watch and exactly-once close callbacks.
+// One event stream on one transport: a bounded queue that every byte enters through, drained
+// by one coalesced write at a time, with exactly-once close callbacks and completion-token
+// operations for producers (flush, drain, wait for the end). Bodies: ssepp/impl/emitter.hpp.
 // SPDX-License-Identifier: BSL-1.0
 #ifndef SSEPP_EMITTER_HPP
 #define SSEPP_EMITTER_HPP
 
-#include <ssepp/detail/exact_allocator.hpp>
+#include <ssepp/detail/liveness.hpp>
 #include <ssepp/detail/small_mutex.hpp>
-#include <ssepp/detail/stream_service.hpp>
+#include <ssepp/detail/waiters.hpp>
 #include <ssepp/error.hpp>
 #include <ssepp/event.hpp>
 #include <ssepp/frame.hpp>
-#include <ssepp/response.hpp>
+#include <ssepp/http_body.hpp>
 #include <ssepp/transport.hpp>
 
-#include <asio/any_io_executor.hpp>
-#include <asio/bind_allocator.hpp>
-#include <asio/error.hpp>
-#include <asio/io_context.hpp>
+#include <asio/async_result.hpp>
 #include <asio/ip/tcp.hpp>
-#include <asio/post.hpp>
-#include <asio/steady_timer.hpp>
 
-#include <fmt/format.h>
-
-#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <concepts>
 #include <cstdint>
 #include <functional>
-#include <limits>
 #include <memory>
-#include <mutex>
 #include <optional>
-#include <span>
-#include <stdexcept>
+#include <system_error>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 namespace ssepp {
 
 /// Why a stream ended; each emitter reports exactly one.
 enum class close_reason : std::uint8_t {
-    /// complete() flushed the queue, or the application closed the stream.
+    /// complete() flushed the queue.
     completed,
-    /// The peer closed or reset the connection, or a write failed.
+    /// complete_with_error() flushed the queue; the close handlers get its error.
+    completed_with_error,
+    /// abort(): the queue was dropped.
+    aborted,
+    /// The peer closed or reset the connection, or a write failed because it left.
     client_gone,
-    /// The stream lifetime or the write-stall timeout expired.
+    /// The lifetime expired (after the on_timeout() handlers, the queue is flushed), or a
+    /// write made no progress for emitter_options::write_timeout.
     timeout,
     /// The queue passed max_queued_bytes under overflow_policy::close.
     overflow,
@@ -65,11 +60,7 @@ enum class overflow_policy : std::uint8_t {
 };
 
 struct emitter_options {
-    /// Write ssepp::response_head(response) first: for raw sockets. A stack that wrote its own
-    /// head sets this to false.
-    bool write_head = true;
-    response_options response{};
-    /// A `retry:` hint sent on open; nullopt sends none.
+    /// A `retry:` hint, the first bytes of the stream; nullopt sends none.
     std::optional<std::chrono::milliseconds> retry_hint = std::chrono::milliseconds(5000);
     /// A comment frame after this long without a write; 0 disables.
     std::chrono::milliseconds heartbeat = std::chrono::seconds(15);
@@ -77,86 +68,44 @@ struct emitter_options {
     std::chrono::milliseconds lifetime{0};
     /// A write making no progress for this long ends the stream (close_reason::timeout); 0 = never.
     std::chrono::milliseconds write_timeout = std::chrono::seconds(30);
-    /// Bound on bytes queued or being written (not yet accepted by the transport) for this
-    /// connection. Under overflow_policy::drop_oldest the newest event is always kept, so the
-    /// queue may pass the bound by at most that one event while a write is stuck.
+    /// Bound on bytes queued or being written for this connection. Under
+    /// overflow_policy::drop_oldest the newest event is always kept, so the queue may pass the
+    /// bound by at most that one event while a write is stuck.
     std::size_t max_queued_bytes = std::size_t(1) << 20;
     overflow_policy overflow = overflow_policy::close;
 };
 
-namespace detail {
-
-// The close handlers: an owning list of nodes, one allocation per handler of any type.
-struct close_node {
-    close_node* next = nullptr;
-    virtual void invoke(close_reason, std::error_code) = 0;
-    virtual ~close_node() = default;
-
-    static void destroy(close_node* head) noexcept
-    {
-        while (head)
-            delete std::exchange(head, head->next);
-    }
-
-    // Calls each once in the order added (the list is newest first), then frees them.
-    static void invoke_all(close_node* head, close_reason reason, std::error_code ec)
-    {
-        close_node* ordered = nullptr;
-        while (head) {
-            auto* n = head;
-            head = head->next;
-            n->next = ordered;
-            ordered = n;
-        }
-        struct guard {
-            close_node*& rest;
-            ~guard() { destroy(rest); }
-        } g{ordered};
-        while (ordered) {
-            auto* n = std::exchange(ordered, ordered->next);
-            std::unique_ptr<close_node> owned(n);
-            n->invoke(reason, ec);
-        }
-    }
+/// What basic_registry needs of a connection; basic_emitter<T> is one. None of these may call
+/// back into the registry: handlers run later, on the emitter's executor.
+template <class E>
+concept stream_emitter = requires(E& e, const E& ce, shared_frame f, std::error_code& ec) {
+    e.start();
+    e.enqueue(f, std::uint64_t(), ec);
+    e.complete();
+    e.on_close([](close_reason, std::error_code) {});
+    e.async_wait_drained(std::size_t(), [](std::error_code) {});
+    { ce.is_open() } -> std::convertible_to<bool>;
+    { ce.queued_bytes() } -> std::convertible_to<std::size_t>;
+    { ce.max_queued_bytes() } -> std::convertible_to<std::size_t>;
+    { ce.written_seq() } -> std::convertible_to<std::uint64_t>;
 };
 
-template <class F>
-struct close_node_for final : close_node {
-    explicit close_node_for(F fn) : f(std::move(fn)) {}
-    void invoke(close_reason reason, std::error_code ec) override { f(reason, ec); }
-    F f;
-};
-
-// The on_drained() handler: one allocation, held only while a producer waits.
-struct drain_node {
-    std::size_t threshold = 0;
-    virtual void invoke() = 0;
-    virtual ~drain_node() = default;
-};
-
-template <class F>
-struct drain_node_for final : drain_node {
-    explicit drain_node_for(F fn) : f(std::move(fn)) {}
-    void invoke() override { f(); }
-    F f;
-};
-
-} // namespace detail
-
-/// One server-sent event stream over a transport.
+/// One server-sent event stream over a transport (an http_body over a socket, or a stack's
+/// own body stream).
 ///
-/// Owned by std::shared_ptr (make_emitter()). send() may be called from any thread and never
-/// blocks: the event is formatted once by the caller, queued, and written by at most one write
-/// in flight that gathers everything queued. Every operation on the transport runs under the
-/// emitter's lock, so a plain socket needs no strand; a layered stream (TLS) whose operations
-/// are themselves composed needs a strand executor when several threads run its context, as
-/// Asio requires.
+/// Owned by std::shared_ptr (make_emitter()). Every byte, the retry hint and heartbeats too,
+/// enters one queue through enqueue(); at most one write is in flight, gathering all that is
+/// queued. Thread-safe: operations on the transport run under the emitter's lock, so a plain
+/// socket needs no strand; a layered stream (TLS) whose operations are themselves composed
+/// needs a strand executor when several threads run its context, as Asio requires.
 ///
-/// Callbacks never run inside send() or complete(): they run on the transport's executor, so
-/// a caller may hold its own locks while sending.
+/// Errors follow Asio: an operation that can fail has an `std::error_code&` overload and one
+/// that throws std::system_error. Handlers never run inside a call that adds work: they run
+/// on the transport's executor (or the handler's associated one), so a caller may hold its own
+/// locks while sending.
 template <transport Transport>
 class basic_emitter : public std::enable_shared_from_this<basic_emitter<Transport>>,
-                      private detail::stream_member {
+                      private detail::liveness {
 public:
     using transport_type = Transport;
     using executor_type = typename Transport::executor_type;
@@ -164,647 +113,142 @@ public:
     using close_handler = std::function<void(close_reason, std::error_code)>;
 
     /// Prefer make_emitter(). Nothing is written before start().
-    explicit basic_emitter(Transport transport, const emitter_options& options = {})
-        : transport_(std::move(transport))
-        , head_(options.write_head ? head_frame(options.response) : nullptr)
-        , prelude_(retry_frame(options.retry_hint))
-        , max_queued_bytes_(options.max_queued_bytes)
-        , heartbeat_ms_(ms(options.heartbeat))
-        , lifetime_ms_(ms(options.lifetime))
-        , write_timeout_ms_(ms(options.write_timeout))
-        , policy_(options.overflow)
-        , chunked_(options.response.framing == body_framing::chunked)
-    {
-    }
-
+    /// @throws std::invalid_argument for a negative retry_hint.
+    explicit basic_emitter(Transport transport, const emitter_options& options = {});
     basic_emitter(const basic_emitter&) = delete;
     basic_emitter& operator=(const basic_emitter&) = delete;
-
-    ~basic_emitter()
-    {
-        detail::stream_service::remove(*this);
-        detail::close_node::destroy(handlers_);
-    }
+    ~basic_emitter();
 
     executor_type get_executor() noexcept { return transport_.get_executor(); }
-
-    /// The transport. Use it only on its executor, and not for writes while the stream is open.
+    /// Use it only on its executor, and not for writes while the stream is open.
     Transport& transport() noexcept { return transport_; }
 
-    /// Adds a handler, `void(close_reason, std::error_code)`, called exactly once when the
-    /// stream ends, on the transport's executor, after the transport is closed; handlers run in
-    /// the order they were added. Added after the end, it is posted at once.
+    /// Starts the writes, the peer watch and the timers. Calling it again does nothing.
+    void start();
+
+    // -- Sending ------------------------------------------------------------------------------
+
+    /// Formats `e` once and queues it. Returns at once, from any thread. Errors: those of
+    /// validate(e) (nothing queued), errc::closed once the stream is ending,
+    /// errc::event_too_large when `e` alone is over the queue bound (nothing queued, the stream
+    /// stays open), errc::overflow when it pushed a slow consumer past its bound under
+    /// overflow_policy::close (the stream then closes).
+    void send(const event& e, std::error_code& ec);
+    void send(const event& e);
+
+    /// Queues bytes that are already whole frames: the one way in for every byte (the
+    /// registry's path, an event formatted once for all). `seq`, when not 0, tags the frame:
+    /// written_seq() reports the last tag written whole. Errors as send().
+    void enqueue(shared_frame frame, std::uint64_t seq, std::error_code& ec);
+    void enqueue(shared_frame frame, std::uint64_t seq = 0);
+
+    // -- Ending ---------------------------------------------------------------------------------
+
+    /// Flushes the queue, ends the body (the transport's closing handshake), then closes:
+    /// close_reason::completed.
+    void complete();
+    /// Queues `last` (a final event), then completes. Errors as send(); it completes anyway.
+    void complete(const event& last, std::error_code& ec);
+    void complete(const event& last);
+    /// As complete(), but the close handlers see close_reason::completed_with_error and `why`:
+    /// Spring's completeWithError().
+    void complete_with_error(std::error_code why);
+    /// Closes now, dropping what is queued: close_reason::aborted.
+    void abort();
+
+    /// Adds `handler(close_reason, std::error_code)`, called exactly once when the stream has
+    /// ended and the transport is closed, on the transport's executor, in the order added.
+    /// Added after the end, it is posted at once.
     template <class Handler>
         requires std::invocable<Handler&, close_reason, std::error_code>
-    void on_close(Handler handler)
-    {
-        std::unique_lock lock(mtx_);
-        if (state_ != state::closed) {
-            // One allocation per handler, none while none is added: idle streams are many.
-            auto* node = new detail::close_node_for<Handler>(std::move(handler));
-            node->next = handlers_;
-            handlers_ = node;
-            return;
-        }
-        lock.unlock();
-        asio::post(get_executor(), [h = std::move(handler), r = reason_, ec = reason_ec_]() mutable { h(r, ec); });
-    }
+    void on_close(Handler handler);
 
-    /// Writes the response head and retry hint, starts the peer watch and the timers, then
-    /// whatever was queued. Calling it again does nothing.
-    void start()
-    {
-        std::lock_guard lock(mtx_);
-        if (started_ || state_ >= state::aborting)
-            return;
-        started_ = true;
-        const auto now = detail::steady_now_ns();
-        opened_ns_ = now;
-        last_write_ns_.store(now, std::memory_order_relaxed);
-        auto ex = get_executor();
-        auto& service = detail::stream_service::of(*this, ex);
-        kick_locked(state_ == state::closing);
-        asio::post(ex, [self = this->shared_from_this()] { self->watch(); });
-        if (heartbeat_ms_ || lifetime_ms_ || write_timeout_ms_) {
-            auto shortest = std::int64_t(1'000'000'000);
-            for (auto d : {ns(heartbeat_ms_), ns(lifetime_ms_), ns(write_timeout_ms_)})
-                if (d)
-                    shortest = std::min(shortest, d / 4);
-            service.add(*this, ex, std::chrono::nanoseconds(shortest));
-        }
-    }
-
-    /// Queues `e`, formatted once here. Returns at once, from any thread.
-    /// @returns an error of validate(e) (nothing queued), errc::closed once the stream is
-    /// ending, errc::overflow when this event pushed a slow consumer past its bound under
-    /// overflow_policy::close (the stream then closes), errc::event_too_large when the event
-    /// alone is larger than the bound (nothing queued, the stream stays open); empty otherwise.
-    std::error_code send(const event& e)
-    {
-        std::error_code ec;
-        auto frame = make_frame(e, ec);
-        return ec ? ec : send(std::move(frame));
-    }
-
-    /// Queues bytes that are already whole frames (the registry's path: formatted once for all).
-    /// `seq`, when not 0, tags the frame: written_seq() reports the last tag written, so that
-    /// the sender learns what reached the transport (the registry passes its positions).
-    /// @returns as send(event), and errc::event_too_large, with nothing queued and the stream
-    /// open, for a frame larger than emitter_options::max_queued_bytes.
-    std::error_code send(shared_frame frame, std::uint64_t seq = 0)
-    {
-        std::unique_lock lock(mtx_);
-        if (state_ != state::open)
-            return errc::closed;
-        if (!frame || frame->empty())
-            return {};
-        if (frame->size() > max_queued_bytes_)
-            return errc::event_too_large;
-        pending_bytes_ += frame->size();
-        pending_.push_back({std::move(frame), seq});
-        if (pending_bytes_ + inflight_bytes_ > max_queued_bytes_) {
-            if (policy_ == overflow_policy::close) {
-                abort_locked(close_reason::overflow, errc::overflow);
-                return errc::overflow;
-            }
-            drop_oldest_locked();
-        }
-        kick_locked();
-        return {};
-    }
-
-    /// Flushes what is queued, then ends the stream (close_reason::completed).
-    void complete()
-    {
-        std::lock_guard lock(mtx_);
-        if (state_ != state::open)
-            return;
-        state_ = state::closing;
-        kick_locked(true);
-    }
-
-    /// Sends `last` (an error or final event), then completes.
-    std::error_code complete(const event& last)
-    {
-        auto ec = send(last);
-        complete();
-        return ec;
-    }
-
-    /// Ends the stream now, dropping what is queued (close_reason::completed).
-    void close()
-    {
-        std::lock_guard lock(mtx_);
-        if (state_ < state::aborting)
-            abort_locked(close_reason::completed, {});
-    }
-
-    /// False once the stream is ending or ended; sends then report errc::closed.
-    bool is_open() const
-    {
-        std::lock_guard lock(mtx_);
-        return state_ == state::open;
-    }
-
-    /// Bytes queued or being written.
-    std::size_t queued_bytes() const
-    {
-        std::lock_guard lock(mtx_);
-        return pending_bytes_ + inflight_bytes_;
-    }
-
-    /// emitter_options::max_queued_bytes.
-    std::size_t max_queued_bytes() const noexcept { return max_queued_bytes_; }
-
-    /// The tag (see send(shared_frame, seq)) of the last tagged frame the transport accepted
-    /// whole; 0 before any. What was queued after it may be lost if the stream does not
-    /// complete. Frames dropped under overflow_policy::drop_oldest count as passed.
-    std::uint64_t written_seq() const noexcept { return written_seq_.load(std::memory_order_acquire); }
-
-    /// Calls `handler()` once, on the transport's executor, when queued_bytes() is at most
-    /// `threshold` after a write (at once, posted, if it is already): a producer with more to
-    /// send than the bound allows feeds it as it drains. One handler at a time (a new one
-    /// replaces the last); it is dropped, uncalled, when the stream ends.
+    /// Adds `handler()`, run on the transport's executor when the lifetime expires, while the
+    /// stream is still open: it may send a last event, which is flushed before the stream ends
+    /// with close_reason::timeout. Dropped uncalled if the stream ends otherwise.
     template <class Handler>
         requires std::invocable<Handler&>
-    void on_drained(std::size_t threshold, Handler handler)
-    {
-        std::unique_lock lock(mtx_);
-        if (state_ >= state::aborting)
-            return;
-        if (pending_bytes_ + inflight_bytes_ <= threshold) {
-            lock.unlock();
-            // Holding the emitter, as the call after a write does: the handler may rely on it.
-            asio::post(get_executor(), [self = this->shared_from_this(), h = std::move(handler)]() mutable { h(); });
-            return;
-        }
-        drained_.reset(new detail::drain_node_for<Handler>(std::move(handler)));
-        drained_->threshold = threshold;
-    }
+    void on_timeout(Handler handler);
 
+    /// Completes, `void(close_reason, std::error_code)`, when the stream has ended.
+    template <class CompletionToken>
+    auto async_wait_closed(CompletionToken&& token);
+
+    // -- Backpressure ---------------------------------------------------------------------------
+
+    /// Completes, `void(std::error_code)`, once every byte queued before the call is written
+    /// (or dropped under overflow_policy::drop_oldest); errc::closed if the stream ends first.
+    template <class CompletionToken>
+    auto async_flush(CompletionToken&& token);
+
+    /// Completes, `void(std::error_code)`, once queued_bytes() is at most `threshold` (at once
+    /// if it is); errc::closed if the stream ends first. A producer with more to send than the
+    /// bound allows feeds the stream as it drains.
+    template <class CompletionToken>
+    auto async_wait_drained(std::size_t threshold, CompletionToken&& token);
+
+    // -- Observers ------------------------------------------------------------------------------
+
+    /// False once the stream is ending or ended; sends then fail with errc::closed.
+    bool is_open() const;
+    /// Bytes queued or being written.
+    std::size_t queued_bytes() const;
+    std::size_t max_queued_bytes() const noexcept { return max_queued_bytes_; }
+    /// The tag (see enqueue()) of the last tagged frame the transport took whole; 0 before
+    /// any. Frames dropped under overflow_policy::drop_oldest count as passed.
+    std::uint64_t written_seq() const noexcept { return written_seq_.load(std::memory_order_acquire); }
     /// Events dropped under overflow_policy::drop_oldest.
-    std::uint64_t dropped() const
-    {
-        std::lock_guard lock(mtx_);
-        return dropped_;
-    }
-
-    /// Bytes the transport has accepted so far, head included.
+    std::uint64_t dropped() const;
+    /// Body bytes the transport has taken so far.
     std::uint64_t bytes_written() const noexcept { return bytes_written_.load(std::memory_order_relaxed); }
 
 private:
     enum class state : std::uint8_t { open, closing, aborting, closed };
-    // A queued frame and its tag (0: none).
+    enum class after : std::uint8_t { nothing, finish };
     struct queued {
         shared_frame frame;
-        std::uint64_t seq = 0;
+        std::uint64_t seq = 0;  // 0: untagged
     };
-    enum class after { nothing, close_completed };
+    struct write_handler;
+    template <class Owner, std::size_t N>
+    friend void detail::watch_peer(const std::shared_ptr<Owner>&, std::array<char, N>&);
 
-    // Durations are kept as 32-bit milliseconds (up to 49 days; longer is clamped): three of
-    // them in every connection.
-    static std::uint32_t ms(std::chrono::milliseconds d) noexcept
-    {
-        return static_cast<std::uint32_t>(std::clamp<std::int64_t>(d.count(), 0, std::numeric_limits<std::uint32_t>::max()));
-    }
-
-    // Write errors that mean the peer is gone, as opposed to a failure of the transport.
-    static bool peer_gone(std::error_code ec) noexcept
-    {
-        return ec == asio::error::connection_reset || ec == asio::error::broken_pipe || ec == asio::error::eof
-            || ec == asio::error::not_connected || ec == asio::error::connection_aborted
-            || ec == asio::error::timed_out || ec == asio::error::network_reset || ec == asio::error::shut_down
-            || ec == asio::error::bad_descriptor;
-    }
-
-    static std::int64_t ns(std::uint32_t ms) noexcept { return std::int64_t(ms) * 1'000'000; }
-
-    // The default heads and retry hint are shared by every emitter that uses them: a server
-    // with many connections then allocates nothing per connection to open a stream.
-    static shared_frame head_frame(const response_options& r)
-    {
-        if (r.cors_origin.empty() && r.headers.empty()) {
-            static const shared_frame raw = make_raw_frame(response_head({}));
-            static const shared_frame chunked = make_raw_frame(response_head({.framing = body_framing::chunked}));
-            return r.framing == body_framing::chunked ? chunked : raw;
-        }
-        return make_raw_frame(response_head(r));
-    }
-
-    static shared_frame retry_frame(std::optional<std::chrono::milliseconds> hint)
-    {
-        if (!hint)
-            return nullptr;
-        const auto make = [](std::chrono::milliseconds ms) {
-            std::error_code ec;
-            auto frame = make_frame(event{.retry = ms}, ec);
-            if (ec)
-                throw std::invalid_argument("ssepp::basic_emitter: negative retry_hint");
-            return frame;
-        };
-        if (*hint == *emitter_options{}.retry_hint) {
-            static const shared_frame standard = make(*hint);
-            return standard;
-        }
-        return make(*hint);
-    }
-
-    static const shared_frame& heartbeat_frame()
-    {
-        static const shared_frame frame = make_raw_frame(":\n\n");
-        return frame;
-    }
-
-    static const shared_frame& chunk_terminator()
-    {
-        static const shared_frame frame = make_raw_frame("0\r\n\r\n");
-        return frame;
-    }
-
-    // Starts the write loop unless it runs. `force`: run even with nothing queued (to finish).
-    void kick_locked(bool force = false)
-    {
-        if (!started_ || writing_)
-            return;
-        if (!force && pending_.empty() && head_ == nullptr && prelude_ == nullptr)
-            return;
-        writing_ = true;
-        auto ex = get_executor();
-        // Streams on a plain io_context executor share one queue of kicks, drained in batches:
-        // a broadcast then posts a handler per batch instead of one per connection. Any other
-        // executor (a strand, say) gets its own post, so that the write starts on it.
-        if (auto io_ex = io_context_executor(ex)) {
-            std::shared_ptr<detail::stream_member> self(this->shared_from_this(), this);
-            detail::stream_service::of(*this, ex).kick(std::move(self), *io_ex);
-            return;
-        }
-        asio::post(ex, [self = this->shared_from_this()] { self->kicked(); });
-    }
-
-    template <class Executor>
-    static std::optional<asio::io_context::executor_type> io_context_executor(const Executor& ex)
-    {
-        if constexpr (std::is_same_v<Executor, asio::io_context::executor_type>)
-            return ex;
-        else if constexpr (std::is_same_v<Executor, asio::any_io_executor>) {
-            if (const auto* io_ex = ex.template target<asio::io_context::executor_type>())
-                return *io_ex;
-        }
-        return std::nullopt;
-    }
-
-    // The first step of the write loop, after a kick. Kicks may run in a batch with other
-    // streams' (stream_service): the close that may follow, with the application's handlers,
-    // runs in a handler of its own.
-    void kicked() override
-    {
-        std::unique_lock lock(mtx_);
-        if (write_next_locked() == after::close_completed) {
-            lock.unlock();
-            asio::post(get_executor(), [self = this->shared_from_this()] { self->finish_completed(); });
-        }
-    }
-
-    // The write loop's completion handler. It is a continuation of the loop: a write that
-    // completes at once (the usual case: the socket takes the bytes) is then queued on the
-    // thread that started it, without taking the scheduler's lock or waking another thread.
-    struct write_handler {
-        std::shared_ptr<basic_emitter> self;
-        void operator()(std::error_code ec, std::size_t n) const { self->on_written(ec, n); }
-        friend bool asio_handler_is_continuation(write_handler*) { return true; }
-    };
-
-    void drop_oldest_locked()
-    {
-        // Keep at least the newest frame so the stream keeps moving.
-        std::size_t n = 0;
-        while (n + 1 < pending_.size() && pending_bytes_ + inflight_bytes_ > max_queued_bytes_)
-            pending_bytes_ -= pending_[n++].frame->size();
-        pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(n));
-        dropped_ += n;
-    }
-
-    // Ends the stream from under the lock: the reason is recorded now, so that a write failing
-    // before the posted close runs cannot report another one.
-    void abort_locked(close_reason reason, std::error_code ec)
-    {
-        state_ = state::aborting;
-        reason_ = reason;
-        reason_ec_ = ec;
-        pending_.clear();
-        pending_bytes_ = 0;
-        asio::post(get_executor(),
-                   [self = this->shared_from_this(), reason, ec] { self->close_now(reason, ec); });
-    }
-
-    // The write loop: with mtx_ held and writing_ set, starts the next write_some of the
-    // current batch, or gathers the next batch from the queue.
-    after write_next_locked()
-    {
-        if (state_ == state::closed) {
-            writing_ = false;
-            return after::nothing;
-        }
-        if (buf_pos_ == bufs_.size()) {
-            bufs_.clear();
-            owners_.clear();
-            buf_pos_ = 0;
-            inflight_bytes_ = 0;
-            if (!gather_locked()) {
-                writing_ = false;
-                write_started_ns_.store(0, std::memory_order_relaxed);
-                // An idle stream holds no batch memory: most connections are idle most of the
-                // time, and re-growing these for the next event is cheap by comparison.
-                std::vector<asio::const_buffer>().swap(bufs_);
-                std::vector<queued>().swap(owners_);
-                std::vector<queued>().swap(pending_);
-                return state_ == state::closing ? after::close_completed : after::nothing;
-            }
-        }
-        write_started_ns_.store(detail::steady_now_ns(), std::memory_order_relaxed);
-        // Asio writes at most 64 buffers per call; pass no more than that.
-        const auto rest = std::span<const asio::const_buffer>(bufs_).subspan(buf_pos_);
-        in_flight_ = true;
-        transport_.async_write_some(rest.first(std::min<std::size_t>(rest.size(), 64)),
-                                    write_handler{this->shared_from_this()});
-        return after::nothing;
-    }
-
-    // Appends one buffer to the batch; `owner` keeps its bytes alive until they are written.
-    void push_buffer_locked(asio::const_buffer b, queued owner)
-    {
-        if (b.size() == 0)
-            return;
-        bufs_.push_back(b);
-        owners_.push_back(std::move(owner));
-        inflight_bytes_ += b.size();
-    }
-
-    void push_frame_locked(queued f)
-    {
-        const asio::const_buffer b(f.frame->data(), f.frame->size());
-        push_buffer_locked(b, std::move(f));
-    }
-
-    // Moves the queue into one gather batch; false when there is nothing left to write.
-    bool gather_locked()
-    {
-        // Head, chunk size, prelude, the queue, chunk end: size the batch once.
-        bufs_.reserve(pending_.size() + 4);
-        owners_.reserve(pending_.size() + 4);
-        // The head is raw HTTP; with chunked framing the body bytes after it form one chunk.
-        if (head_)
-            push_frame_locked({std::exchange(head_, nullptr)});
-        if (prelude_ != nullptr || !pending_.empty()) {
-            const std::size_t body = pending_bytes_ + (prelude_ ? prelude_->size() : 0);
-            if (chunked_) {
-                const auto n = fmt::format_to_n(chunk_size_.data(), chunk_size_.size(), "{:x}\r\n", body).size;
-                push_buffer_locked(asio::const_buffer(chunk_size_.data(), n), {});
-            }
-            if (prelude_)
-                push_frame_locked({std::exchange(prelude_, nullptr)});
-            for (auto& f : pending_)
-                push_frame_locked(std::move(f));
-            pending_.clear();
-            pending_bytes_ = 0;
-            if (chunked_)
-                push_buffer_locked(asio::const_buffer("\r\n", 2), {});
-        } else if (state_ == state::closing && chunked_ && !terminated_) {
-            terminated_ = true;
-            push_frame_locked({chunk_terminator()});
-        }
-        return !bufs_.empty();
-    }
-
-    void on_written(std::error_code ec, std::size_t n)
-    {
-        std::unique_lock lock(mtx_);
-        in_flight_ = false;
-        if (state_ == state::closed) {
-            // Closed while this write was in flight: what it wrote counts, then the close
-            // handlers, held for it, run.
-            account_written_locked(n);
-            writing_ = false;
-            auto* handlers = std::exchange(handlers_, nullptr);
-            const auto reason = reason_;
-            const auto reason_ec = reason_ec_;
-            lock.unlock();
-            detail::close_node::invoke_all(handlers, reason, reason_ec);
-            return;
-        }
-        if (ec) {
-            account_written_locked(n);
-            writing_ = false;
-            lock.unlock();
-            close_now(peer_gone(ec) ? close_reason::client_gone : close_reason::error, ec);
-            return;
-        }
-        bytes_written_.fetch_add(n, std::memory_order_relaxed);
-        last_write_ns_.store(detail::steady_now_ns(), std::memory_order_relaxed);
-        inflight_bytes_ -= std::min(n, inflight_bytes_);
-        account_written_locked(n);
-        // A producer waiting for room is told once the queue is low enough.
-        if (drained_ && pending_bytes_ + inflight_bytes_ <= drained_->threshold)
-            asio::post(get_executor(), [self = this->shared_from_this(), h = std::move(drained_)] { h->invoke(); });
-        if (write_next_locked() == after::close_completed) {
-            lock.unlock();
-            finish_completed();
-        }
-    }
-
-    // Consumes `n` written bytes from the batch: whole frames are freed, and their tags
-    // recorded in written_seq().
-    void account_written_locked(std::size_t n)
-    {
-        while (n > 0 && buf_pos_ < bufs_.size()) {
-            auto& b = bufs_[buf_pos_];
-            if (n < b.size()) {
-                b += n;
-                break;
-            }
-            n -= b.size();
-            auto& owner = owners_[buf_pos_];
-            if (owner.seq)
-                written_seq_.store(owner.seq, std::memory_order_release);
-            owner.frame.reset();  // written: free it now, not at the end of the batch
-            ++buf_pos_;
-        }
-    }
-
-    // The queue is flushed after complete(): close. A TLS stream first sends close_notify, so
-    // that the client sees the end of the stream rather than a truncation, and waits a little
-    // for the peer's; a peer that never answers does not hold the connection open.
-    void finish_completed()
-    {
-        if constexpr (detail::has_async_shutdown<Transport>) {
-            std::unique_lock lock(mtx_);
-            if (state_ == state::closing && !tls_shutdown_) {
-                tls_shutdown_ = true;
-                std::error_code ec;
-                transport_.lowest_layer().cancel(ec);  // ends the watch's read
-                auto self = this->shared_from_this();
-                auto bound = std::make_shared<asio::steady_timer>(get_executor(), tls_shutdown_timeout);
-                bound->async_wait([self](std::error_code ec) {
-                    if (ec != asio::error::operation_aborted)
-                        self->close_now(close_reason::completed, {});
-                });
-                transport_.async_shutdown([self, bound](std::error_code) {
-                    bound->cancel();
-                    self->close_now(close_reason::completed, {});
-                });
-                return;
-            }
-            if (tls_shutdown_)
-                return;
-        }
-        close_now(close_reason::completed, {});
-    }
-
-    static constexpr auto tls_shutdown_timeout = std::chrono::seconds(1);
-
-    // Watches for a vanished peer: readability on a plain socket (no buffer held), or a small
-    // read on a layered stream; bytes the client sends are discarded. The pending operation
-    // lives as long as the connection, so it is allocated at its exact size.
-    void watch()
-    {
-        std::lock_guard lock(mtx_);
-        if (state_ == state::closed || tls_shutdown_)
-            return;
-        if constexpr (detail::is_plain_socket<Transport>) {
-            std::error_code ec;
-            transport_.lowest_layer().non_blocking(true, ec);
-            wait_readable();
-        } else if constexpr (detail::has_async_read_some<Transport>) {
-            transport_.async_read_some(
-                asio::buffer(read_sink_),
-                asio::bind_allocator(detail::exact_allocator<void>(),
-                                     [self = this->shared_from_this()](std::error_code ec, std::size_t) {
-                                         if (!ec)
-                                             self->watch();
-                                         else if (ec != asio::error::operation_aborted)
-                                             self->close_now(close_reason::client_gone, ec);
-                                     }));
-        }
-    }
-
-    void wait_readable()
-    {
-        transport_.lowest_layer().async_wait(
-            asio::socket_base::wait_read,
-            asio::bind_allocator(detail::exact_allocator<void>(),
-                                 [self = this->shared_from_this()](std::error_code ec) { self->on_readable(ec); }));
-    }
-
-    void on_readable(std::error_code ec)
-    {
-        if (ec == asio::error::operation_aborted)
-            return;
-        if (!ec) {
-            if constexpr (detail::is_plain_socket<Transport>) {
-                std::unique_lock lock(mtx_);
-                if (state_ == state::closed)
-                    return;
-                std::array<char, 512> sink;
-                for (;;) {
-                    transport_.read_some(asio::buffer(sink), ec);
-                    if (ec == asio::error::would_block || ec == asio::error::try_again) {
-                        wait_readable();
-                        return;
-                    }
-                    if (ec)
-                        break;
-                }
-            }
-        }
-        close_now(close_reason::client_gone, ec);
-    }
-
-    // Runs on the executor: closes the transport and calls the handlers, once.
-    void close_now(close_reason reason, std::error_code ec)
-    {
-        detail::close_node* handlers = nullptr;
-        std::unique_ptr<detail::drain_node> drained;  // dropped outside the lock: it may own us
-        {
-            std::lock_guard lock(mtx_);
-            if (state_ == state::closed)
-                return;
-            if (state_ == state::aborting) {
-                // abort_locked() recorded why; a failure racing with its close does not count.
-                reason = reason_;
-                ec = reason_ec_;
-            } else if (tls_shutdown_) {
-                // The stream was complete: how the closing handshake went does not change that.
-                reason = close_reason::completed;
-                ec = {};
-            }
-            state_ = state::closed;
-            reason_ = reason;
-            reason_ec_ = ec;
-            pending_.clear();
-            pending_bytes_ = 0;
-            inflight_bytes_ = 0;  // the batch is abandoned (its buffers live until the write ends)
-            if (reason == close_reason::completed)
-                detail::shutdown_send(transport_);
-            detail::close_transport(transport_);
-            // A write in flight may have been taken whole by the transport already (the peer
-            // read it, then left): its handler, which the close makes come soon, counts it in
-            // written_seq() before the close handlers learn what was written.
-            if (!in_flight_)
-                handlers = std::exchange(handlers_, nullptr);
-            drained = std::move(drained_);
-        }
-        detail::stream_service::remove(*this);
-        detail::close_node::invoke_all(handlers, reason, ec);
-    }
-
-    void sweep(std::int64_t now) noexcept override
-    {
-        const auto started = write_started_ns_.load(std::memory_order_relaxed);
-        const bool expired = lifetime_ms_ && now - opened_ns_ >= ns(lifetime_ms_);
-        const bool stalled = write_timeout_ms_ && started && now - started >= ns(write_timeout_ms_);
-        if (expired || stalled) {
-            if (close_posted_.exchange(true))
-                return;
-            // Moved into the handler: were this the last reference, the emitter would be
-            // destroyed here, under the sweeper's lock, which its destructor takes.
-            if (auto self = this->weak_from_this().lock())
-                asio::post(get_executor(),
-                           [self = std::move(self)] { self->close_now(close_reason::timeout, errc::timeout); });
-            return;
-        }
-        if (heartbeat_ms_ && !started
-            && now - last_write_ns_.load(std::memory_order_relaxed) >= ns(heartbeat_ms_)) {
-            last_write_ns_.store(now, std::memory_order_relaxed);
-            if (auto self = this->weak_from_this().lock())
-                asio::post(get_executor(), [self = std::move(self)] {
-                    std::lock_guard lock(self->mtx_);
-                    if (self->state_ == state::open && self->pending_.empty() && !self->writing_) {
-                        self->pending_.push_back({heartbeat_frame()});
-                        self->pending_bytes_ += heartbeat_frame()->size();
-                        self->kick_locked();
-                    }
-                });
-        }
-    }
+    void enqueue_locked(shared_frame frame, std::uint64_t seq, std::error_code& ec);
+    void kick_locked(bool force = false);
+    void kicked() override;
+    after write_next_locked();
+    bool gather_locked();
+    void on_written(std::error_code ec, std::size_t n);
+    void account_written_locked(std::size_t n);
+    void drop_oldest_locked();
+    void abort_locked(close_reason reason, std::error_code ec);
+    void end_locked(close_reason reason, std::error_code ec);
+    void finish();
+    void close_now(close_reason reason, std::error_code ec);
+    void add_waiter(detail::waiter* w);
+    bool ready_locked(const detail::waiter& w) const noexcept;
+    void settle_waiters_locked();
+    template <class F>
+    bool with_transport(F f);
+    void peer_left(std::error_code ec) { close_now(close_reason::client_gone, ec); }
+    void expire();
+    void heartbeat_due() noexcept override;
+    void lifetime_expired() noexcept override;
+    void write_stalled() noexcept override;
+    static shared_frame retry_frame(std::optional<std::chrono::milliseconds> hint);
 
     Transport transport_;
     mutable detail::small_mutex mtx_;
-    std::vector<queued> pending_;            // queued, not yet being written
-    std::vector<asio::const_buffer> bufs_;   // the batch being written, consumed as written
-    std::vector<queued> owners_;             // what each of bufs_ points into (null: framing)
+    std::vector<queued> pending_;           // queued, not yet being written
+    std::vector<asio::const_buffer> bufs_;  // the batch being written, consumed as written
+    std::vector<queued> owners_;            // what each of bufs_ points into
     std::size_t pending_bytes_ = 0;
-    std::size_t inflight_bytes_ = 0;         // bytes of the batch not yet written
-    detail::close_node* handlers_ = nullptr;  // most recent first
-    std::unique_ptr<detail::drain_node> drained_;  // see on_drained()
-    shared_frame head_;
-    shared_frame prelude_;
+    std::size_t inflight_bytes_ = 0;        // bytes of the batch not yet written
     std::size_t max_queued_bytes_;
-    std::uint32_t heartbeat_ms_;
-    std::uint32_t lifetime_ms_;
-    std::uint32_t write_timeout_ms_;
-    std::int64_t opened_ns_ = 0;
-    std::atomic<std::int64_t> last_write_ns_{0};
-    std::atomic<std::int64_t> write_started_ns_{0};  // 0: no write in flight
+    std::uint64_t enqueued_ = 0;            // bytes ever queued: async_flush's positions
+    std::uint64_t settled_ = 0;             // of those, bytes written or dropped
+    detail::close_node* handlers_ = nullptr;  // most recent first
+    detail::waiter* waiters_ = nullptr;       // async_flush, async_wait_drained, on_timeout
     std::atomic<std::uint64_t> bytes_written_{0};
     std::atomic<std::uint64_t> written_seq_{0};
     std::uint64_t dropped_ = 0;
@@ -812,18 +256,13 @@ private:
     close_reason reason_ = close_reason::completed;
     overflow_policy policy_;
     state state_ = state::open;
-    bool chunked_;
     bool started_ = false;
-    bool writing_ = false;
-    bool in_flight_ = false;  // a write_some's handler is to come
-    bool terminated_ = false;
-    bool tls_shutdown_ = false;  // close_notify under way (TLS transports only)
-    std::atomic<bool> close_posted_{false};
-    std::uint32_t buf_pos_ = 0;           // the first of bufs_ not wholly written
-    std::array<char, 16> chunk_size_{};  // "<hex size>\r\n" of the batch in flight
+    bool writing_ = false;      // the write loop runs (a kick or a write is under way)
+    bool in_flight_ = false;    // a write_some's handler is to come
+    bool finishing_ = false;    // the closing handshake is under way
+    std::uint32_t buf_pos_ = 0;  // the first of bufs_ not wholly written
     // Only layered transports keep a read outstanding, and so a buffer for it.
-    [[no_unique_address]] std::conditional_t<detail::is_plain_socket<Transport>, std::array<char, 0>,
-                                             std::array<char, 64>> read_sink_{};
+    [[no_unique_address]] std::array<char, detail::is_plain_socket<Transport> ? 0 : 64> read_sink_{};
 };
 
 /// Makes an emitter over `transport`; call start() on it (or attach it to a registry).
@@ -833,9 +272,12 @@ std::shared_ptr<basic_emitter<Transport>> make_emitter(Transport transport, cons
     return std::make_shared<basic_emitter<Transport>>(std::move(transport), options);
 }
 
-/// The emitter of a plain TCP socket.
-using emitter = basic_emitter<asio::ip::tcp::socket>;
+/// The emitter of an HTTP/1.1 response on a plain TCP socket:
+/// `make_emitter(http_body(std::move(socket)))`.
+using emitter = basic_emitter<http_body<asio::ip::tcp::socket>>;
 
 } // namespace ssepp
+
+#include <ssepp/impl/emitter.hpp>
 
 #endif

@@ -12,8 +12,13 @@
 #include <ssepp/frame.hpp>
 #include <ssepp/history.hpp>
 
+#include <asio/associated_executor.hpp>
+#include <asio/async_result.hpp>
+#include <asio/executor_work_guard.hpp>
+#include <asio/post.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <concepts>
 #include <cstdint>
@@ -24,6 +29,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -72,17 +78,13 @@ struct attach_result {
     bool finished = false;
 };
 
-/// The result of send(), finish() and broadcast().
+/// What send(), finish() and broadcast() did. Their errors, as every error of ssepp, come
+/// through an `std::error_code&` argument or a std::system_error.
 struct send_result {
     /// Live connections that took the event (0 is fine: it is retained).
     std::size_t connections = 0;
     /// The event's id as sent: the application's own, or the one the registry assigned.
     std::string id{};
-    /// Set when the event was invalid (see validate()) or the key is finished: nothing was
-    /// sent or retained.
-    std::error_code error{};
-
-    explicit operator bool() const noexcept { return !error; }
 };
 
 /// Connections keyed by `Key`, each connection under any number of keys, each key with any
@@ -102,11 +104,11 @@ struct send_result {
 /// Thread-safe. An event is formatted once, under the registry's lock (that fixes its place
 /// in the order), and queued to each emitter without copying.
 ///
-/// @tparam Emitter basic_emitter<T> or anything with its start(), send(shared_frame, seq),
-/// complete(), on_close(handler), is_open(), queued_bytes(), max_queued_bytes(),
-/// written_seq() and on_drained(threshold, handler), none of which may call back into the
-/// registry (handlers run later, on the emitter's executor).
-template <class Key = std::string, class Emitter = emitter>
+/// Errors follow Asio: send(), broadcast() and finish() have an `std::error_code&` overload and
+/// one that throws std::system_error.
+///
+/// @tparam Emitter a stream_emitter: basic_emitter<T>, or anything with its members.
+template <class Key = std::string, stream_emitter Emitter = emitter>
 class basic_registry {
 public:
     using key_type = Key;
@@ -199,7 +201,7 @@ public:
         if (result.gap && options.on_gap) {
             std::error_code ec;
             if (auto frame = make_frame(*options.on_gap, ec))
-                e.send(std::move(frame));
+                e.enqueue(std::move(frame), 0, ec);
         }
         std::vector<const history_record*> replay;
         for (std::size_t i = 0; i < channels.size(); ++i)
@@ -244,44 +246,66 @@ public:
 
     /// Sends `e` to every connection under `key`, and retains it in the key's history.
     /// An event without id gets an id from the registry's next position.
-    send_result send(const Key& key, event e)
+    /// Errors: validate()'s, errc::event_too_large (over history_options::max_event_bytes),
+    /// errc::closed when the key is finished; nothing is then sent or retained.
+    send_result send(const Key& key, event e, std::error_code& ec)
     {
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
-        s.purge_locked();
-        auto it = s.lookup_locked(key);
-        if (it->second.finished)
-            return {.error = errc::closed};
-        auto result = s.deliver_locked(it->second, std::move(e));
-        s.erase_if_unused_locked(it);
-        return result;
+        return s.send_locked(key, std::move(e), ec);
+    }
+
+    send_result send(const Key& key, event e) { return throwing(&basic_registry::send, key, std::move(e)); }
+
+    /// Sends `e` as send() does, then completes, `void(std::error_code, send_result)`, once no
+    /// connection of `key` has more than half its queue bound queued: a publisher that waits
+    /// for each send goes no faster than the key's connections read. It completes on the
+    /// handler's associated executor (asio::system_executor for a plain callback).
+    template <class CompletionToken>
+    auto async_send(const Key& key, event e, CompletionToken&& token)
+    {
+        return asio::async_initiate<CompletionToken, void(std::error_code, send_result)>(
+            [this](auto handler, Key key, event e) { state_->send_then_wait(key, std::move(e), std::move(handler)); },
+            token, Key(key), std::move(e));
     }
 
     /// Sends `e` to every live connection, and retains it for every connection's replay.
-    send_result broadcast(event e)
+    /// Errors as send().
+    send_result broadcast(event e, std::error_code& ec)
     {
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
         s.purge_locked();
-        return s.deliver_locked(s.everyone, std::move(e));
+        return s.deliver_locked(s.everyone, std::move(e), ec);
+    }
+
+    send_result broadcast(event e)
+    {
+        std::error_code ec;
+        auto r = broadcast(std::move(e), ec);
+        if (ec)
+            throw std::system_error(ec, "ssepp::basic_registry::broadcast");
+        return r;
     }
 
     /// Sends `last` to `key` (a job's `complete` or `error`), completes the key's connections
     /// once it is written (a connection under several keys: once all its keys are finished),
     /// and keeps the key's history, `last` always included, for
     /// history_options::finished_linger, so that a client attaching later replays the outcome
-    /// and is completed too. After the linger the key is forgotten.
-    send_result finish(const Key& key, event last)
+    /// and is completed too. After the linger the key is forgotten. Errors as send().
+    send_result finish(const Key& key, event last, std::error_code& ec)
     {
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
         s.purge_locked();
         auto it = s.lookup_locked(key);
         auto& c = it->second;
-        if (c.finished)
-            return {.error = errc::closed};
-        auto result = s.deliver_locked(c, std::move(last), true);
-        if (!result) {
+        if (c.finished) {
+            ec = errc::closed;
+            return {};
+        }
+        auto result = s.deliver_locked(c, std::move(last), ec, true);
+        if (ec) {
             s.erase_if_unused_locked(it);
             return result;
         }
@@ -294,11 +318,13 @@ public:
         return result;
     }
 
+    send_result finish(const Key& key, event last) { return throwing(&basic_registry::finish, key, std::move(last)); }
+
     /// Completes every connection under `key` (each flushes what it has queued, then closes;
     /// a replay still being fed stops, and the client resumes it with its Last-Event-ID); the
     /// history stays.
     /// @returns how many connections were completed.
-    std::size_t close(const Key& key)
+    std::size_t complete(const Key& key)
     {
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
@@ -470,6 +496,16 @@ private:
 
     // Room for one more element, so that linking a member in cannot throw; growing
     // geometrically (reserve(size() + 1) would reallocate, and copy, on every attach).
+    template <class Fn>
+    send_result throwing(Fn fn, const Key& key, event e)
+    {
+        std::error_code ec;
+        auto r = (this->*fn)(key, std::move(e), ec);
+        if (ec)
+            throw std::system_error(ec, "ssepp::basic_registry");
+        return r;
+    }
+
     template <class Vector>
     static void reserve_one(Vector& v)
     {
@@ -515,6 +551,7 @@ private:
         std::uint32_t index = 0;       // in state::all
         std::uint32_t unfinished = 0;  // keys not finished yet
         bool complete_after_backlog = false;
+        bool refill_pending = false;   // an async_wait_drained() is under way
 
         void add(channel* c, std::uint64_t after)
         {
@@ -556,32 +593,84 @@ private:
 
         // Fixes the event's place in the order, formats it once, retains it, queues it.
         // `keep`: retain it even when history_options keep nothing (a terminal event).
-        send_result deliver_locked(channel& c, event e, bool keep = false)
+        send_result deliver_locked(channel& c, event e, std::error_code& ec, bool keep = false)
         {
             // Validated as given: the id added below must not turn an empty event into one.
-            if (auto ec = validate(e))
-                return {.error = ec};
+            if ((ec = validate(e)))
+                return {};
             const auto seq = order.peek();
             if (!e.id)
                 e.id = order.id(seq);
-            std::error_code ec;
             auto frame = make_frame(e, ec);
             if (ec)
-                return {.error = ec};
-            if (frame->size() > options.max_event_bytes)
-                return {.error = errc::event_too_large};
+                return {};
+            if (frame->size() > options.max_event_bytes) {
+                ec = errc::event_too_large;
+                return {};
+            }
             order.take();
             const auto at = options.max_age.count() > 0 ? std::chrono::steady_clock::now()
                                                        : std::chrono::steady_clock::time_point{};
             c.history.append({seq, *e.id, frame, at}, options, keep);
             std::size_t queued = 0;
             for (auto* m : &c == &everyone ? all : c.members) {
-                if (m->backlog)
+                if (m->backlog) {
                     queued += push_backlog_locked(*m, seq, frame);
-                else
-                    queued += !m->em->send(frame, seq);
+                } else {
+                    std::error_code refused;  // the connection is ending: it leaves by its close handler
+                    m->em->enqueue(frame, seq, refused);
+                    queued += !refused;
+                }
             }
             return {.connections = queued, .id = std::move(*e.id)};
+        }
+
+        send_result send_locked(const Key& key, event e, std::error_code& ec)
+        {
+            purge_locked();
+            auto it = lookup_locked(key);
+            if (it->second.finished) {
+                ec = errc::closed;
+                return {};
+            }
+            auto result = deliver_locked(it->second, std::move(e), ec);
+            erase_if_unused_locked(it);
+            return result;
+        }
+
+        // async_send(): the send, then a wait on each connection of the key over half its bound.
+        template <class Handler>
+        void send_then_wait(const Key& key, event e, Handler handler)
+        {
+            struct op {
+                Handler handler;
+                asio::executor_work_guard<asio::associated_executor_t<Handler>> work;
+                std::error_code ec;
+                send_result result;
+                std::atomic<std::size_t> left{1};
+
+                explicit op(Handler h) : handler(std::move(h)), work(asio::get_associated_executor(handler)) {}
+                static void done(const std::shared_ptr<op>& self)
+                {
+                    if (--self->left != 0)
+                        return;
+                    auto ex = self->work.get_executor();
+                    asio::post(ex, [self] { std::move(self->handler)(self->ec, std::move(self->result)); });
+                }
+            };
+            auto o = std::make_shared<op>(std::move(handler));
+            {
+                std::lock_guard lock(mtx);
+                o->result = send_locked(key, std::move(e), o->ec);
+                if (auto it = keys.find(key); !o->ec && it != keys.end())
+                    for (auto* m : it->second.members)
+                        if (auto half = m->em->max_queued_bytes() / 2; m->em->queued_bytes() > half) {
+                            ++o->left;
+                            // A connection that closes first is not behind any more either.
+                            m->em->async_wait_drained(half, [o](std::error_code) { op::done(o); });
+                        }
+            }
+            op::done(o);
         }
 
         // Behind a replay still being fed: in order after it, within the backlog's bound.
@@ -615,7 +704,7 @@ private:
                 }
                 if (seq > b.live_after)
                     b.live_bytes -= size;
-                ec = e.send(std::move(frame), seq);  // on error, it leaves through its close handler
+                e.enqueue(std::move(frame), seq, ec);  // on error, it leaves through its close handler
                 b.frames.pop_front();
             }
             // Fed, but the queue may still be near its bound: live events keep coming through
@@ -631,22 +720,29 @@ private:
             return !ec;
         }
 
-        // Asks the member's emitter to call refill() once its queue is at most `threshold`.
+        // Asks the member's emitter to call refill() once its queue is at most `threshold`;
+        // one request at a time: refill() asks again if it must.
         void refill_below_locked(member& m, std::size_t threshold)
         {
-            m.em->on_drained(threshold, [w = this->weak_from_this(), mp = &m, ep = m.em.get()] {
-                if (auto st = w.lock())
-                    st->refill(mp, ep);
+            if (std::exchange(m.refill_pending, true))
+                return;
+            m.em->async_wait_drained(threshold, [w = this->weak_from_this(), mp = &m, ep = std::weak_ptr<Emitter>(m.em)](std::error_code ec) {
+                if (auto st = w.lock(); st && !ec)
+                    if (auto e = ep.lock())
+                        st->refill(mp, *e);
             });
         }
 
-        // The emitter has room again. It is alive (the call holds it); the member is alive
-        // while its emitter is open: it is deleted only by the close handler, which runs once
-        // the emitter is closed and needs the lock held here.
-        void refill(member* m, Emitter* e)
+        // The emitter has room again. The member is alive while its emitter is open: it is
+        // deleted only by the close handler, which runs once the emitter is closed and needs
+        // the lock held here.
+        void refill(member* m, Emitter& e)
         {
             std::lock_guard lock(mtx);
-            if (e->is_open() && m->backlog)
+            if (!e.is_open())
+                return;
+            m->refill_pending = false;
+            if (m->backlog)
                 feed_locked(*m, false);
         }
 

@@ -14,7 +14,7 @@
 #include <ssepp/parser.hpp>
 #include <ssepp/registry.hpp>
 #include <ssepp/request.hpp>
-#include <ssepp/response.hpp>
+#include <ssepp/http_body.hpp>
 #include <ssepp/transport.hpp>
 #include <ssepp/version.hpp>
 

@@ -31,7 +31,8 @@ struct write_handler_archetype {
 ///   it to notice a vanished peer promptly, without holding a read buffer.
 /// - otherwise `t.async_read_some(buffer, handler)`: the emitter keeps a small read outstanding.
 /// Without either, a vanished peer is noticed at the next write (heartbeats bound the delay).
-/// - `t.async_shutdown(handler)` (TLS): a stream that completes ends with it (close_notify).
+/// - `t.async_shutdown(handler)` (TLS, http_body): a stream that completes ends with it
+///   (close_notify, the last chunk), bounded in time.
 template <class T>
 concept transport = requires(T& t, asio::const_buffer b) {
     typename T::executor_type;
@@ -48,22 +49,42 @@ concept has_lowest_socket = requires(T& t) {
     t.lowest_layer().non_blocking(true);
 };
 
-/// True when the transport *is* its lowest layer (a plain socket): bytes on it are the
-/// client's own, so draining them with a non-blocking read is harmless.
+/// A layer that reads nothing itself (ssepp::http_body): what is under it decides.
+template <class T>
+concept passes_reads_through = requires {
+    typename T::next_layer_type;
+    requires T::passes_reads_through;
+};
+
+/// True when the bytes on the transport's lowest layer are the client's own, as on a plain
+/// socket (or a plain socket under layers that only write), so draining them with a
+/// non-blocking read is harmless.
 template <class T>
 constexpr bool is_plain_socket = [] {
-    if constexpr (has_lowest_socket<T>)
+    if constexpr (passes_reads_through<T>)
+        return is_plain_socket<typename T::next_layer_type>;
+    else if constexpr (has_lowest_socket<T>)
         return std::is_base_of_v<std::remove_cvref_t<decltype(std::declval<T&>().lowest_layer())>, T>;
     else
         return false;
 }();
+
+/// The socket under layers that pass reads through (is_plain_socket<T>): for draining it.
+template <class T>
+auto& plain_socket(T& t) noexcept
+{
+    if constexpr (passes_reads_through<T>)
+        return plain_socket(t.next_layer());
+    else
+        return t;
+}
 
 template <class T>
 concept has_async_read_some = requires(T& t, asio::mutable_buffer b) {
     t.async_read_some(b, write_handler_archetype{});
 };
 
-/// A layered stream with a closing handshake of its own: TLS's close_notify.
+/// A stream with a closing handshake of its own: TLS's close_notify, http_body's last chunk.
 template <class T>
 concept has_async_shutdown = has_lowest_socket<T> && requires(T& t) {
     t.async_shutdown([](std::error_code) {});

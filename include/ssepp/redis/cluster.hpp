@@ -493,10 +493,11 @@ private:
             return;
         it->second = m.sid;
         m.e.id = std::move(m.id);
+        std::error_code ignored;  // the stream's own checks passed; a finished key stays finished
         if (m.finished)
-            local_.finish(m.key, std::move(m.e));
+            local_.finish(m.key, std::move(m.e), ignored);
         else
-            local_.send(m.key, std::move(m.e));
+            local_.send(m.key, std::move(m.e), ignored);
     }
 
     // While a read of the streams is under way (an attach's, a catch-up's, or one waiting for
