@@ -4,6 +4,7 @@
 #include <ssepp/emitter.hpp>
 
 #include "catch.hpp"
+#include "support/loopback.hpp"
 #include "support/test_stream.hpp"
 
 #include <asio/io_context.hpp>
@@ -12,7 +13,9 @@
 
 #include <future>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -162,4 +165,597 @@ TEST_CASE("test::stream's held operations keep run() busy, and the context's end
         CHECK(owned.use_count() == 3);
     }
     CHECK(owned.use_count() == 1);
+}
+
+// -- The emitter over it ------------------------------------------------------------------------
+
+namespace {
+
+using stream_emitter = ssepp::basic_emitter<test::stream>;
+
+/// quiet(): no heartbeat, no write timeout; and no retry hint: only what a test sends is written.
+ssepp::emitter_options bare()
+{
+    auto o = test::quiet();
+    o.retry_hint = std::nullopt;
+    return o;
+}
+
+/// An emitter over a test::stream, its peer, its close calls, run on the test's thread.
+struct rig {
+    asio::io_context io;
+    std::shared_ptr<stream_emitter> em;
+    test::stream_peer peer = em->transport().peer();
+    test::close_log closes;
+
+    explicit rig(const ssepp::emitter_options& options = bare())
+        : em(ssepp::make_emitter(test::stream(io), options))
+    {
+        em->on_close(closes.handler());
+    }
+
+    template <class Pred>
+    bool run_until(Pred pred, std::chrono::milliseconds timeout = 5s)
+    {
+        return test::run_until(io, pred, timeout);
+    }
+    bool run_until_closed(std::chrono::milliseconds timeout = 5s)
+    {
+        return run_until([&] { return closes.count() > 0; }, timeout);
+    }
+};
+
+/// A frame of exactly `n` bytes (n >= 8): "data: xxx\n\n".
+ssepp::shared_frame frame_of(std::size_t n, char fill = 'x')
+{
+    return ssepp::make_raw_frame("data: " + std::string(n - 8, fill) + "\n\n");
+}
+
+} // namespace
+
+TEST_CASE("a write failing after N writes ends the stream once, by the error's kind, and "
+          "written_seq is the last whole frame before it",
+          "[emitter][stream]")
+{
+    const std::pair<std::error_code, ssepp::close_reason> failures[] = {
+        {asio::error::connection_reset, ssepp::close_reason::client_gone},
+        {asio::error::broken_pipe, ssepp::close_reason::client_gone},
+        {asio::error::no_buffer_space, ssepp::close_reason::error},
+        {std::make_error_code(std::errc::protocol_error), ssepp::close_reason::error},
+    };
+    // Five frames of 10 bytes, tagged 1..5, taken 4 bytes a write: the failure lands at every
+    // point of them in turn, mid-frame and on frame boundaries.
+    constexpr std::size_t frames = 5, size = 10, cap = 4;
+    for (const auto& [failure, reason] : failures)
+        for (std::size_t n = 0; n * cap < frames * size; ++n) {
+            CAPTURE(failure.message(), n);
+            rig r;
+            std::string all;
+            for (std::uint64_t seq = 1; seq <= frames; ++seq) {
+                auto f = frame_of(size, char('a' + seq));
+                all += *f;
+                r.em->enqueue(f, seq);
+            }
+            r.peer.write_cap(cap);
+            r.peer.fail_after(n, failure);
+            r.em->start();
+            REQUIRE(r.run_until_closed());
+            test::poll(r.io);
+            CHECK(r.closes.count() == 1);
+            CHECK(r.closes.reason() == reason);
+            CHECK(r.closes.at(0).ec == failure);
+            CHECK(r.peer.str() == all.substr(0, n * cap));
+            CHECK(r.em->written_seq() == n * cap / size);
+            CHECK(r.em->bytes_written() == n * cap);
+            CHECK(r.peer.writes() == n + 1);  // no write after the failed one
+            CHECK(r.peer.closed());
+            CHECK_FALSE(r.em->is_open());
+            std::error_code ec;
+            r.em->send({.data = "late"}, ec);
+            CHECK(ec == ssepp::errc::closed);
+            r.em->abort();  // too late to change anything
+            test::poll(r.io);
+            CHECK(r.closes.count() == 1);
+            CHECK(r.closes.reason() == reason);
+        }
+}
+
+TEST_CASE("partial writes deliver the exact bytes in order, one write at a time", "[emitter][stream]")
+{
+    for (const std::size_t cap : {1, 3, 7, 64, 0}) {
+        CAPTURE(cap);
+        rig r;
+        r.peer.write_cap(cap);
+        r.em->start();
+        std::string expected;
+        std::uint64_t sent = 0;
+        // Events of many sizes, sent while earlier ones are being written.
+        for (int i = 0; i < 40; ++i) {
+            const ssepp::event e{.id = std::to_string(i),
+                                 .event = i % 3 ? "tick" : "",
+                                 .data = std::string(std::size_t(i * 7 % 50), char('a' + i % 26))};
+            expected += ssepp::format(e);
+            r.em->send(e);
+            ++sent;
+            r.io.restart();
+            r.io.poll_one();
+        }
+        REQUIRE(r.run_until([&] { return r.peer.bytes() == expected.size() && r.em->queued_bytes() == 0; }));
+        CHECK(r.peer.str() == expected);
+        CHECK(r.em->bytes_written() == expected.size());
+        CHECK(r.peer.max_writes_in_flight() == 1);
+        if (cap == 1)
+            CHECK(r.peer.writes() == expected.size());
+        CHECK(r.em->is_open());
+        CHECK(r.closes.count() == 0);
+    }
+}
+
+TEST_CASE("a stalled write ends the stream with close_reason::timeout after write_timeout", "[emitter][stream]")
+{
+    auto options = bare();
+    options.write_timeout = 60ms;
+    rig r(options);
+    r.peer.stall();
+    r.em->send({.data = "stuck"});
+    const auto started = test::clock::now();
+    r.em->start();
+    REQUIRE(r.run_until([&] { return r.peer.write_held(); }));
+    REQUIRE(r.run_until_closed());
+    CHECK(test::clock::now() - started >= 60ms);
+    CHECK(r.closes.reason() == ssepp::close_reason::timeout);
+    CHECK(r.closes.at(0).ec == ssepp::errc::timeout);
+    CHECK(r.peer.closed());
+    CHECK(r.peer.writes_in_flight() == 0);  // the close handler came after the aborted write's
+    CHECK(r.peer.str().empty());
+}
+
+TEST_CASE("a slow write that keeps moving does not time out", "[emitter][stream]")
+{
+    // Each write takes 1 byte and is held a few ms; the whole takes several write_timeouts.
+    auto options = bare();
+    options.write_timeout = 40ms;
+    rig r(options);
+    r.peer.write_cap(1);
+    const std::string text = ssepp::format({.data = std::string(30, 'z')});
+    r.em->send({.data = std::string(30, 'z')});
+    r.em->start();
+    const auto started = test::clock::now();
+    while (r.peer.bytes() < text.size() && test::clock::now() - started < 5s) {
+        r.peer.stall();
+        REQUIRE(r.run_until([&] { return r.peer.write_held() || r.closes.count() > 0; }));
+        REQUIRE(r.closes.count() == 0);
+        r.io.restart();
+        r.io.run_for(5ms);  // held: no progress for 5 ms, well within the timeout
+        r.peer.release();
+    }
+    REQUIRE(r.run_until([&] { return r.em->queued_bytes() == 0; }));
+    CHECK(test::clock::now() - started > 40ms);
+    CHECK(r.peer.str() == text);
+    CHECK(r.closes.count() == 0);
+    CHECK(r.em->is_open());
+}
+
+TEST_CASE("abort() with a write held: the close handler runs after that write's handler, "
+          "what was queued is dropped",
+          "[emitter][stream]")
+{
+    rig r;
+    r.peer.stall();
+    r.em->enqueue(frame_of(10), 1);
+    r.em->start();
+    REQUIRE(r.run_until([&] { return r.peer.write_held(); }));
+    r.em->enqueue(frame_of(10, 'y'), 2);  // queued behind the held write
+    int writes_in_flight_at_close = -1;
+    std::uint64_t seq_at_close = 99;
+    r.em->on_close([&](ssepp::close_reason, std::error_code) {
+        writes_in_flight_at_close = r.peer.writes_in_flight();
+        seq_at_close = r.em->written_seq();
+    });
+    r.em->abort();
+    CHECK_FALSE(r.em->is_open());
+    REQUIRE(r.run_until_closed());
+    test::poll(r.io);
+    CHECK(r.closes.reason() == ssepp::close_reason::aborted);
+    CHECK_FALSE(r.closes.at(0).ec);
+    CHECK(writes_in_flight_at_close == 0);
+    CHECK(seq_at_close == 0);  // the held write took nothing
+    CHECK(r.peer.str().empty());
+    CHECK(r.peer.writes() == 1);  // frame 2 was never written
+    CHECK(r.closes.count() == 1);
+}
+
+TEST_CASE("abort() when a write took its bytes but its handler has not run: written_seq counts "
+          "it before the close handler runs",
+          "[emitter][stream]")
+{
+    rig r;
+    for (std::uint64_t seq = 1; seq <= 3; ++seq)
+        r.em->enqueue(frame_of(10), seq);
+    r.em->start();
+    // One handler at a time: stop right after the write started (its completion is posted).
+    REQUIRE(r.run_until([&] { return r.peer.writes() == 1; }));
+    REQUIRE(r.peer.writes_in_flight() == 1);
+    std::uint64_t seq_at_close = 99;
+    int writes_in_flight_at_close = -1;
+    r.em->on_close([&](ssepp::close_reason, std::error_code) {
+        seq_at_close = r.em->written_seq();
+        writes_in_flight_at_close = r.peer.writes_in_flight();
+    });
+    r.em->abort();
+    REQUIRE(r.run_until_closed());
+    CHECK(r.closes.reason() == ssepp::close_reason::aborted);
+    CHECK(seq_at_close == 3);
+    CHECK(writes_in_flight_at_close == 0);
+    CHECK(r.peer.str().size() == 30);
+}
+
+TEST_CASE("the peer leaving ends an idle stream as client_gone, through the emitter's read", "[emitter][stream]")
+{
+    rig r;
+    r.em->start();
+    REQUIRE(r.run_until([&] { return r.peer.read_pending(); }));
+    r.peer.leave();
+    REQUIRE(r.run_until_closed());
+    CHECK(r.closes.reason() == ssepp::close_reason::client_gone);
+    CHECK(r.closes.at(0).ec == asio::error::eof);
+    CHECK(r.peer.writes() == 0);  // noticed without a write
+    CHECK(r.peer.closed());
+}
+
+TEST_CASE("complete() flushes what is queued, then closes: close_reason::completed", "[emitter][stream]")
+{
+    rig r;
+    r.peer.write_cap(5);
+    std::string expected;
+    for (int i = 0; i < 5; ++i) {
+        const ssepp::event e{.id = std::to_string(i), .data = "event " + std::to_string(i)};
+        expected += ssepp::format(e);
+        r.em->send(e);
+    }
+    r.em->start();
+    r.em->complete();
+    CHECK_FALSE(r.em->is_open());
+    std::error_code ec;
+    r.em->send({.data = "after"}, ec);
+    CHECK(ec == ssepp::errc::closed);
+    CHECK_THROWS_AS(r.em->send({.data = "after"}), std::system_error);
+    REQUIRE(r.run_until_closed());
+    CHECK(r.closes.reason() == ssepp::close_reason::completed);
+    CHECK_FALSE(r.closes.at(0).ec);
+    CHECK(r.peer.str() == expected);  // all of it: the close waited for the last byte
+    CHECK(r.peer.closed());
+}
+
+TEST_CASE("complete(last) writes the last event last; complete_with_error(ec) is told apart",
+          "[emitter][stream]")
+{
+    SECTION("complete(last)")
+    {
+        rig r;
+        r.em->send({.data = "first"});
+        r.em->start();
+        r.em->complete({.event = "done", .data = "bye"});
+        REQUIRE(r.run_until_closed());
+        CHECK(r.closes.reason() == ssepp::close_reason::completed);
+        CHECK(r.peer.str() == ssepp::format({.data = "first"}) + ssepp::format({.event = "done", .data = "bye"}));
+    }
+    SECTION("complete_with_error(ec)")
+    {
+        rig r;
+        r.peer.write_cap(3);
+        r.em->send({.data = "partial result"});
+        r.em->start();
+        const auto why = std::make_error_code(std::errc::operation_canceled);
+        r.em->complete_with_error(why);
+        std::error_code ec;
+        r.em->send({.data = "after"}, ec);
+        CHECK(ec == ssepp::errc::closed);
+        REQUIRE(r.run_until_closed());
+        CHECK(r.closes.reason() == ssepp::close_reason::completed_with_error);
+        CHECK(r.closes.at(0).ec == why);
+        CHECK(r.peer.str() == ssepp::format({.data = "partial result"}));  // flushed first
+    }
+    SECTION("a write failing during the flush wins over the completion")
+    {
+        rig r;
+        r.peer.write_cap(3);
+        r.peer.fail_after(2, asio::error::connection_reset);
+        r.em->send({.data = "partial result"});
+        r.em->start();
+        r.em->complete_with_error(std::make_error_code(std::errc::operation_canceled));
+        REQUIRE(r.run_until_closed());
+        CHECK(r.closes.reason() == ssepp::close_reason::client_gone);
+        CHECK(r.closes.at(0).ec == asio::error::connection_reset);
+        CHECK(r.peer.str() == "data: ");  // two writes of 3 bytes
+    }
+}
+
+TEST_CASE("async_flush completes once what was queued before it is written, not what came after",
+          "[emitter][stream]")
+{
+    rig r;
+    r.peer.write_cap(10);  // a frame a write
+    r.peer.stall();
+    const auto a = frame_of(10, 'a'), b = frame_of(10, 'b'), c = frame_of(10, 'c');
+    r.em->enqueue(a);
+    r.em->start();
+    REQUIRE(r.run_until([&] { return r.peer.write_held(); }));  // a is held
+    r.em->enqueue(b);
+    std::optional<std::error_code> flushed;
+    std::string written_at_flush;
+    r.em->async_flush([&](std::error_code ec) {
+        flushed = ec;
+        written_at_flush = r.peer.str();
+    });
+    r.em->enqueue(c);  // after the flush: not waited for
+    test::poll(r.io);
+    CHECK_FALSE(flushed);
+    r.peer.release();  // a
+    r.peer.stall();    // b is held
+    REQUIRE(r.run_until([&] { return r.peer.write_held(); }));
+    CHECK(r.peer.str() == *a);
+    CHECK_FALSE(flushed);
+    r.peer.release();  // b
+    r.peer.stall();    // c is held
+    REQUIRE(r.run_until([&] { return flushed.has_value(); }));
+    CHECK_FALSE(*flushed);
+    CHECK(written_at_flush == *a + *b);
+    REQUIRE(r.run_until([&] { return r.peer.write_held(); }));  // c still is
+    r.peer.release();
+    REQUIRE(r.run_until([&] { return r.peer.str() == *a + *b + *c; }));
+
+    // Nothing queued: completes at once, posted, not inline.
+    bool done = false;
+    r.em->async_flush([&](std::error_code ec) { done = !ec; });
+    CHECK_FALSE(done);
+    test::poll(r.io);
+    CHECK(done);
+}
+
+TEST_CASE("async_flush fails with errc::closed when the stream ends first, also with use_future",
+          "[emitter][stream]")
+{
+    rig r;
+    r.peer.stall();
+    r.em->send({.data = "never written"});
+    r.em->start();
+    REQUIRE(r.run_until([&] { return r.peer.write_held(); }));
+    std::optional<std::error_code> flushed;
+    r.em->async_flush([&](std::error_code ec) { flushed = ec; });
+    auto fut = r.em->async_flush(asio::use_future);
+    r.em->abort();
+    REQUIRE(r.run_until([&] { return flushed.has_value(); }));
+    // use_future's handler runs on Asio's system executor, a thread of its own.
+    REQUIRE(fut.wait_for(5s) == std::future_status::ready);
+    CHECK(*flushed == ssepp::errc::closed);
+    try {
+        fut.get();
+        FAIL("async_flush succeeded");
+    } catch (const std::system_error& e) {
+        CHECK(e.code() == ssepp::errc::closed);
+    }
+    // After the end: at once, with the same error.
+    std::optional<std::error_code> late;
+    r.em->async_flush([&](std::error_code ec) { late = ec; });
+    REQUIRE(r.run_until([&] { return late.has_value(); }));
+    CHECK(*late == ssepp::errc::closed);
+}
+
+TEST_CASE("async_wait_closed reports the end with a callback and with use_future", "[emitter][stream]")
+{
+    rig r;
+    r.em->send({.data = "x"});
+    r.em->start();
+    std::optional<std::pair<ssepp::close_reason, std::error_code>> by_callback;
+    r.em->async_wait_closed([&](ssepp::close_reason why, std::error_code ec) { by_callback.emplace(why, ec); });
+    auto fut = r.em->async_wait_closed(asio::use_future);
+    const auto why = std::make_error_code(std::errc::io_error);
+    r.em->complete_with_error(why);
+    REQUIRE(r.run_until([&] { return by_callback.has_value(); }));
+    // use_future's handler runs on Asio's system executor, a thread of its own.
+    REQUIRE(fut.wait_for(5s) == std::future_status::ready);
+    CHECK(by_callback->first == ssepp::close_reason::completed_with_error);
+    CHECK(by_callback->second == why);
+    const auto [reason, ec] = fut.get();
+    CHECK(reason == ssepp::close_reason::completed_with_error);
+    CHECK(ec == why);
+    CHECK(r.peer.str() == ssepp::format({.data = "x"}));
+
+    // Asked after the end: completes (posted) with the same outcome.
+    std::optional<ssepp::close_reason> late;
+    r.em->async_wait_closed([&](ssepp::close_reason why, std::error_code) { late = why; });
+    CHECK_FALSE(late);
+    test::poll(r.io);
+    CHECK(late == ssepp::close_reason::completed_with_error);
+}
+
+TEST_CASE("on_timeout may send a last event, written before the stream ends with "
+          "close_reason::timeout",
+          "[emitter][stream]")
+{
+    auto options = bare();
+    options.lifetime = 60ms;
+    rig r(options);
+    int calls = 0;
+    std::error_code send_ec = ssepp::errc::overflow;  // overwritten by the send
+    bool open_in_handler = false;
+    r.em->on_timeout([&] {
+        ++calls;
+        open_in_handler = r.em->is_open();
+        r.em->send({.event = "timeout", .data = "reconnect later"}, send_ec);
+    });
+    r.em->send({.data = "working"});
+    const auto started = test::clock::now();
+    r.em->start();
+    REQUIRE(r.run_until_closed());
+    CHECK(test::clock::now() - started >= 60ms);
+    CHECK(calls == 1);
+    CHECK(open_in_handler);
+    CHECK_FALSE(send_ec);
+    CHECK(r.closes.reason() == ssepp::close_reason::timeout);
+    CHECK(r.closes.at(0).ec == ssepp::errc::timeout);
+    CHECK(r.peer.str()
+          == ssepp::format({.data = "working"}) + ssepp::format({.event = "timeout", .data = "reconnect later"}));
+}
+
+TEST_CASE("on_timeout is not called when the stream ends before its lifetime", "[emitter][stream]")
+{
+    auto options = bare();
+    options.lifetime = 5s;
+    rig r(options);
+    int calls = 0;
+    r.em->on_timeout([&] { ++calls; });
+    r.em->start();
+    r.em->complete();
+    REQUIRE(r.run_until_closed());
+    test::poll(r.io);
+    CHECK(r.closes.reason() == ssepp::close_reason::completed);
+    CHECK(calls == 0);
+}
+
+TEST_CASE("heartbeats are \":\\n\\n\" after the heartbeat interval with nothing written", "[emitter][stream]")
+{
+    auto options = bare();
+    options.heartbeat = 40ms;
+    rig r(options);
+    const auto started = test::clock::now();
+    r.em->start();
+    REQUIRE(r.run_until([&] { return !r.peer.str().empty(); }));
+    CHECK(test::clock::now() - started >= 40ms);
+    CHECK(r.peer.str() == ":\n\n");
+    // An event resets the interval: the next heartbeat comes an interval after it.
+    const auto event = ssepp::format({.data = "e"});
+    r.em->send({.data = "e"});
+    REQUIRE(r.run_until([&] { return r.peer.str() == ":\n\n" + event; }));
+    const auto sent = test::clock::now();
+    REQUIRE(r.run_until([&] { return r.peer.str().size() > 3 + event.size(); }));
+    CHECK(test::clock::now() - sent >= 40ms);
+    CHECK(r.peer.str() == ":\n\n" + event + ":\n\n");
+    CHECK(r.closes.count() == 0);
+}
+
+TEST_CASE("overflow_policy::close: a queue at max_queued_bytes stays open, past it closes with "
+          "close_reason::overflow",
+          "[emitter][stream]")
+{
+    auto options = bare();
+    options.max_queued_bytes = 100;
+    rig r(options);
+    r.peer.stall();
+    r.em->enqueue(frame_of(50, 'a'), 1);
+    r.em->start();
+    REQUIRE(r.run_until([&] { return r.peer.write_held(); }));  // 50 in flight
+    std::error_code ec;
+    r.em->enqueue(frame_of(101), 0, ec);  // alone over the bound: refused, the stream stays
+    CHECK(ec == ssepp::errc::event_too_large);
+    CHECK(r.em->is_open());
+    r.em->enqueue(frame_of(50, 'b'), 2, ec);  // 100: at the bound
+    CHECK_FALSE(ec);
+    CHECK(r.em->queued_bytes() == 100);
+    CHECK(r.em->is_open());
+    r.em->enqueue(frame_of(8, 'c'), 3, ec);  // 108: past it
+    CHECK(ec == ssepp::errc::overflow);
+    CHECK_FALSE(r.em->is_open());
+    REQUIRE(r.run_until_closed());
+    CHECK(r.closes.reason() == ssepp::close_reason::overflow);
+    CHECK(r.closes.at(0).ec == ssepp::errc::overflow);
+    CHECK(r.peer.str().empty());  // the held write was aborted
+    CHECK(r.em->written_seq() == 0);
+}
+
+TEST_CASE("overflow_policy::drop_oldest drops queued frames past max_queued_bytes, keeps the one in "
+          "flight and the newest",
+          "[emitter][stream]")
+{
+    auto options = bare();
+    options.max_queued_bytes = 100;
+    options.overflow = ssepp::overflow_policy::drop_oldest;
+    rig r(options);
+    r.peer.stall();
+    const auto a = frame_of(50, 'a'), b = frame_of(50, 'b'), c = frame_of(30, 'c'), d = frame_of(20, 'd');
+    r.em->enqueue(a, 1);
+    r.em->start();
+    REQUIRE(r.run_until([&] { return r.peer.write_held(); }));  // a in flight
+    r.em->enqueue(b, 2);  // 100: at the bound, kept
+    CHECK(r.em->dropped() == 0);
+    std::optional<std::error_code> flushed;
+    r.em->async_flush([&](std::error_code ec) { flushed = ec; });
+    r.em->enqueue(c, 3);  // 130: b goes
+    CHECK(r.em->dropped() == 1);
+    CHECK(r.em->queued_bytes() == 80);
+    r.em->enqueue(d, 4);  // 100: at the bound again
+    CHECK(r.em->dropped() == 1);
+    const auto e = frame_of(90, 'e');
+    r.em->enqueue(e, 5);  // 190: c and d go; e, the newest, stays though a + e is past the bound
+    CHECK(r.em->dropped() == 3);
+    CHECK(r.em->queued_bytes() == 140);
+    CHECK(r.em->is_open());
+    r.peer.release();
+    REQUIRE(r.run_until([&] { return r.em->queued_bytes() == 0; }));
+    CHECK(r.peer.str() == *a + *e);
+    CHECK(r.em->written_seq() == 5);
+    REQUIRE(flushed);  // what it waited for (a, b) is written or dropped
+    CHECK_FALSE(*flushed);
+    CHECK(r.closes.count() == 0);
+}
+
+TEST_CASE("async_wait_drained completes once queued_bytes() is at most its threshold", "[emitter][stream]")
+{
+    rig r;
+    r.peer.write_cap(10);  // a frame a write
+    r.peer.stall();
+    for (int i = 0; i < 4; ++i)
+        r.em->enqueue(frame_of(10));
+    r.em->start();
+    REQUIRE(r.run_until([&] { return r.peer.write_held(); }));
+    CHECK(r.em->queued_bytes() == 40);
+    std::optional<std::error_code> drained;
+    std::size_t queued_when_drained = 0;
+    r.em->async_wait_drained(20, [&](std::error_code ec) {
+        drained = ec;
+        queued_when_drained = r.em->queued_bytes();
+    });
+    r.peer.release();  // 30 left
+    r.peer.stall();
+    REQUIRE(r.run_until([&] { return r.peer.write_held(); }));
+    test::poll(r.io);
+    CHECK_FALSE(drained);
+    r.peer.release();  // 20 left: at the threshold
+    r.peer.stall();
+    REQUIRE(r.run_until([&] { return drained.has_value(); }));
+    CHECK_FALSE(*drained);
+    CHECK(queued_when_drained <= 20);
+    CHECK(r.peer.bytes() == 20);
+
+    // Already at or below: completes at once (posted); the stream ending first: errc::closed.
+    bool at_once = false;
+    r.em->async_wait_drained(20, [&](std::error_code ec) { at_once = !ec; });
+    CHECK_FALSE(at_once);
+    test::poll(r.io);
+    CHECK(at_once);
+    std::optional<std::error_code> never;
+    r.em->async_wait_drained(0, [&](std::error_code ec) { never = ec; });
+    r.em->abort();
+    REQUIRE(r.run_until([&] { return never.has_value(); }));
+    CHECK(*never == ssepp::errc::closed);
+}
+
+TEST_CASE("the retry hint is the first bytes, then what was queued before start(); complete() before "
+          "start() flushes once started",
+          "[emitter][stream]")
+{
+    auto options = bare();
+    options.retry_hint = 3000ms;
+    rig r(options);
+    r.em->send({.data = "early"});
+    r.em->complete();
+    test::poll(r.io);
+    CHECK(r.peer.writes() == 0);  // nothing before start()
+    CHECK(r.closes.count() == 0);
+    r.em->start();
+    REQUIRE(r.run_until_closed());
+    CHECK(r.closes.reason() == ssepp::close_reason::completed);
+    CHECK(r.peer.str() == "retry: 3000\n\n" + ssepp::format({.data = "early"}));
+    CHECK(r.em->bytes_written() == r.peer.bytes());
 }
