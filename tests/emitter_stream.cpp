@@ -8,6 +8,7 @@
 #include "support/test_stream.hpp"
 
 #include <asio/io_context.hpp>
+#include <asio/strand.hpp>
 #include <asio/use_future.hpp>
 #include <asio/write.hpp>
 
@@ -758,4 +759,91 @@ TEST_CASE("the retry hint is the first bytes, then what was queued before start(
     CHECK(r.closes.reason() == ssepp::close_reason::completed);
     CHECK(r.peer.str() == "retry: 3000\n\n" + ssepp::format({.data = "early"}));
     CHECK(r.em->bytes_written() == r.peer.bytes());
+}
+
+TEST_CASE("the peer leaving during a held write: one close, client_gone, after that write's handler",
+          "[emitter][stream]")
+{
+    rig r;
+    r.peer.stall();
+    r.em->enqueue(frame_of(10), 1);
+    r.em->start();
+    REQUIRE(r.run_until([&] { return r.peer.write_held() && r.peer.read_pending(); }));
+    int writes_in_flight_at_close = -1;
+    r.em->on_close(
+        [&](ssepp::close_reason, std::error_code) { writes_in_flight_at_close = r.peer.writes_in_flight(); });
+    r.peer.leave();  // the read ends with eof, then the write with connection_reset
+    REQUIRE(r.run_until_closed());
+    test::poll(r.io);
+    CHECK(r.closes.count() == 1);
+    CHECK(r.closes.reason() == ssepp::close_reason::client_gone);
+    CHECK(writes_in_flight_at_close == 0);
+    CHECK(r.em->written_seq() == 0);
+    // Nothing is left on the context: no timer, no operation.
+    r.io.restart();
+    r.io.run_for(2s);
+    CHECK(r.io.stopped());
+}
+
+TEST_CASE("the lifetime expiring during a held write: on_timeout's event is written after it",
+          "[emitter][stream]")
+{
+    auto options = bare();
+    options.lifetime = 40ms;
+    rig r(options);
+    r.peer.stall();
+    r.em->send({.data = "slow"});
+    r.em->on_timeout([&] { r.em->send({.event = "bye", .data = "timeout"}); });
+    r.em->start();
+    REQUIRE(r.run_until([&] { return !r.em->is_open(); }));  // expired, flushing
+    CHECK(r.closes.count() == 0);
+    CHECK(r.peer.write_held());
+    r.peer.release();
+    REQUIRE(r.run_until_closed());
+    CHECK(r.closes.reason() == ssepp::close_reason::timeout);
+    CHECK(r.peer.str() == ssepp::format({.data = "slow"}) + ssepp::format({.event = "bye", .data = "timeout"}));
+}
+
+TEST_CASE("an emitter over a test::stream on a strand writes the exact bytes", "[emitter][stream]")
+{
+    asio::io_context io;
+    test::stream s(asio::make_strand(io));
+    auto peer = s.peer();
+    peer.write_cap(5);
+    auto em = ssepp::make_emitter(std::move(s), bare());
+    test::close_log closes;
+    em->on_close(closes.handler());
+    std::string expected;
+    for (int i = 0; i < 10; ++i) {
+        expected += ssepp::format({.id = std::to_string(i), .data = "on a strand"});
+        em->send({.id = std::to_string(i), .data = "on a strand"});
+    }
+    em->start();
+    em->complete();
+    REQUIRE(test::run_until(io, [&] { return closes.count() > 0; }));
+    CHECK(closes.reason() == ssepp::close_reason::completed);
+    CHECK(peer.str() == expected);
+    CHECK(peer.max_writes_in_flight() == 1);
+}
+
+TEST_CASE("on_close added after the end, while the aborted write's handler is pending, runs after the "
+          "handlers added before",
+          "[emitter][stream]")
+{
+    rig r;
+    r.peer.stall();
+    r.em->send({.data = "held"});
+    r.em->start();
+    REQUIRE(r.run_until([&] { return r.peer.write_held(); }));
+    std::vector<std::string> order;
+    r.em->on_close([&](ssepp::close_reason, std::error_code) { order.push_back("before"); });
+    r.em->abort();
+    // Stop right after the close: the aborted write's handler is posted, not yet run.
+    REQUIRE(r.run_until([&] { return !r.peer.write_held(); }));
+    REQUIRE(r.peer.writes_in_flight() == 1);
+    r.em->on_close([&](ssepp::close_reason why, std::error_code) {
+        order.push_back(why == ssepp::close_reason::aborted ? "after" : "after, wrong reason");
+    });
+    REQUIRE(r.run_until([&] { return order.size() == 2; }));
+    CHECK(order == std::vector<std::string>{"before", "after"});
 }
