@@ -428,7 +428,7 @@ TEST_CASE("complete() flushes what is queued, then closes: close_reason::complet
     CHECK(r.peer.closed());
 }
 
-TEST_CASE("complete(last) writes the last event last; complete_with_error(ec) is told apart",
+TEST_CASE("complete(last) writes the last event last, complete_with_error(ec) is told apart",
           "[emitter][stream]")
 {
     SECTION("complete(last)")
@@ -615,7 +615,7 @@ TEST_CASE("on_timeout is not called when the stream ends before its lifetime", "
     CHECK(calls == 0);
 }
 
-TEST_CASE("heartbeats are \":\\n\\n\" after the heartbeat interval with nothing written", "[emitter][stream]")
+TEST_CASE("heartbeats are empty comments an interval after the last write", "[emitter][stream]")
 {
     auto options = bare();
     options.heartbeat = 40ms;
@@ -742,7 +742,7 @@ TEST_CASE("async_wait_drained completes once queued_bytes() is at most its thres
     CHECK(*never == ssepp::errc::closed);
 }
 
-TEST_CASE("the retry hint is the first bytes, then what was queued before start(); complete() before "
+TEST_CASE("the retry hint is the first bytes, then what was queued before start(), and complete() before "
           "start() flushes once started",
           "[emitter][stream]")
 {
