@@ -31,7 +31,7 @@
 
 // As in fanout_server: sockets typed on io_context's own executor (smaller per connection).
 using socket_type = asio::basic_stream_socket<asio::ip::tcp, asio::io_context::executor_type>;
-using emitter_type = ssepp::basic_emitter<socket_type>;
+using emitter_type = ssepp::basic_emitter<ssepp::http_body<socket_type>>;
 using node_type = ssepp::redis::basic_node<emitter_type>;
 
 namespace {
@@ -218,12 +218,13 @@ int main(int argc, char** argv)
     }
     auto node = node_type::create(asio::make_strand(io), std::move(cluster), {.max_events = 64});
 
-    // Why subscribers left, by close_reason (completed, client_gone, timeout, overflow, error).
-    std::array<std::atomic<std::uint64_t>, 5> closed{};
+    // Why subscribers left, indexed by close_reason (the last slot counts any reason after error).
+    std::array<std::atomic<std::uint64_t>, std::size_t(ssepp::close_reason::error) + 1> closed{};
     bench::front front(
         io, o,
         [&](asio::ip::tcp::socket s, std::string key) {
-            auto stream = ssepp::make_emitter(socket_type(io.get_executor(), asio::ip::tcp::v4(), s.release()));
+            auto stream = ssepp::make_emitter(
+                ssepp::http_body(socket_type(io.get_executor(), asio::ip::tcp::v4(), s.release())));
             stream->on_close([&closed](ssepp::close_reason r, std::error_code) {
                 ++closed[std::min<std::size_t>(static_cast<std::size_t>(r), closed.size() - 1)];
             });
@@ -277,10 +278,14 @@ int main(int argc, char** argv)
             });
         io_thread.join();  // until SIGINT/SIGTERM
     }
+    const auto count = [&](ssepp::close_reason r) { return closed[static_cast<std::size_t>(r)].load(); };
     fmt::print("cluster_server: published {} acked {} failed {}; subscribers closed: client_gone {} timeout {} "
                "overflow {} other {}; send to ack us: p50 {:.1f} p99 {:.1f} max {:.1f}\n",
-               published.load(), acked.load(), failed.load(), closed[1].load(), closed[2].load(), closed[3].load(),
-               closed[0].load() + closed[4].load(), ack_latency.percentile_us(0.5), ack_latency.percentile_us(0.99),
+               published.load(), acked.load(), failed.load(), count(ssepp::close_reason::client_gone),
+               count(ssepp::close_reason::timeout), count(ssepp::close_reason::overflow),
+               count(ssepp::close_reason::completed) + count(ssepp::close_reason::completed_with_error)
+                   + count(ssepp::close_reason::aborted) + count(ssepp::close_reason::error),
+               ack_latency.percentile_us(0.5), ack_latency.percentile_us(0.99),
                double(ack_latency.max) / 1000.0);
     std::fflush(stdout);
     // The node's handlers still queued in the stopped io_context own it and its emitters:

@@ -10,7 +10,7 @@
 // of mostly idle streams that is a third of their memory. The emitter serialises its own use
 // of a plain socket, so no strand is needed.
 using socket_type = asio::basic_stream_socket<asio::ip::tcp, asio::io_context::executor_type>;
-using emitter_type = ssepp::basic_emitter<socket_type>;
+using emitter_type = ssepp::basic_emitter<ssepp::http_body<socket_type>>;
 
 int main(int argc, char** argv)
 {
@@ -22,7 +22,8 @@ int main(int argc, char** argv)
     bench::front front(
         io, o,
         [&](asio::ip::tcp::socket s) {
-            auto stream = ssepp::make_emitter(socket_type(io.get_executor(), asio::ip::tcp::v4(), s.release()));
+            auto stream = ssepp::make_emitter(
+                ssepp::http_body(socket_type(io.get_executor(), asio::ip::tcp::v4(), s.release())));
             subscribers.attach("events", stream, {.otherwise = ssepp::replay::none});
         },
         [&](std::string body) { subscribers.broadcast({.data = std::move(body)}); });

@@ -89,8 +89,9 @@ int main(int argc, char** argv)
             if (!ec) {
                 auto response = std::make_shared<toy::streaming_response>(std::move(socket));
                 response->begin();
-                // The stack wrote the head and frames the body: the emitter writes events only.
-                clients.attach("all", ssepp::make_emitter(stack_transport{response}, {.write_head = false}));
+                // The stack wrote the head and frames the body, so its transport goes to the
+                // emitter as it is: no ssepp::http_body around it.
+                clients.attach("all", ssepp::make_emitter(stack_transport{response}));
             }
             accept();
         });

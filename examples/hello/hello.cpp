@@ -23,7 +23,7 @@ int main(int argc, char** argv)
             if (!ec)  // read the request head, then either subscribe or serve the page
                 asio::async_read_until(*s, asio::dynamic_buffer(*head, 8192), "\r\n\r\n", [&, s, head](auto ec, auto) {
                     if (!ec && head->starts_with("GET /events"))
-                        clients.attach("ticks", ssepp::make_emitter(std::move(*s)),
+                        clients.attach("ticks", ssepp::make_emitter(ssepp::http_body(std::move(*s))),
                                        {.last_event_id = ssepp::last_event_id(*head)});
                     else if (!ec)
                         asio::async_write(*s, asio::buffer(*head = fmt::format("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n"

@@ -457,7 +457,7 @@ return {redis.call('ZCARD', P .. 'sessions'), redis.call('ZCARD', P .. 'users'),
         if (verb == "logout")
             hooks_.end_session(arg);
         else if (verb == "close")
-            node_->local().close(user_key(arg));
+            node_->local().complete(user_key(arg));
     }
 
     /// On the strand, every few seconds: the sessions streaming here stay alive (their clients

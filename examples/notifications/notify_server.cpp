@@ -544,7 +544,7 @@ private:
                 attach_on_node(std::move(socket), keys, resume, c.token, slot);
                 return;
             }
-            auto stream = ssepp::make_emitter(std::move(socket));
+            auto stream = ssepp::make_emitter(ssepp::http_body(std::move(socket)));
             if (!stream_opened(c.token, stream))
                 return;  // logged out meanwhile: the socket closes
             watch(*stream, c.token, slot);
@@ -586,11 +586,11 @@ private:
     common::http::reply close_streams(const caller& s)
     {
         if (cluster_) {
-            const auto closed = cluster_->local().close(user_key(s.user));  // this node's: the count
+            const auto closed = cluster_->local().complete(user_key(s.user));  // this node's: the count
             cluster_->close_user(s.user);  // and every other node's
             return response::json(200, {{"closed", closed}});
         }
-        return response::json(200, {{"closed", users_.close(user_key(s.user))}});
+        return response::json(200, {{"closed", users_.complete(user_key(s.user))}});
     }
 
     // Sends one event to a user, as given: data byte for byte (CR and CRLF arrive as LF,
@@ -624,6 +624,7 @@ private:
         if (cluster_)
             return notify_cluster(user, std::move(e));
         ssepp::send_result sent;
+        std::error_code ec;
         {
             // Under the lock, so that the user cannot expire between the check and the send
             // (which would leave a key no one counts).
@@ -633,13 +634,13 @@ private:
             auto* a = account_locked(user, now);
             if (!a)
                 return too_many_users(now);
-            sent = users_.send(user_key(user), std::move(e));
-            if (sent && sent.connections == 0)
+            sent = users_.send(user_key(user), std::move(e), ec);
+            if (!ec && sent.connections == 0)
                 a->waiting = true;  // kept for their next stream
             settle_locked(user);
         }
-        if (!sent)
-            return response::error(400, sent.error.message());
+        if (ec)
+            return response::error(400, ec.message());
         count(sent);
         return response::json(202, {{"id", sent.id}, {"delivered_to", sent.connections}});
     }
@@ -689,9 +690,10 @@ private:
         } else {
             std::lock_guard lock(mtx_);  // an admin expiring meanwhile would leave a key behind
             for (const auto& admin : admins_) {
-                const auto sent = users_.send(admin_key(admin), {.event = "order-created", .data = data});
+                std::error_code ec;
+                const auto sent = users_.send(admin_key(admin), {.event = "order-created", .data = data}, ec);
                 count(sent);
-                if (sent && sent.connections == 0)
+                if (!ec && sent.connections == 0)
                     accounts_.at(admin).admin_waiting = true;  // kept for their next admin stream
             }
         }
@@ -769,9 +771,10 @@ private:
             forget_export_locked(a.finished_exports.front());
             a.finished_exports.pop_front();
         }
-        const auto sent = users_.send(user_key(user), {.event = f ? "export-ready" : "export-failed", .data = ready.dump()});
+        std::error_code ec;
+        const auto sent = users_.send(user_key(user), {.event = f ? "export-ready" : "export-failed", .data = ready.dump()}, ec);
         count(sent);
-        if (sent && sent.connections == 0)
+        if (!ec && sent.connections == 0)
             a.waiting = true;
         settle_locked(user);
     }
@@ -855,9 +858,10 @@ private:
             // for a client that does not read stays small, and its stall shows soon.
             std::error_code ignored;
             socket.set_option(asio::socket_base::send_buffer_size(16 * 1024), ignored);
-            auto stream = ssepp::make_emitter(std::move(socket), {.write_timeout = limits_.ticker_write_timeout,
-                                                                  .max_queued_bytes = 16 * 1024,
-                                                                  .overflow = ssepp::overflow_policy::drop_oldest});
+            auto stream = ssepp::make_emitter(ssepp::http_body(std::move(socket)),
+                                              {.write_timeout = limits_.ticker_write_timeout,
+                                               .max_queued_bytes = 16 * 1024,
+                                               .overflow = ssepp::overflow_policy::drop_oldest});
             watch(*stream, {}, slot);
             ticker_.attach("ticker", stream, {.otherwise = ssepp::replay::none});
         }};
@@ -970,7 +974,7 @@ private:
     void attach_on_node(asio::ip::tcp::socket socket, std::vector<std::string> keys, std::optional<std::string> resume,
                         const std::string& token, common::stream_slots::slot slot)
     {
-        auto stream = ssepp::make_emitter(std::move(socket));
+        auto stream = ssepp::make_emitter(ssepp::http_body(std::move(socket)));
         {
             std::lock_guard lock(mtx_);
             auto& list = node_streams_[token];
@@ -981,7 +985,7 @@ private:
         cluster_->attach(std::move(keys), stream, {.last_event_id = std::move(resume), .otherwise = ssepp::replay::undelivered},
                          [this, stream, token](std::error_code ec, ssepp::attach_result r) {
                              if (ec) {  // Redis unavailable: nothing attached; the client retries
-                                 stream->close();
+                                 stream->abort();
                                  return;
                              }
                              metrics_.replays_served += r.replayed ? 1 : 0;

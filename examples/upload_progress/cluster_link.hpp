@@ -395,7 +395,7 @@ return 1)";
             id, stream, {.last_event_id = std::move(resume), .otherwise = ssepp::replay::all},
             [this, id, stream, rec = std::move(rec)](std::error_code ec, ssepp::attach_result r) {
                 if (ec) {
-                    stream->close();  // Redis failed under it: the client reconnects
+                    stream->abort();  // Redis failed under it: the client reconnects
                     return;
                 }
                 if (r.finished || !rec.outcome)
@@ -405,10 +405,11 @@ return 1)";
                 // it (README: "Running several nodes"). Ended here: with the replay (the
                 // client comes back with the terminal's id: 204), or, the history gone,
                 // with the recorded outcome.
+                std::error_code finished;  // already finished here meanwhile: nothing to do
                 if (rec.stream_exists)
-                    node_->local().close(id);
+                    node_->local().complete(id);
                 else
-                    node_->local().finish(id, *rec.outcome);
+                    node_->local().finish(id, *rec.outcome, finished);
             });
     }
 
@@ -581,11 +582,12 @@ return 0)";
                     // Ended, and recorded a second ago at least: the bus has long carried
                     // the end; its not being here means the streams here never get it.
                     if (!suspect_.insert(id).second && !node_->local().finished(id)) {
+                        std::error_code finished;  // finished here meanwhile: nothing to do
                         if (r[1].is_integer() && r[1].integer() == 1)
-                            node_->local().close(id);  // they replayed it: they resume, and get 204
+                            node_->local().complete(id);  // they replayed it: they resume, and get 204
                         else
                             node_->local().finish(id, {.id = r[0][0].str(), .event = r[0][1].str(),
-                                                       .data = r[0][2].str()});
+                                                       .data = r[0][2].str()}, finished);
                         suspect_.erase(id);
                     }
                 }

@@ -358,7 +358,11 @@ private:
     {
         set_state(id, "processing");
         // Where the job's events go: this process's registry, or the cluster's stream.
-        std::function<bool(ssepp::event)> send = [&](ssepp::event e) { return bool(streams_.send(id, std::move(e))); };
+        std::function<bool(ssepp::event)> send = [&](ssepp::event e) {
+            std::error_code ec;
+            streams_.send(id, std::move(e), ec);
+            return !ec;
+        };
         std::function<bool()> lost = [] { return false; };
         std::function<std::string()> lost_reason;
 #if SSEPP_EXAMPLES_REDIS
@@ -438,9 +442,9 @@ private:
         } else
 #endif
         {
-            const auto r = streams_.finish(id, terminal);
-            terminal.id = r.id;
-            sent = bool(r);
+            std::error_code ec;
+            terminal.id = streams_.finish(id, terminal, ec).id;
+            sent = !ec;
         }
         std::vector<std::string> forget;
         {
@@ -538,7 +542,7 @@ private:
             std::lock_guard lock(life_mtx_);
             if (stopping_)
                 return;  // shutdown already completed the streams: this one would stay open
-            auto stream = ssepp::make_emitter(std::move(socket));
+            auto stream = ssepp::make_emitter(ssepp::http_body(std::move(socket)));
             stream->on_close([slot](ssepp::close_reason, std::error_code) {});  // holds the place until then
             const auto r = streams_.attach(id, stream, {.last_event_id = resume, .otherwise = ssepp::replay::all});
             if (r.finished)
@@ -547,8 +551,9 @@ private:
             // from the job's record with its id, ends the stream, which otherwise would wait
             // forever. A job still running has no outcome yet; one that ends meanwhile
             // finishes the key itself (a second finish is refused, so nothing is sent twice).
+            std::error_code refused;
             if (auto last = outcome(id))
-                streams_.finish(id, std::move(*last));
+                streams_.finish(id, std::move(*last), refused);
         }};
     }
 
@@ -589,7 +594,7 @@ private:
             std::lock_guard lock(life_mtx_);
             if (stopping_)
                 return;
-            auto stream = ssepp::make_emitter(std::move(socket));
+            auto stream = ssepp::make_emitter(ssepp::http_body(std::move(socket)));
             stream->on_close([slot](ssepp::close_reason, std::error_code) {});
             cluster_->attach(id, std::move(stream), resume, std::move(rec));
         }};

@@ -105,14 +105,15 @@ private:
         o.otherwise = ssepp::replay::all;
         o.on_gap = ssepp::event{.event = "gap", .data = o.last_event_id.value_or("")};
         return common::http::take_socket{[node = node_, key = std::move(key), o = std::move(o)](asio::ip::tcp::socket s) {
-            auto em = ssepp::make_emitter(std::move(s));
+            auto em = ssepp::make_emitter(ssepp::http_body(std::move(s)));
             node->async_attach(key, em, o, [em](std::error_code ec, ssepp::attach_result) {
                 if (!ec)
                     return;
                 // Nothing attached, nothing written yet (an emitter writes only once started):
-                // the client gets a 503 it can retry, not a stream that never comes.
+                // the client gets a 503 it can retry, not a stream that never comes. The socket
+                // is taken from under the http_body, whose head was never sent.
                 asio::post(em->get_executor(), [em, ec] {
-                    auto socket = std::make_shared<asio::ip::tcp::socket>(std::move(em->transport()));
+                    auto socket = std::make_shared<asio::ip::tcp::socket>(std::move(em->transport().next_layer()));
                     answer(socket, 503, nlohmann::json{{"error", ec.message()}}.dump());
                 });
             });
