@@ -847,3 +847,135 @@ TEST_CASE("on_close added after the end, while the aborted write's handler is pe
     REQUIRE(r.run_until([&] { return order.size() == 2; }));
     CHECK(order == std::vector<std::string>{"before", "after"});
 }
+
+// -- Over http_body<test::stream>: the production stack's framing, on the in-memory stream -----
+
+namespace {
+
+using body_emitter = ssepp::basic_emitter<ssepp::http_body<test::stream>>;
+
+/// An emitter over http_body<test::stream>, as rig.
+struct body_rig {
+    asio::io_context io;
+    std::shared_ptr<body_emitter> em;
+    test::stream_peer peer = em->transport().next_layer().peer();
+    test::close_log closes;
+
+    explicit body_rig(ssepp::body_framing framing, const ssepp::emitter_options& options = bare())
+        : em(ssepp::make_emitter(ssepp::http_body(test::stream(io), {.framing = framing}), options))
+    {
+        em->on_close(closes.handler());
+    }
+
+    template <class Pred>
+    bool run_until(Pred pred, std::chrono::milliseconds timeout = 5s)
+    {
+        return test::run_until(io, pred, timeout);
+    }
+    bool run_until_closed() { return run_until([&] { return closes.count() > 0; }); }
+};
+
+/// Parses what the peer received: the head, the (de-chunked) body, its events.
+test::sse_reader received_by(const test::stream_peer& peer)
+{
+    test::sse_reader reader;
+    reader.on_bytes(peer.str());
+    return reader;
+}
+
+} // namespace
+
+TEST_CASE("over http_body, chunked: partial writes of the next layer still make whole chunks, and "
+          "complete() sends the last chunk",
+          "[emitter][stream]")
+{
+    for (const std::size_t cap : {1, 2, 5, 13, 0}) {
+        CAPTURE(cap);
+        body_rig r(ssepp::body_framing::chunked);
+        r.peer.write_cap(cap);
+        std::vector<test::received> expected;
+        r.em->start();
+        for (int i = 0; i < 12; ++i) {
+            const ssepp::event e{.id = std::to_string(i), .event = "n", .data = std::string(std::size_t(i * 5), 'q')};
+            expected.push_back({"n", *e.data, *e.id});
+            r.em->send(e);
+            r.io.restart();
+            r.io.poll_one();
+        }
+        r.em->complete();
+        REQUIRE(r.run_until_closed());
+        CHECK(r.closes.reason() == ssepp::close_reason::completed);
+        const auto got = received_by(r.peer);
+        CHECK(got.head == ssepp::response_head({.framing = ssepp::body_framing::chunked}));
+        CHECK(got.framing_error.empty());
+        CHECK_FALSE(got.parse_error);
+        CHECK(got.chunk_terminated);  // "0\r\n\r\n" last
+        CHECK(got.events == expected);
+        CHECK(r.em->bytes_written() == got.body.size());  // body bytes, not the framing
+        CHECK(r.peer.max_writes_in_flight() == 1);
+    }
+}
+
+TEST_CASE("over http_body, raw: the head once, then the exact bytes, and no terminator", "[emitter][stream]")
+{
+    body_rig r(ssepp::body_framing::raw);
+    r.peer.write_cap(7);
+    r.em->send({.data = "one"});
+    r.em->start();
+    REQUIRE(r.run_until([&] { return r.em->queued_bytes() == 0; }));
+    r.em->send({.data = "two"});
+    r.em->complete();
+    REQUIRE(r.run_until_closed());
+    CHECK(r.closes.reason() == ssepp::close_reason::completed);
+    CHECK(r.peer.str() == ssepp::response_head() + ssepp::format({.data = "one"}) + ssepp::format({.data = "two"}));
+    CHECK(r.em->bytes_written() == r.peer.str().size() - ssepp::response_head().size());
+}
+
+TEST_CASE("over http_body, a write failing inside the head: client_gone, nothing of the body counted",
+          "[emitter][stream]")
+{
+    for (const auto framing : {ssepp::body_framing::raw, ssepp::body_framing::chunked}) {
+        body_rig r(framing);
+        r.peer.write_cap(10);
+        r.peer.fail_after(3, asio::error::connection_reset);  // 30 bytes: inside the head
+        r.em->enqueue(frame_of(20), 1);
+        r.em->start();
+        REQUIRE(r.run_until_closed());
+        CHECK(r.closes.reason() == ssepp::close_reason::client_gone);
+        CHECK(r.peer.bytes() == 30);
+        CHECK(r.em->bytes_written() == 0);
+        CHECK(r.em->written_seq() == 0);
+    }
+}
+
+// Found by this test (issue 12): http_body frames each write with a composed asio::async_write,
+// so the emitter sees one write_some that lasts as long as the whole batch takes, and
+// write_timeout ends a client that reads slowly but steadily. [!shouldfail] until that is
+// fixed: the test then fails, and the tag goes.
+TEST_CASE("over http_body, a slow write that keeps moving does not time out", "[emitter][stream][!shouldfail]")
+{
+    // As the test over the bare stream: the next layer takes a byte at a time, each held a few
+    // ms, for longer than write_timeout in all; no write makes no progress for that long.
+    for (const auto framing : {ssepp::body_framing::chunked, ssepp::body_framing::raw}) {
+        CAPTURE(framing == ssepp::body_framing::chunked);
+        auto options = bare();
+        options.write_timeout = 40ms;
+        body_rig r(framing, options);
+        r.peer.write_cap(1);
+        r.em->send({.data = std::string(30, 'z')});
+        r.em->start();
+        const auto started = test::clock::now();
+        while (r.em->queued_bytes() > 0 && r.closes.count() == 0 && test::clock::now() - started < 5s) {
+            r.peer.stall();
+            REQUIRE(r.run_until([&] { return r.peer.write_held() || r.closes.count() > 0; }));
+            r.io.restart();
+            r.io.run_for(5ms);  // held: no progress for 5 ms, well within the timeout
+            r.peer.release();
+        }
+        CHECK(test::clock::now() - started > 40ms);
+        CHECK(r.closes.count() == 0);
+        if (r.closes.count() > 0)
+            CHECK(r.closes.reason() != ssepp::close_reason::timeout);
+        CHECK(r.em->is_open());
+    }
+}
