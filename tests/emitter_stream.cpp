@@ -948,6 +948,68 @@ TEST_CASE("over http_body, a write failing inside the head: client_gone, nothing
     }
 }
 
+TEST_CASE("over http_body, chunked: complete() with nothing written sends the head and the last chunk, "
+          "abort() sends no last chunk",
+          "[emitter][stream]")
+{
+    const auto head = ssepp::response_head({.framing = ssepp::body_framing::chunked});
+    {
+        body_rig r(ssepp::body_framing::chunked);
+        r.peer.write_cap(9);
+        r.em->start();
+        r.em->complete();
+        REQUIRE(r.run_until_closed());
+        CHECK(r.closes.reason() == ssepp::close_reason::completed);
+        CHECK(r.peer.str() == head + "0\r\n\r\n");
+    }
+    {
+        body_rig r(ssepp::body_framing::chunked);
+        r.em->send({.data = "x"});
+        r.em->start();
+        REQUIRE(r.run_until([&] { return r.em->queued_bytes() == 0; }));
+        r.em->abort();
+        REQUIRE(r.run_until_closed());
+        CHECK(r.closes.reason() == ssepp::close_reason::aborted);
+        const auto got = received_by(r.peer);
+        CHECK(got.events.size() == 1);
+        CHECK_FALSE(got.chunk_terminated);  // the client sees a truncated body, not an end
+    }
+}
+
+TEST_CASE("over http_body, a last chunk the peer does not take ends the stream within the closing "
+          "handshake's bound, as completed",
+          "[emitter][stream]")
+{
+    body_rig r(ssepp::body_framing::chunked);
+    r.em->send({.data = "x"});
+    r.em->start();
+    REQUIRE(r.run_until([&] { return r.em->queued_bytes() == 0; }));
+    r.peer.stall();
+    const auto started = test::clock::now();
+    r.em->complete();
+    REQUIRE(r.run_until([&] { return r.peer.write_held(); }));  // "0\r\n\r\n", held
+    REQUIRE(r.run_until_closed());
+    CHECK(test::clock::now() - started >= ssepp::detail::closing_handshake_timeout);
+    CHECK(r.closes.reason() == ssepp::close_reason::completed);
+    CHECK(r.closes.count() == 1);
+    CHECK(r.peer.closed());
+    // The close aborted the held last chunk (its handler may come after the close handlers:
+    // it carries no event, so written_seq() owes it nothing).
+    CHECK(r.run_until([&] { return r.peer.writes_in_flight() == 0; }));
+    CHECK(r.peer.str().find("0\r\n\r\n") == std::string::npos);
+}
+
+TEST_CASE("over http_body, the peer leaving is noticed through the read it passes through", "[emitter][stream]")
+{
+    body_rig r(ssepp::body_framing::chunked);
+    r.em->start();
+    REQUIRE(r.run_until([&] { return r.peer.read_pending(); }));
+    r.peer.leave();
+    REQUIRE(r.run_until_closed());
+    CHECK(r.closes.reason() == ssepp::close_reason::client_gone);
+    CHECK(r.peer.writes() == 0);
+}
+
 // Found by this test (issue 12): http_body frames each write with a composed asio::async_write,
 // so the emitter sees one write_some that lasts as long as the whole batch takes, and
 // write_timeout ends a client that reads slowly but steadily. [!shouldfail] until that is
