@@ -48,7 +48,7 @@ TEST_CASE("registry fans an event out to every connection of its key, formatted 
     for (auto& e : {t1, t2, t3, other})
         CHECK(e->starts() == 1);
 
-    auto r = reg.send("u1", data("hello"));
+    auto r = test::send(reg, "u1", data("hello"));
     REQUIRE(r);
     CHECK(r.connections == 3);
     CHECK(r.id == id(1));
@@ -61,7 +61,7 @@ TEST_CASE("registry fans an event out to every connection of its key, formatted 
     CHECK(t1->frames()[0] == t3->frames()[0]);
     CHECK(*t1->frames()[0] == "id: e-1\ndata: hello\n\n");
 
-    auto b = reg.broadcast(data("all"));
+    auto b = test::broadcast(reg, data("all"));
     REQUIRE(b);
     CHECK(b.connections == 4);
     CHECK(b.id == id(2));
@@ -72,7 +72,7 @@ TEST_CASE("registry fans an event out to every connection of its key, formatted 
     CHECK(other->data() == strings{"all"});
 
     // A key nobody listens to: retained, reaches no one.
-    auto n = reg.send("u3", data("later"));
+    auto n = test::send(reg, "u3", data("later"));
     CHECK(n);
     CHECK(n.connections == 0);
     CHECK(reg.contains("u3"));
@@ -89,10 +89,10 @@ TEST_CASE("registry: a connection under several keys gets each event once", "[re
     CHECK(reg.size("a") == 2);
     CHECK(reg.size("b") == 1);
 
-    CHECK(reg.send("a", data("a1")).connections == 2);
-    CHECK(reg.send("b", data("b1")).connections == 1);
-    CHECK(reg.send("c", data("c1")).connections == 0);
-    CHECK(reg.send("a", data("a2")).connections == 2);
+    CHECK(test::send(reg, "a", data("a1")).connections == 2);
+    CHECK(test::send(reg, "b", data("b1")).connections == 1);
+    CHECK(test::send(reg, "c", data("c1")).connections == 0);
+    CHECK(test::send(reg, "a", data("a2")).connections == 2);
     CHECK(both->data() == strings{"a1", "b1", "a2"});
     CHECK(a_only->data() == strings{"a1", "a2"});
 
@@ -108,8 +108,8 @@ TEST_CASE("registry: a connection under several keys gets each event once", "[re
     CHECK(reg.size() == 1);
     CHECK(reg.size("a") == 1);
     CHECK(reg.size("b") == 0);
-    CHECK(reg.send("b", data("b2")).connections == 0);
-    CHECK(reg.send("a", data("a3")).connections == 1);
+    CHECK(test::send(reg, "b", data("b2")).connections == 0);
+    CHECK(test::send(reg, "a", data("a3")).connections == 1);
 }
 
 TEST_CASE("registry: ids, the application's own ids, and invalid events", "[registry]")
@@ -117,23 +117,23 @@ TEST_CASE("registry: ids, the application's own ids, and invalid events", "[regi
     fake_registry reg({.id_epoch = "e"});
     auto c = fake();
     reg.attach("k", c);
-    CHECK(reg.send("k", data("1")).id == id(1));
-    auto own = reg.send("k", {.id = "order-17", .data = "2"});
+    CHECK(test::send(reg, "k", data("1")).id == id(1));
+    auto own = test::send(reg, "k", {.id = "order-17", .data = "2"});
     CHECK(own.id == "order-17");
-    CHECK(reg.send("k", data("3")).id == id(3));  // the own-id event took position 2
-    CHECK(reg.broadcast(data("4")).id == id(4));
+    CHECK(test::send(reg, "k", data("3")).id == id(3));  // the own-id event took position 2
+    CHECK(test::broadcast(reg, data("4")).id == id(4));
 
     SECTION("an invalid event is rejected: nothing sent, retained, or numbered")
     {
         const auto before = c->frames().size();
-        auto bad = reg.send("k", {.id = "bad\nid", .data = "x"});
+        auto bad = test::send(reg, "k", {.id = "bad\nid", .data = "x"});
         CHECK(!bad);
         CHECK(bad.error == ssepp::errc::invalid_id);
         CHECK(bad.connections == 0);
-        CHECK(!reg.broadcast({.event = "a\nb", .data = "x"}));
-        CHECK(reg.broadcast({}).error == ssepp::errc::empty_event);  // not made valid by an id
+        CHECK(!test::broadcast(reg, {.event = "a\nb", .data = "x"}));
+        CHECK(test::broadcast(reg, {}).error == ssepp::errc::empty_event);  // not made valid by an id
         CHECK(c->frames().size() == before);
-        CHECK(reg.send("k", data("5")).id == id(5));  // positions not consumed
+        CHECK(test::send(reg, "k", data("5")).id == id(5));  // positions not consumed
         auto late = fake();
         reg.attach("k", late);
         CHECK(late->data() == strings{"1", "2", "3", "4", "5"});
@@ -141,12 +141,12 @@ TEST_CASE("registry: ids, the application's own ids, and invalid events", "[regi
     }
     SECTION("an invalid event to an unknown key leaves no entry behind")
     {
-        CHECK(!reg.send("fresh", {.id = "a\rb", .data = "x"}));
+        CHECK(!test::send(reg, "fresh", {.id = "a\rb", .data = "x"}));
         CHECK(!reg.contains("fresh"));
-        CHECK(!reg.finish("fresh2", {.id = "a\nb", .data = "x"}));
+        CHECK(!test::finish(reg, "fresh2", {.id = "a\nb", .data = "x"}));
         CHECK(!reg.contains("fresh2"));
         CHECK(!reg.finished("fresh2"));
-        CHECK(reg.send("fresh2", data("ok")));  // not finished
+        CHECK(test::send(reg, "fresh2", data("ok")));  // not finished
     }
     SECTION("last_id, first_id, keys")
     {
@@ -166,7 +166,7 @@ TEST_CASE("registry: generated ids never repeat across registries, foreign and d
         fake_registry a, b;
         CHECK(a.id_epoch().size() == 8);
         CHECK(a.id_epoch() != b.id_epoch());
-        CHECK(a.send("k", data("x")).id == a.id_epoch() + "-1");
+        CHECK(test::send(a, "k", data("x")).id == a.id_epoch() + "-1");
         CHECK(fake_registry({.id_epoch = "node7"}).send("k", data("x")).id == "node7-1");
         CHECK_THROWS_AS(fake_registry({.id_epoch = "a\nb"}), std::invalid_argument);
     }
@@ -176,11 +176,11 @@ TEST_CASE("registry: generated ids never repeat across registries, foreign and d
         {
             fake_registry old;
             for (int i = 1; i <= 5; ++i)
-                before_restart = old.send("k", data("old" + std::to_string(i))).id;
+                before_restart = test::send(old, "k", data("old" + std::to_string(i))).id;
         }
         fake_registry now;  // the restarted process, same kind of ids, same positions
         for (int i = 1; i <= 7; ++i)
-            now.send("k", data("new" + std::to_string(i)));
+            test::send(now, "k", data("new" + std::to_string(i)));
         auto c = fake();
         auto r = now.attach("k", c, {.last_event_id = before_restart});
         CHECK(r.gap);
@@ -190,9 +190,9 @@ TEST_CASE("registry: generated ids never repeat across registries, foreign and d
     SECTION("an application id \"5\" does not meet the registry's own fifth")
     {
         fake_registry reg;
-        reg.send("k", {.id = "5", .data = "app"});  // position 1
+        test::send(reg, "k", {.id = "5", .data = "app"});  // position 1
         for (int i = 2; i <= 6; ++i)
-            reg.send("k", data("gen" + std::to_string(i)));
+            test::send(reg, "k", data("gen" + std::to_string(i)));
         auto c = fake();
         auto r = reg.attach("k", c, {.last_event_id = "5"});
         CHECK(r.resumed);
@@ -201,10 +201,10 @@ TEST_CASE("registry: generated ids never repeat across registries, foreign and d
     SECTION("duplicate application ids: the replay starts after the oldest (a duplicate, not a loss)")
     {
         fake_registry reg;
-        reg.send("k", {.id = "dup", .data = "first"});
-        reg.send("k", data("between"));
-        reg.send("k", {.id = "dup", .data = "second"});
-        reg.send("k", data("after"));
+        test::send(reg, "k", {.id = "dup", .data = "first"});
+        test::send(reg, "k", data("between"));
+        test::send(reg, "k", {.id = "dup", .data = "second"});
+        test::send(reg, "k", data("after"));
         auto c = fake();
         auto r = reg.attach("k", c, {.last_event_id = "dup"});
         CHECK(r.resumed);
@@ -219,18 +219,19 @@ TEST_CASE("registry: an event over max_event_bytes is rejected, an emitter that 
     fake_registry reg({.max_event_bytes = 100});
     auto c = fake();
     reg.attach("k", c);
-    auto big = reg.send("k", data(std::string(200, 'x')));
+    auto big = test::send(reg, "k", data(std::string(200, 'x')));
     CHECK(big.error == ssepp::errc::event_too_large);
     CHECK(big.connections == 0);
-    CHECK(!reg.broadcast(data(std::string(200, 'x'))));
+    CHECK(!test::broadcast(reg, data(std::string(200, 'x'))));
     CHECK(c->frames().empty());
     CHECK(!reg.contains("other"));
-    CHECK(reg.send("k", data("small")));
+    CHECK(test::send(reg, "k", data("small")));
     CHECK(c->data() == strings{"small"});  // positions not consumed, the stream still open
 
     asio::io_context io;
     ssepp::registry real;  // max_event_bytes 64 KiB by default
-    auto tiny = ssepp::make_emitter(asio::ip::tcp::socket(io), {.max_queued_bytes = 16 << 10});
+    ssepp::http_body body(asio::ip::tcp::socket(io, asio::ip::tcp::v4()));  // open: GCC 12 warns on moving a never-opened socket
+    auto tiny = ssepp::make_emitter(std::move(body), {.max_queued_bytes = 16 << 10});
     CHECK_THROWS_AS(real.attach("k", tiny), std::invalid_argument);
     CHECK(real.size() == 0);
 }
@@ -238,12 +239,12 @@ TEST_CASE("registry: an event over max_event_bytes is rejected, an emitter that 
 TEST_CASE("registry: history_options::max_age drops old events from replays", "[registry]")
 {
     fake_registry reg({.max_age = 100ms});
-    reg.send("k", data("old"));
-    reg.broadcast(data("old broadcast"));
+    test::send(reg, "k", data("old"));
+    test::broadcast(reg, data("old broadcast"));
     const auto sent = test::clock::now();
     // Wait until the first events are past their age (a bound, not a guess: the clock decides).
     REQUIRE(test::eventually([&] { return test::clock::now() - sent > 150ms; }, 2s, 10ms));
-    reg.send("k", data("new"));
+    test::send(reg, "k", data("new"));
     auto c = fake();
     auto r = reg.attach("k", c);
     CHECK(c->data() == strings{"new"});
@@ -256,7 +257,7 @@ TEST_CASE("registry: attach_options::prefix goes out after on_gap, before the re
           "[registry]")
 {
     fake_registry reg;
-    reg.send("k", data("local1"));
+    test::send(reg, "k", data("local1"));
     auto c = fake();
     std::vector<ssepp::shared_frame> prefix{ssepp::make_raw_frame("data: shared1\n\n"), nullptr,
                                             ssepp::make_raw_frame("data: shared2\n\n")};
@@ -264,7 +265,7 @@ TEST_CASE("registry: attach_options::prefix goes out after on_gap, before the re
                         {.last_event_id = "unknown", .on_gap = ssepp::event{.data = "gap"}, .prefix = prefix});
     CHECK(r.gap);
     CHECK(r.replayed == 1);
-    reg.send("k", data("live"));
+    test::send(reg, "k", data("live"));
     CHECK(c->data() == strings{"gap", "shared1", "shared2", "local1", "live"});
 }
 
@@ -273,7 +274,7 @@ TEST_CASE("registry: a replay beyond the queue bound is fed as the connection dr
     fake_registry reg({.max_events = 100, .max_bytes = 1 << 20, .max_event_bytes = 1000});
     const std::string payload(290, 'x');  // frames of 300 bytes ("data: " + 290 + "\n\n" + ...)
     for (int i = 0; i < 10; ++i)
-        reg.send("k", data(std::to_string(i) + payload.substr(1)));
+        test::send(reg, "k", data(std::to_string(i) + payload.substr(1)));
     const auto frame_size = ssepp::format({.id = reg.last_id("k"), .data = "0" + payload.substr(1)}).size();
 
     SECTION("in order, a bound at a time, the live events after it, one drain request per drain")
@@ -285,7 +286,7 @@ TEST_CASE("registry: a replay beyond the queue bound is fed as the connection dr
         const auto per_bound = 1000 / frame_size;
         CHECK(c->frames().size() == per_bound);
         CHECK(c->queued_bytes() <= 1000);
-        reg.send("k", data("live1"));  // behind the replay
+        test::send(reg, "k", data("live1"));  // behind the replay
         int drains = 0;
         while (c->frames().size() < 11 && drains < 20) {
             c->drain();
@@ -293,7 +294,7 @@ TEST_CASE("registry: a replay beyond the queue bound is fed as the connection dr
             CHECK(c->queued_bytes() <= 1000);
         }
         CHECK(c->drain_requests() <= drains + 1);  // attach, the live send, one per drain: no busy loop
-        reg.send("k", data("live2"));            // caught up: straight to the connection
+        test::send(reg, "k", data("live2"));            // caught up: straight to the connection
         const auto d = c->data();
         REQUIRE(d.size() == 12);
         for (int i = 0; i < 10; ++i)
@@ -306,7 +307,7 @@ TEST_CASE("registry: a replay beyond the queue bound is fed as the connection dr
     {
         fake_registry big({.max_event_bytes = 1000});
         for (int i = 0; i < 4; ++i)
-            big.send("k", data(std::string(600, 'y')));
+            test::send(big, "k", data(std::string(600, 'y')));
         auto c = fake();
         c->hold(1000);
         big.attach("k", c);
@@ -320,7 +321,7 @@ TEST_CASE("registry: a replay beyond the queue bound is fed as the connection dr
         CHECK(c->drain_requests() == 4);
         // So a live event still goes through the feed instead of overflowing a client that
         // keeps up (found in CI: a live send right after the replay met the overflow policy).
-        CHECK(big.send("k", data(std::string(600, 'l'))).connections == 1);
+        CHECK(test::send(big, "k", data(std::string(600, 'l'))).connections == 1);
         CHECK(!c->overflowed());
         c->drain();
         CHECK(c->frames().size() == 5);
@@ -332,7 +333,7 @@ TEST_CASE("registry: a replay beyond the queue bound is fed as the connection dr
         c->hold(1000);
         reg.attach("k", c);
         int taken = 0;
-        while (taken < 100 && reg.send("k", data(payload)).connections == 1)
+        while (taken < 100 && test::send(reg, "k", data(payload)).connections == 1)
             ++taken;
         CHECK(taken * frame_size <= 1000 + frame_size);
         CHECK(c->overflowed());
@@ -358,9 +359,9 @@ TEST_CASE("registry: history is bounded by count and by bytes", "[registry]")
     {
         fake_registry reg({.max_events = 3});
         for (int i = 1; i <= 5; ++i)
-            reg.send("k", data(std::to_string(i)));
+            test::send(reg, "k", data(std::to_string(i)));
         for (int i = 1; i <= 5; ++i)
-            reg.broadcast(data("b" + std::to_string(i)));
+            test::broadcast(reg, data("b" + std::to_string(i)));
         auto c = fake();
         auto r = reg.attach("k", c);
         CHECK(r.replayed == 6);
@@ -372,7 +373,7 @@ TEST_CASE("registry: history is bounded by count and by bytes", "[registry]")
         // "id: N\ndata: " + 90 bytes + "\n\n": 104 bytes each; three fit in 350.
         fake_registry reg({.max_events = 100, .max_bytes = 350});
         for (int i = 1; i <= 6; ++i)
-            reg.send("k", {.id = std::to_string(i), .data = std::string(90, 'x')});
+            test::send(reg, "k", {.id = std::to_string(i), .data = std::string(90, 'x')});
         auto c = fake();
         reg.attach("k", c);
         const auto ev = c->events();
@@ -383,8 +384,8 @@ TEST_CASE("registry: history is bounded by count and by bytes", "[registry]")
     SECTION("an event larger than max_bytes is still kept, alone")
     {
         fake_registry reg({.max_events = 100, .max_bytes = 64});
-        reg.send("k", data("small"));
-        reg.send("k", data(std::string(200, 'y')));
+        test::send(reg, "k", data("small"));
+        test::send(reg, "k", data(std::string(200, 'y')));
         auto c = fake();
         reg.attach("k", c);
         REQUIRE(c->data().size() == 1);
@@ -393,12 +394,12 @@ TEST_CASE("registry: history is bounded by count and by bytes", "[registry]")
     SECTION("max_events 0 keeps nothing, and no empty key entry")
     {
         fake_registry reg({.max_events = 0});
-        reg.send("k", data("1"));
+        test::send(reg, "k", data("1"));
         CHECK(!reg.contains("k"));
         auto c = fake();
         reg.attach("k", c);
         CHECK(c->frames().empty());
-        reg.send("k", data("2"));
+        test::send(reg, "k", data("2"));
         CHECK(c->data() == strings{"2"});
         c->close();
         CHECK(!reg.contains("k"));
@@ -410,12 +411,12 @@ TEST_CASE("registry: Last-Event-ID resumes after that event, merged across keys"
 {
     fake_registry reg({.max_events = 4, .id_epoch = "e"});
     const auto ab = keys({"a", "b"});
-    reg.send("a", data("a1"));               // 1
-    reg.send("b", data("b1"));               // 2
-    reg.broadcast(data("x1"));               // 3
-    reg.send("a", {.id = "own", .data = "a2"});  // 4
-    reg.send("c", data("c1"));               // 5 (another key)
-    reg.send("b", data("b2"));               // 6
+    test::send(reg, "a", data("a1"));               // 1
+    test::send(reg, "b", data("b1"));               // 2
+    test::broadcast(reg, data("x1"));               // 3
+    test::send(reg, "a", {.id = "own", .data = "a2"});  // 4
+    test::send(reg, "c", data("c1"));               // 5 (another key)
+    test::send(reg, "b", data("b2"));               // 6
 
     SECTION("from the middle, then live")
     {
@@ -424,8 +425,8 @@ TEST_CASE("registry: Last-Event-ID resumes after that event, merged across keys"
         CHECK(r.resumed);
         CHECK(!r.gap);
         CHECK(r.replayed == 4);
-        reg.send("a", data("a3"));
-        reg.send("c", data("c2"));
+        test::send(reg, "a", data("a3"));
+        test::send(reg, "c", data("c2"));
         CHECK(c->data() == strings{"b1", "x1", "a2", "b2", "a3"});
         // ids as sent: assigned positions, the application's own kept
         const auto ev = c->events();
@@ -479,7 +480,7 @@ TEST_CASE("registry: Last-Event-ID resumes after that event, merged across keys"
     SECTION("an evicted id: gap")
     {
         for (int i = 0; i < 4; ++i)
-            reg.send("a", data("more"));  // evicts a1 (id 1) and own (4)
+            test::send(reg, "a", data("more"));  // evicts a1 (id 1) and own (4)
         auto c = fake();
         auto r = reg.attach("a", c, {.last_event_id = id(1), .on_gap = ssepp::event{.data = "gap"}});
         CHECK(r.gap);
@@ -488,7 +489,7 @@ TEST_CASE("registry: Last-Event-ID resumes after that event, merged across keys"
     SECTION("the id is retained in one key but events after it were evicted from another: gap")
     {
         for (int i = 0; i < 4; ++i)
-            reg.send("b", data("b" + std::to_string(i + 3)));  // b: 7..10; b2 (6) evicted
+            test::send(reg, "b", data("b" + std::to_string(i + 3)));  // b: 7..10; b2 (6) evicted
         auto c = fake();
         auto r = reg.attach(std::span<const std::string>(ab), c,
                             {.last_event_id = "own", .on_gap = ssepp::event{.data = "gap"}});
@@ -499,7 +500,7 @@ TEST_CASE("registry: Last-Event-ID resumes after that event, merged across keys"
     SECTION("evictions before the id are no gap")
     {
         for (int i = 0; i < 4; ++i)
-            reg.send("a", data("a" + std::to_string(i + 3)));  // evicts a1 (1) and own (4)
+            test::send(reg, "a", data("a" + std::to_string(i + 3)));  // evicts a1 (1) and own (4)
         auto c = fake();
         auto r = reg.attach(std::span<const std::string>(ab), c, {.last_event_id = id(6)});
         CHECK(r.resumed);
@@ -515,8 +516,8 @@ TEST_CASE("registry: replay policies without Last-Event-ID", "[registry]")
 
     SECTION("all: a late subscriber gets everything retained")
     {
-        reg.send("job", data("10%"));
-        reg.send("job", data("50%"));
+        test::send(reg, "job", data("10%"));
+        test::send(reg, "job", data("50%"));
         auto c = fake();
         auto r = reg.attach("job", c, {.otherwise = replay::all});
         CHECK(r.replayed == 2);
@@ -525,35 +526,35 @@ TEST_CASE("registry: replay policies without Last-Event-ID", "[registry]")
     }
     SECTION("none: live events only")
     {
-        reg.send("ticker", data("old"));
-        reg.broadcast(data("old broadcast"));
+        test::send(reg, "ticker", data("old"));
+        test::broadcast(reg, data("old broadcast"));
         auto c = fake();
         auto r = reg.attach("ticker", c, {.otherwise = replay::none});
         CHECK(r.replayed == 0);
-        reg.send("ticker", data("new"));
+        test::send(reg, "ticker", data("new"));
         CHECK(c->data() == strings{"new"});
     }
     SECTION("undelivered: what was sent while the user was offline, once")
     {
         const ssepp::attach_options undelivered{.otherwise = replay::undelivered};
-        reg.send("user", data("n1"));
-        reg.send("user", data("n2"));
+        test::send(reg, "user", data("n1"));
+        test::send(reg, "user", data("n2"));
         auto c1 = fake();
         auto r = reg.attach("user", c1, undelivered);
         CHECK(r.replayed == 2);
         CHECK(!r.gap);
         CHECK(c1->data() == strings{"n1", "n2"});
-        reg.send("user", data("n3"));  // delivered live
+        test::send(reg, "user", data("n3"));  // delivered live
         c1->close();
-        reg.send("user", data("n4"));  // offline
-        reg.send("other", data("o1"));
+        test::send(reg, "user", data("n4"));  // offline
+        test::send(reg, "other", data("o1"));
         auto c2 = fake();
         reg.attach("user", c2, undelivered);
         CHECK(c2->data() == strings{"n4"});
         // A second tab opening while the first is online gets nothing old.
         auto c3 = fake();
         CHECK(reg.attach("user", c3, undelivered).replayed == 0);
-        reg.send("user", data("n5"));
+        test::send(reg, "user", data("n5"));
         CHECK(c2->data() == strings{"n4", "n5"});
         CHECK(c3->data() == strings{"n5"});
         // Nor does the next connection after everyone left.
@@ -567,9 +568,9 @@ TEST_CASE("registry: replay policies without Last-Event-ID", "[registry]")
         const ssepp::attach_options undelivered{.otherwise = replay::undelivered};
         auto c1 = fake();
         reg.attach("user", c1, undelivered);
-        reg.send("user", data("n1"));
-        CHECK(reg.close("user") == 1);  // c1 completes: it refuses what follows
-        CHECK(reg.send("user", data("n2")).connections == 0);
+        test::send(reg, "user", data("n1"));
+        CHECK(reg.complete("user") == 1);  // c1 completes: it refuses what follows
+        CHECK(test::send(reg, "user", data("n2")).connections == 0);
         c1->close();
         auto c2 = fake();
         auto r = reg.attach("user", c2, undelivered);
@@ -581,8 +582,8 @@ TEST_CASE("registry: replay policies without Last-Event-ID", "[registry]")
         const ssepp::attach_options undelivered{.otherwise = replay::undelivered};
         auto a_tab = fake();
         reg.attach("a", a_tab, undelivered);
-        reg.send("b", data("b1"));  // b offline
-        reg.send("a", data("a1"));  // delivered to a_tab, after b1
+        test::send(reg, "b", data("b1"));  // b offline
+        test::send(reg, "a", data("a1"));  // delivered to a_tab, after b1
         const auto ab = keys({"a", "b"});
         auto c = fake();
         auto r = reg.attach(std::span<const std::string>(ab), c, undelivered);
@@ -592,12 +593,12 @@ TEST_CASE("registry: replay policies without Last-Event-ID", "[registry]")
     SECTION("undelivered: broadcasts sent while offline arrive, broadcasts received do not again")
     {
         const ssepp::attach_options undelivered{.otherwise = replay::undelivered};
-        reg.send("user", data("own"));  // the key has a history, so it is remembered
+        test::send(reg, "user", data("own"));  // the key has a history, so it is remembered
         auto c1 = fake();
         reg.attach("user", c1, undelivered);
-        reg.broadcast(data("while online"));
+        test::broadcast(reg, data("while online"));
         c1->close();
-        reg.broadcast(data("while offline"));
+        test::broadcast(reg, data("while offline"));
         auto c2 = fake();
         reg.attach("user", c2, undelivered);
         CHECK(c2->data() == strings{"while offline"});
@@ -608,11 +609,11 @@ TEST_CASE("registry: replay policies without Last-Event-ID", "[registry]")
         const ssepp::attach_options undelivered{.otherwise = replay::undelivered};
         auto c1 = fake();
         reg.attach("user", c1, undelivered);
-        reg.broadcast(data("while online"));
+        test::broadcast(reg, data("while online"));
         c1->close();
         CHECK(!reg.contains("user"));
         CHECK(reg.key_count() == 0);
-        reg.broadcast(data("while offline"));
+        test::broadcast(reg, data("while offline"));
         auto c2 = fake();
         reg.attach("user", c2, undelivered);
         CHECK(c2->data() == strings{"while online", "while offline"});
@@ -621,16 +622,16 @@ TEST_CASE("registry: replay policies without Last-Event-ID", "[registry]")
     {
         fake_registry small({.max_events = 2});
         for (int i = 1; i <= 4; ++i)
-            small.send("user", data("n" + std::to_string(i)));
+            test::send(small, "user", data("n" + std::to_string(i)));
         auto c = fake();
         auto r = small.attach("user", c,
                               {.otherwise = replay::undelivered, .on_gap = ssepp::event{.data = "gap"}});
         CHECK(r.gap);
         CHECK(c->data() == strings{"gap", "n3", "n4"});
         // Evictions of what was delivered are no gap.
-        small.send("user", data("n5"));
-        small.send("user", data("n6"));
-        small.send("user", data("n7"));
+        test::send(small, "user", data("n5"));
+        test::send(small, "user", data("n6"));
+        test::send(small, "user", data("n7"));
         c->close();
         auto c2 = fake();
         auto r2 = small.attach("user", c2, {.otherwise = replay::undelivered});
@@ -646,7 +647,7 @@ TEST_CASE("registry: delivered_id and mark_delivered carry what was written betw
     CHECK(!reg.delivered_id("user"));
     CHECK(!reg.mark_delivered("user", [](std::string_view) { return true; }));  // nothing retained
     for (const auto* id : {"1-0", "2-0", "3-0", "4-0"})
-        reg.send("user", {.id = id, .data = id});
+        test::send(reg, "user", {.id = id, .data = id});
     CHECK(!reg.delivered_id("user"));  // no connection wrote anything yet
 
     // Another process says its connections wrote through 2-0: undelivered starts after it.
@@ -674,8 +675,8 @@ TEST_CASE("registry: finish sends the outcome, completes, lingers, then forgets"
     fake_registry reg({.finished_linger = 100ms, .id_epoch = "e"});
     auto live = fake();
     reg.attach("job", live);
-    reg.send("job", data("50%"));
-    auto r = reg.finish("job", {.event = "complete", .data = "done"});
+    test::send(reg, "job", data("50%"));
+    auto r = test::finish(reg, "job", {.event = "complete", .data = "done"});
     REQUIRE(r);
     CHECK(r.connections == 1);
     CHECK(r.id == id(2));
@@ -684,8 +685,8 @@ TEST_CASE("registry: finish sends the outcome, completes, lingers, then forgets"
     CHECK(reg.finished("job"));
     CHECK(reg.last_id("job") == id(2));
 
-    CHECK(reg.send("job", data("late")).error == ssepp::errc::closed);
-    CHECK(reg.finish("job", data("again")).error == ssepp::errc::closed);
+    CHECK(test::send(reg, "job", data("late")).error == ssepp::errc::closed);
+    CHECK(test::finish(reg, "job", data("again")).error == ssepp::errc::closed);
     live->close();
 
     // A client arriving during the linger gets the replay and the outcome, then is completed.
@@ -712,15 +713,15 @@ TEST_CASE("registry: finish sends the outcome, completes, lingers, then forgets"
     CHECK(!f.finished);
     CHECK(f.replayed == 0);
     CHECK(!fresh->completed());
-    CHECK(reg.send("job", data("new run")));
+    CHECK(test::send(reg, "job", data("new run")));
     CHECK(fresh->data() == strings{"new run"});
 }
 
 TEST_CASE("registry: finish retains the outcome even when no history is kept", "[registry]")
 {
     fake_registry reg({.max_events = 0, .finished_linger = 10s});
-    reg.send("job", data("progress"));
-    reg.finish("job", {.event = "error", .data = "failed"});
+    test::send(reg, "job", data("progress"));
+    test::finish(reg, "job", {.event = "error", .data = "failed"});
     auto late = fake();
     auto r = reg.attach("job", late);
     CHECK(r.finished);
@@ -734,20 +735,20 @@ TEST_CASE("registry: finish and connections under several keys", "[registry]")
     const auto ks = keys({"job", "user"});
     auto c = fake();
     reg.attach(std::span<const std::string>(ks), c);
-    reg.finish("job", data("job done"));
+    test::finish(reg, "job", data("job done"));
     CHECK(!c->completed());  // still under "user"
-    CHECK(reg.send("user", data("hi")).connections == 1);
+    CHECK(test::send(reg, "user", data("hi")).connections == 1);
 
     SECTION("completed once its last key is finished")
     {
-        reg.finish("user", data("bye"));
+        test::finish(reg, "user", data("bye"));
         CHECK(c->completed());
         CHECK(c->data() == strings{"job done", "hi", "bye"});
     }
     SECTION("even when the first key's linger ran out in between")
     {
         CHECK(test::eventually([&] { return !reg.finished("job"); }, 2s));
-        reg.finish("user", data("bye"));
+        test::finish(reg, "user", data("bye"));
         CHECK(c->completed());
     }
     SECTION("attaching under a finished and a live key stays open")
@@ -757,7 +758,7 @@ TEST_CASE("registry: finish and connections under several keys", "[registry]")
         CHECK(!r.finished);
         CHECK(!d->completed());
         CHECK(d->data() == strings{"job done", "hi"});
-        reg.finish("user", data("bye"));
+        test::finish(reg, "user", data("bye"));
         CHECK(d->completed());
     }
 }
@@ -767,13 +768,13 @@ TEST_CASE("registry: a key finished again after erase lingers for its own time",
     const auto linger = 600ms;
     fake_registry reg({.finished_linger = linger});
     const auto t0 = test::clock::now();
-    reg.finish("job", data("first"));
+    test::finish(reg, "job", data("first"));
     reg.erase("job");
     CHECK(!reg.contains("job"));
     CHECK(!reg.finished("job"));
     std::this_thread::sleep_until(t0 + linger / 2);
     const auto t2 = test::clock::now();
-    reg.finish("job", data("second"));
+    test::finish(reg, "job", data("second"));
     // Past the first finish's linger, within the second's.
     std::this_thread::sleep_until(t0 + linger + 20ms);
     const bool in_window = test::clock::now() < t2 + linger;
@@ -789,9 +790,9 @@ TEST_CASE("registry: close(key) and erase(key)", "[registry]")
     reg.attach("a", a1);
     reg.attach("a", a2);
     reg.attach("b", b);
-    reg.send("a", data("1"));
-    CHECK(reg.close("a") == 2);
-    CHECK(reg.close("nobody") == 0);
+    test::send(reg, "a", data("1"));
+    CHECK(reg.complete("a") == 2);
+    CHECK(reg.complete("nobody") == 0);
     CHECK(a1->completed());
     CHECK(a2->completed());
     CHECK(!b->completed());
@@ -822,17 +823,17 @@ TEST_CASE("registry: connections leave by themselves, empty keys disappear", "[r
     c2->close();  // from the middle of the list
     CHECK(reg.size() == 2);
     CHECK(!reg.contains("y"));  // no connections and no history
-    CHECK(reg.broadcast(data("b")).connections == 2);
+    CHECK(test::broadcast(reg, data("b")).connections == 2);
     CHECK(c1->data() == strings{"b"});
     CHECK(c3->data() == strings{"b"});
     CHECK(c2->frames().empty());
-    reg.send("x", data("kept"));
+    test::send(reg, "x", data("kept"));
     c1->close();
     CHECK(reg.contains("x"));  // history keeps it
     c3->close();
     CHECK(reg.size() == 0);
     CHECK(!reg.contains("z"));
-    CHECK(reg.broadcast(data("to nobody")).connections == 0);
+    CHECK(test::broadcast(reg, data("to nobody")).connections == 0);
 }
 
 TEST_CASE("registry: destroyed while connections are open", "[registry]")
@@ -843,7 +844,7 @@ TEST_CASE("registry: destroyed while connections are open", "[registry]")
         reg.attach("a", c1);
         const auto ks = keys({"a", "b"});
         reg.attach(std::span<const std::string>(ks), c2);
-        reg.send("a", data("1"));
+        test::send(reg, "a", data("1"));
     }
     CHECK(c1->completed());
     CHECK(c2->completed());
@@ -888,7 +889,7 @@ TEST_CASE("registry: no key entry outlives its use", "[registry]")
         for (int i = 0; i < 50; ++i) {
             auto c = fake();
             reg.attach(counted_key("user" + std::to_string(i)), c, undelivered);
-            reg.send("user" + std::to_string(i % 7), data("x"));  // some keys get a history
+            test::send(reg, "user" + std::to_string(i % 7), data("x"));  // some keys get a history
             c->close();
         }
         CHECK(counted_key::live == 7);  // the seven keys with history
@@ -898,11 +899,11 @@ TEST_CASE("registry: no key entry outlives its use", "[registry]")
     }
     SECTION("retained broadcasts keep no key alive (issue 16: 100k keys once stayed forever)")
     {
-        reg.broadcast(data("retained"));
+        test::broadcast(reg, data("retained"));
         for (int i = 0; i < 2000; ++i) {
             auto c = fake();
             reg.attach(counted_key("user" + std::to_string(i)), c, undelivered);
-            reg.broadcast(data("b"));
+            test::broadcast(reg, data("b"));
             c->close();
         }
         CHECK(reg.key_count() == 0);
@@ -912,15 +913,15 @@ TEST_CASE("registry: no key entry outlives its use", "[registry]")
     SECTION("finished keys are forgotten after the linger")
     {
         for (int i = 0; i < 20; ++i)
-            reg.finish("job" + std::to_string(i), data("done"));
+            test::finish(reg, "job" + std::to_string(i), data("done"));
         CHECK(counted_key::live == 40);  // entries and linger queue
         CHECK(test::eventually([&] { return !reg.contains("job19"); }, 2s));
         CHECK(counted_key::live == 0);
     }
     SECTION("a rejected event leaves nothing")
     {
-        CHECK(!reg.send("k", {.id = "a\nb", .data = "x"}));
-        CHECK(!reg.finish("k", {.id = "a\nb", .data = "x"}));
+        CHECK(!test::send(reg, "k", {.id = "a\nb", .data = "x"}));
+        CHECK(!test::finish(reg, "k", {.id = "a\nb", .data = "x"}));
         CHECK(counted_key::live == 0);
     }
 }
@@ -974,7 +975,7 @@ TEST_CASE("registry: random operations agree with a model", "[registry]")
         std::size_t expected_n = 0;  // the connections not completed take it
         for (auto& c : conns)
             expected_n += c.attached && !c.completed && (key.empty() || c.keys.contains(key));
-        const auto r = key.empty() ? reg.broadcast(e) : fin ? reg.finish(key, e) : reg.send(key, e);
+        const auto r = key.empty() ? test::broadcast(reg, e) : fin ? test::finish(reg, key, e) : test::send(reg, key, e);
         if (!key.empty() && finished.contains(key)) {
             CHECK(r.error == ssepp::errc::closed);
             return;
@@ -1081,7 +1082,7 @@ TEST_CASE("registry: attach with Last-Event-ID races publishers without gap or d
     for (int t = 0; t < threads; ++t)
         pubs.emplace_back([&, t] {
             for (int i = 0; i < per_thread; ++i) {
-                reg.send("k", data(std::to_string(t) + ":" + std::to_string(i)));
+                test::send(reg, "k", data(std::to_string(t) + ":" + std::to_string(i)));
                 if (i % 64 == 0)
                     std::this_thread::yield();
             }

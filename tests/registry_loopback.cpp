@@ -36,11 +36,11 @@ TEST_CASE("registry over sockets: a user's tabs all receive, close(key) and disc
     REQUIRE(test::eventually([&] { return reg.size() == 4; }));
     CHECK(reg.size("u1") == 3);
 
-    auto r = reg.send("u1", data("hello"));
+    auto r = test::send(reg, "u1", data("hello"));
     CHECK(r.connections == 3);
     CHECK(r.id == id(1));
-    CHECK(reg.send("u2", data("for u2")).connections == 1);
-    auto b = reg.broadcast({.event = "news", .data = "all"});
+    CHECK(test::send(reg, "u2", data("for u2")).connections == 1);
+    auto b = test::broadcast(reg, {.event = "news", .data = "all"});
     CHECK(b.connections == 4);
 
     for (auto* t : {&t1, &t2, &t3}) {
@@ -56,7 +56,7 @@ TEST_CASE("registry over sockets: a user's tabs all receive, close(key) and disc
     CHECK(other.events[1].data == "all");
 
     // close(key) completes that key's connections; they leave.
-    CHECK(reg.close("u1") == 3);
+    CHECK(reg.complete("u1") == 3);
     for (auto* t : {&t1, &t2, &t3}) {
         CHECK(t->read_to_eof());
         CHECK(t->events.size() == 2);
@@ -80,7 +80,7 @@ TEST_CASE("registry over sockets: a key with no connections and no history disap
         REQUIRE(test::eventually([&] { return reg.size() == 2; }));
         CHECK(reg.contains("solo"));
         CHECK(reg.contains("other"));
-        reg.send("solo", data("x"));
+        test::send(reg, "solo", data("x"));
         REQUIRE(c2.read_events(1));
     }  // both close (FIN)
     CHECK(test::eventually([&] { return reg.size() == 0; }));
@@ -93,12 +93,12 @@ TEST_CASE("registry over sockets: Last-Event-ID resumes, an unknown one gets on_
     test::registry_server srv;
     auto& reg = srv.reg();
     for (int i = 1; i <= 5; ++i)
-        reg.send("k", data("e" + std::to_string(i)));
+        test::send(reg, "k", data("e" + std::to_string(i)));
 
     test::client c(srv.port(), target("k"), test::last_event_id_header(id(2)));
     REQUIRE(c.read_events(3));
     REQUIRE(test::eventually([&] { return reg.size() == 1; }));
-    reg.send("k", data("e6"));
+    test::send(reg, "k", data("e6"));
     REQUIRE(c.read_events(4));
     CHECK(test::datas(c.events) == strings{"e3", "e4", "e5", "e6"});
     CHECK(c.parser.last_event_id() == id(6));
@@ -125,22 +125,22 @@ TEST_CASE("registry over sockets: undelivered notifications arrive on connect, o
     test::registry_server srv;
     auto& reg = srv.reg();
     const auto path = target("user", "undelivered");
-    reg.send("user", data("n1"));  // the user is offline
-    reg.send("user", data("n2"));
+    test::send(reg, "user", data("n1"));  // the user is offline
+    test::send(reg, "user", data("n2"));
     {
         test::client c(srv.port(), path);
         REQUIRE(c.read_events(2));
         CHECK(test::datas(c.events) == strings{"n1", "n2"});
         REQUIRE(test::eventually([&] { return reg.size() == 1; }));
-        reg.send("user", data("n3"));  // delivered live
+        test::send(reg, "user", data("n3"));  // delivered live
         REQUIRE(c.read_events(3));
     }
     REQUIRE(test::eventually([&] { return reg.size() == 0; }));
-    reg.send("user", data("n4"));  // offline again
+    test::send(reg, "user", data("n4"));  // offline again
     test::client c2(srv.port(), path);
     REQUIRE(c2.read_events(1));
     REQUIRE(test::eventually([&] { return reg.size() == 1; }));
-    reg.send("user", data("marker"));
+    test::send(reg, "user", data("marker"));
     REQUIRE(c2.read_events(2));
     CHECK(test::datas(c2.events) == strings{"n4", "marker"});
 }
@@ -151,8 +151,8 @@ TEST_CASE("registry over sockets: finish completes, lingers for late clients, th
     auto& reg = srv.reg();
     test::client live(srv.port(), target("job"));
     REQUIRE(test::eventually([&] { return reg.size() == 1; }));
-    reg.send("job", {.event = "progress", .data = "50"});
-    auto r = reg.finish("job", {.event = "complete", .data = "ok"});
+    test::send(reg, "job", {.event = "progress", .data = "50"});
+    auto r = test::finish(reg, "job", {.event = "complete", .data = "ok"});
     CHECK(r.connections == 1);
     REQUIRE(live.read_to_eof());
     CHECK(test::datas(live.events) == strings{"50", "ok"});
@@ -175,7 +175,7 @@ TEST_CASE("registry over sockets: finish completes, lingers for late clients, th
     REQUIRE(test::eventually([&] { return reg.size() == 1; }));
     CHECK(!srv.connections().at(3).result.finished);
     CHECK(srv.connections().at(3).result.replayed == 0);
-    reg.send("job", data("run 2"));
+    test::send(reg, "job", data("run 2"));
     REQUIRE(fresh.read_events(1));
     CHECK(fresh.events[0].data == "run 2");
     CHECK(!fresh.eof());
@@ -192,7 +192,7 @@ TEST_CASE("registry over sockets: ordering and exactly-once delivery with severa
     REQUIRE(test::eventually([&] { return reg.size() == 3; }));
 
     // Catch's assertions are not thread-safe: the publishers record, the test checks after.
-    std::vector<std::vector<ssepp::send_result>> results(threads);
+    std::vector<std::vector<test::sent>> results(threads);
     std::vector<std::thread> pubs;
     std::atomic<int> ready{0};
     for (int t = 0; t < threads; ++t)
@@ -201,7 +201,7 @@ TEST_CASE("registry over sockets: ordering and exactly-once delivery with severa
             while (ready < threads)
                 std::this_thread::yield();
             for (int i = 0; i < per_thread; ++i)
-                results[t].push_back(reg.send("k", data(std::to_string(t) + ":" + std::to_string(i))));
+                results[t].push_back(test::send(reg, "k", data(std::to_string(t) + ":" + std::to_string(i))));
         });
     for (auto& p : pubs)
         p.join();
@@ -265,7 +265,7 @@ TEST_CASE("registry over sockets: reconnecting with Last-Event-ID at random poin
             ssepp::event e{.data = key + std::to_string(i)};
             if (own_ids)
                 e.id = "ev-" + key + "-" + std::to_string(i);
-            reg.send(key, std::move(e));
+            test::send(reg, key, std::move(e));
             std::this_thread::sleep_for(200us);  // a publishing rate, not a wait
         }
         --running;
@@ -380,7 +380,7 @@ TEST_CASE("registry over sockets: a slow consumer is closed and leaves, the othe
                 return true;
             },
             2s);
-        CHECK(reg.send("feed", data(std::to_string(i) + " " + payload)));
+        CHECK(test::send(reg, "feed", data(std::to_string(i) + " " + payload)));
         if (auto e = slow_em.lock())
             slow_peak = std::max(slow_peak, e->queued_bytes());
     }
@@ -424,7 +424,7 @@ TEST_CASE("registry over sockets: a thousand connections on one io_context recei
     REQUIRE(test::eventually([&] { return reg.size() == n; }, 5s));
 
     for (int i = 0; i < broadcasts; ++i) {
-        auto r = reg.broadcast({.event = "tick", .data = std::to_string(i)});
+        auto r = test::broadcast(reg, {.event = "tick", .data = std::to_string(i)});
         REQUIRE(r.connections == n);
     }
     REQUIRE(pool.read_until([&](const test::client_pool::one& c) { return c.events.size() >= broadcasts; }, 5s));
@@ -450,8 +450,8 @@ TEST_CASE("registry over sockets: destroyed while connections are open", "[regis
     for (int i = 0; i < 3; ++i)
         clients.push_back(std::make_unique<test::client>(srv.port(), target(i == 0 ? "k,j" : "k")));
     REQUIRE(test::eventually([&] { return srv.reg().size() == 3; }));
-    srv.reg().send("k", data("a"));
-    srv.reg().broadcast(data("b"));
+    test::send(srv.reg(), "k", data("a"));
+    test::broadcast(srv.reg(), data("b"));
     srv.destroy_registry();
     // Each connection is completed: it gets what was queued, then the end of the stream.
     for (auto& c : clients) {
@@ -479,7 +479,7 @@ TEST_CASE("registry over sockets: a replay larger than the queue bound flows as 
     auto& reg = srv.reg();
     const std::string payload(2048, 'p');
     for (int i = 0; i < retained; ++i)
-        reg.send("job", data("r" + std::to_string(i) + " " + payload));
+        test::send(reg, "job", data("r" + std::to_string(i) + " " + payload));
 
     test::client c(srv.port(), target("job", "all", false, 16 << 10, "slow"), "", 32 << 10);
     REQUIRE(test::eventually([&] { return reg.size() == 1; }));
@@ -491,7 +491,7 @@ TEST_CASE("registry over sockets: a replay larger than the queue bound flows as 
     // A slow reader: a few events at a time, live events published in between.
     while (c.events.size() < std::size_t(retained + live) && test::clock::now() < deadline) {
         for (int i = 0; i < 5 && sent_live < live; ++i)
-            REQUIRE(reg.send("job", data("l" + std::to_string(sent_live++) + " " + payload)));
+            REQUIRE(test::send(reg, "job", data("l" + std::to_string(sent_live++) + " " + payload)));
         if (!c.read_events(std::min<std::size_t>(retained + live, c.events.size() + 20), 5s))
             break;
     }
@@ -518,12 +518,12 @@ TEST_CASE("registry over sockets: a client that stops reading during its replay 
     auto& reg = srv.reg();
     const std::string payload(1000, 'p');
     for (int i = 0; i < 300; ++i)
-        reg.send("feed", data(payload));
+        test::send(reg, "feed", data(payload));
     test::client stalled(srv.port(), target("feed", "all", false, 4096, "stalled"), "", 4096);
     REQUIRE(test::eventually([&] { return reg.size() == 1; }));
     // Publish until the connection refuses: its stream is ending.
     int published = 0;
-    while (published < 2000 && reg.send("feed", data(payload)).connections == 1)
+    while (published < 2000 && test::send(reg, "feed", data(payload)).connections == 1)
         ++published;
     // Within one queue bound of live events (1,0xx-byte frames), not the whole stream.
     CHECK(published <= int(bound / 1000));
@@ -543,7 +543,7 @@ TEST_CASE("registry over sockets: undelivered replays every event the previous c
     auto& reg = srv.reg();
     const std::string payload(1000, 'p');
     for (int i = 1; i <= offline; ++i)
-        reg.send("user", data(std::to_string(i) + " " + payload));
+        test::send(reg, "user", data(std::to_string(i) + " " + payload));
 
     test::client first(srv.port(), target("user", "undelivered", false, 8192, "first"), "", 16 << 10);
     REQUIRE(first.read_events(100));
@@ -568,7 +568,7 @@ TEST_CASE("registry over sockets: undelivered replays every event the previous c
     REQUIRE(test::eventually([&] { return srv.find("second")->closed.has_value(); }));
     test::client third(srv.port(), target("user", "undelivered", false, 0, "third"));
     REQUIRE(test::eventually([&] { return reg.size() == 1; }));
-    reg.send("user", data("marker"));
+    test::send(reg, "user", data("marker"));
     REQUIRE(third.read_events(1));
     CHECK(third.events[0].data == "marker");
 }

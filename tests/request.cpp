@@ -80,7 +80,7 @@ TEST_CASE("last_event_id reads what a real client sent over a socket", "[request
     test::server srv;
     test::collector<std::shared_ptr<ssepp::emitter>> ems;
     srv.serve([&](tcp::socket s, std::string head) {
-        auto em = ssepp::make_emitter(std::move(s));
+        auto em = ssepp::make_emitter(ssepp::http_body(std::move(s)));
         em->send({.event = "resume", .data = ssepp::last_event_id(head).value_or("(none)")});
         em->start();
         em->complete();

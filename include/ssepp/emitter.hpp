@@ -210,8 +210,8 @@ private:
         std::uint64_t seq = 0;  // 0: untagged
     };
     struct write_handler;
-    template <class Owner, std::size_t N>
-    friend void detail::watch_peer(const std::shared_ptr<Owner>&, std::array<char, N>&);
+    template <class Owner>
+    friend void detail::watch_peer(const std::shared_ptr<Owner>&);
 
     void enqueue_locked(shared_frame frame, std::uint64_t seq, std::error_code& ec);
     void kick_locked(bool force = false);
@@ -231,6 +231,7 @@ private:
     template <class F>
     bool with_transport(F f);
     void peer_left(std::error_code ec) { close_now(close_reason::client_gone, ec); }
+    auto& read_sink() noexcept { return read_sink_; }
     void expire();
     void heartbeat_due() noexcept override;
     void lifetime_expired() noexcept override;

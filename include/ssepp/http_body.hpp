@@ -128,7 +128,7 @@ public:
     static constexpr bool passes_reads_through = true;
 
     /// @throws std::invalid_argument as response_head() does.
-    explicit http_body(NextLayer next, const response_options& options = {})
+    explicit http_body(NextLayer&& next, const response_options& options = {})
         : next_(std::move(next)), head_(head_of(options)), chunked_(options.framing == body_framing::chunked)
     {
     }
@@ -248,6 +248,9 @@ private:
     bool chunked_;
     bool head_sent_ = false;
 };
+
+template <class NextLayer>
+http_body(NextLayer&&, const response_options& = {}) -> http_body<std::remove_cvref_t<NextLayer>>;
 
 } // namespace ssepp
 

@@ -255,7 +255,14 @@ public:
         return s.send_locked(key, std::move(e), ec);
     }
 
-    send_result send(const Key& key, event e) { return throwing(&basic_registry::send, key, std::move(e)); }
+    send_result send(const Key& key, event e)
+    {
+        std::error_code ec;
+        auto r = send(key, std::move(e), ec);
+        if (ec)
+            throw std::system_error(ec, "ssepp::basic_registry::send");
+        return r;
+    }
 
     /// Sends `e` as send() does, then completes, `void(std::error_code, send_result)`, once no
     /// connection of `key` has more than half its queue bound queued: a publisher that waits
@@ -318,7 +325,14 @@ public:
         return result;
     }
 
-    send_result finish(const Key& key, event last) { return throwing(&basic_registry::finish, key, std::move(last)); }
+    send_result finish(const Key& key, event last)
+    {
+        std::error_code ec;
+        auto r = finish(key, std::move(last), ec);
+        if (ec)
+            throw std::system_error(ec, "ssepp::basic_registry::finish");
+        return r;
+    }
 
     /// Completes every connection under `key` (each flushes what it has queued, then closes;
     /// a replay still being fed stops, and the client resumes it with its Last-Event-ID); the
@@ -496,16 +510,6 @@ private:
 
     // Room for one more element, so that linking a member in cannot throw; growing
     // geometrically (reserve(size() + 1) would reallocate, and copy, on every attach).
-    template <class Fn>
-    send_result throwing(Fn fn, const Key& key, event e)
-    {
-        std::error_code ec;
-        auto r = (this->*fn)(key, std::move(e), ec);
-        if (ec)
-            throw std::system_error(ec, "ssepp::basic_registry");
-        return r;
-    }
-
     template <class Vector>
     static void reserve_one(Vector& v)
     {

@@ -86,10 +86,7 @@ concept has_async_read_some = requires(T& t, asio::mutable_buffer b) {
 
 /// A stream with a closing handshake of its own: TLS's close_notify, http_body's last chunk.
 template <class T>
-concept has_async_shutdown = has_lowest_socket<T> && requires(T& t) {
-    t.async_shutdown([](std::error_code) {});
-    t.lowest_layer().cancel();
-};
+concept has_async_shutdown = requires(T& t) { t.async_shutdown([](std::error_code) {}); };
 
 /// Closes the transport (or its lowest layer); cancels its pending operations.
 template <transport T>

@@ -52,6 +52,29 @@ private:
 };
 
 /// Emitter options with no heartbeat and no write timeout: only what a test does is written.
+/// What an emitter's send() or enqueue() reported, for assertions: the error_code overloads.
+template <class Emitter>
+std::error_code send_ec(Emitter& em, const ssepp::event& e)
+{
+    std::error_code ec;
+    em.send(e, ec);
+    return ec;
+}
+template <class Emitter>
+std::error_code send_ec(Emitter& em, ssepp::shared_frame frame, std::uint64_t seq = 0)
+{
+    std::error_code ec;
+    em.enqueue(std::move(frame), seq, ec);
+    return ec;
+}
+template <class Emitter>
+std::error_code complete_ec(Emitter& em, const ssepp::event& last)
+{
+    std::error_code ec;
+    em.complete(last, ec);
+    return ec;
+}
+
 inline ssepp::emitter_options quiet()
 {
     ssepp::emitter_options o;

@@ -53,6 +53,33 @@ inline std::vector<std::string> datas(const std::vector<received>& events)
     return out;
 }
 
+/// A registry call's result and error together, for assertions: the error_code overloads.
+struct sent : ssepp::send_result {
+    std::error_code error;
+    explicit operator bool() const noexcept { return !error; }
+};
+template <class Registry>
+sent send(Registry& reg, const typename Registry::key_type& key, ssepp::event e)
+{
+    sent r;
+    static_cast<ssepp::send_result&>(r) = reg.send(key, std::move(e), r.error);
+    return r;
+}
+template <class Registry>
+sent broadcast(Registry& reg, ssepp::event e)
+{
+    sent r;
+    static_cast<ssepp::send_result&>(r) = reg.broadcast(std::move(e), r.error);
+    return r;
+}
+template <class Registry>
+sent finish(Registry& reg, const typename Registry::key_type& key, ssepp::event e)
+{
+    sent r;
+    static_cast<ssepp::send_result&>(r) = reg.finish(key, std::move(e), r.error);
+    return r;
+}
+
 /// An Emitter for basic_registry that records what it is given. Thread-safe. Close handlers
 /// run only when the test calls close(), never inside a registry call (as with the real one).
 class fake_emitter {
@@ -68,16 +95,22 @@ public:
     /// Every frame queued counts as written at once (written_seq()), unless hold() was
     /// called: then frames stay queued until drain(), and a frame that would pass the bound
     /// overflows and closes the fake, as overflow_policy::close does.
-    std::error_code send(ssepp::shared_frame frame, std::uint64_t seq = 0)
+    void enqueue(ssepp::shared_frame frame, std::uint64_t seq, std::error_code& ec)
     {
+        ec = {};
         std::lock_guard lock(mtx_);
-        if (closed_ || completed_)
-            return ssepp::errc::closed;
-        if (frame->size() > bound_)
-            return ssepp::errc::event_too_large;
+        if (closed_ || completed_) {
+            ec = ssepp::errc::closed;
+            return;
+        }
+        if (frame->size() > bound_) {
+            ec = ssepp::errc::event_too_large;
+            return;
+        }
         if (held_ && queued_ + frame->size() > bound_) {
             closed_ = overflowed_ = true;
-            return ssepp::errc::overflow;
+            ec = ssepp::errc::overflow;
+            return;
         }
         if (starts_ == 0)
             ++sent_before_start_;
@@ -88,7 +121,6 @@ public:
             written_seq_ = seq;
         }
         frames_.push_back(std::move(frame));
-        return {};
     }
 
     bool is_open() const
@@ -114,7 +146,7 @@ public:
     /// Kept until drain() or poll() finds the queue at most `threshold`; they run it on the
     /// test's thread, never inside a registry call.
     template <class Handler>
-    void on_drained(std::size_t threshold, Handler h)
+    void async_wait_drained(std::size_t threshold, Handler h)
     {
         std::lock_guard lock(mtx_);
         ++drain_requests_;
@@ -145,14 +177,14 @@ public:
     /// Runs the drained handler if the queue is low enough.
     void poll()
     {
-        std::function<void()> h;
+        std::function<void(std::error_code)> h;
         {
             std::lock_guard lock(mtx_);
             if (!drained_ || queued_ > drained_threshold_)
                 return;
             h = std::exchange(drained_, nullptr);
         }
-        h();
+        h({});
     }
     int drain_requests() const
     {
@@ -166,11 +198,11 @@ public:
     }
 
     /// Not used by the registry (it queues only frames); formats like basic_emitter.
-    std::error_code send(const ssepp::event& e)
+    void send(const ssepp::event& e, std::error_code& ec)
     {
-        std::error_code ec;
         auto frame = ssepp::make_frame(e, ec);
-        return ec ? ec : send(std::move(frame));
+        if (!ec)
+            enqueue(std::move(frame), 0, ec);
     }
 
     void complete()
@@ -240,7 +272,7 @@ private:
     std::size_t bound_ = std::size_t(1) << 30;
     std::size_t queued_ = 0;
     std::vector<std::uint64_t> queued_seqs_;
-    std::function<void()> drained_;
+    std::function<void(std::error_code)> drained_;
     std::size_t drained_threshold_ = 0;
     int drain_requests_ = 0;
     bool held_ = false;
@@ -378,7 +410,7 @@ private:
         std::lock_guard lock(mtx_);
         if (!reg_)
             return;
-        auto em = ssepp::make_emitter(std::move(s), opts_.emitter);
+        auto em = ssepp::make_emitter(ssepp::http_body(std::move(s)), opts_.emitter);
         const auto index = conns_.size();
         em->on_close([this, index](ssepp::close_reason r, std::error_code) {
             std::lock_guard l(mtx_);

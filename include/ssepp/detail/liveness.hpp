@@ -113,9 +113,10 @@ private:
 /// held; the client's bytes are drained and discarded), or a small read into `sink` on a
 /// layered stream. The pending operation lives as long as the connection, so it is allocated
 /// at its exact size. Owner: `bool with_transport(f)`, which calls `f(transport)` under its
-/// lock unless it is closing for good (then false), and `peer_left(std::error_code)`.
-template <class Owner, std::size_t N>
-void watch_peer(const std::shared_ptr<Owner>& owner, std::array<char, N>& sink)
+/// lock unless it is closing for good (then false), `peer_left(std::error_code)`, and
+/// `read_sink()`, a small buffer for layered streams.
+template <class Owner>
+void watch_peer(const std::shared_ptr<Owner>& owner)
 {
     using transport_type = typename Owner::transport_type;
     if constexpr (is_plain_socket<transport_type>) {
@@ -124,7 +125,7 @@ void watch_peer(const std::shared_ptr<Owner>& owner, std::array<char, N>& sink)
             t.lowest_layer().non_blocking(true, ec);
             t.lowest_layer().async_wait(
                 asio::socket_base::wait_read,
-                asio::bind_allocator(exact_allocator<void>(), [owner, &sink](std::error_code ec) {
+                asio::bind_allocator(exact_allocator<void>(), [owner](std::error_code ec) {
                     if (ec == asio::error::operation_aborted)
                         return;
                     bool again = false;
@@ -137,17 +138,17 @@ void watch_peer(const std::shared_ptr<Owner>& owner, std::array<char, N>& sink)
                         }))
                         return;
                     if (again)
-                        watch_peer(owner, sink);
+                        watch_peer(owner);
                     else
                         owner->peer_left(ec);
                 }));
         });
     } else if constexpr (has_async_read_some<transport_type>) {
         owner->with_transport([&](transport_type& t) {
-            t.async_read_some(asio::buffer(sink),
-                              asio::bind_allocator(exact_allocator<void>(), [owner, &sink](std::error_code ec, std::size_t) {
+            t.async_read_some(asio::buffer(owner->read_sink()),
+                              asio::bind_allocator(exact_allocator<void>(), [owner](std::error_code ec, std::size_t) {
                                   if (!ec)
-                                      watch_peer(owner, sink);
+                                      watch_peer(owner);
                                   else if (ec != asio::error::operation_aborted)
                                       owner->peer_left(ec);
                               }));
@@ -166,8 +167,10 @@ template <transport Transport, class Done>
 void close_gracefully(Transport& t, Done done)
 {
     if constexpr (has_async_shutdown<Transport>) {
-        std::error_code ec;
-        t.lowest_layer().cancel(ec);  // ends the peer watch's read: the handshake reads itself
+        if constexpr (has_lowest_socket<Transport>) {
+            std::error_code ec;
+            t.lowest_layer().cancel(ec);  // ends the peer watch's read: the handshake reads itself
+        }
         auto timer = std::make_shared<asio::steady_timer>(t.get_executor(), closing_handshake_timeout);
         timer->async_wait([done](std::error_code ec) {
             if (ec != asio::error::operation_aborted)

@@ -69,7 +69,8 @@ struct waiter {
 
     explicit waiter(kind k, std::uint64_t v) : value(v), what(k) {}
     // Runs or posts the handler with `ec`; the node is deleted by the caller afterwards.
-    virtual void complete(std::error_code ec) = 0;
+    // `owner` (the stream) is kept alive until a posted handler has run: it may rely on it.
+    virtual void complete(std::error_code ec, std::shared_ptr<const void> owner) = 0;
     virtual ~waiter() = default;
 
     static void destroy(waiter* head) noexcept
@@ -87,10 +88,10 @@ struct async_waiter final : waiter {
         : waiter(k, v), handler(std::move(h)), work(asio::get_associated_executor(handler, ex))
     {
     }
-    void complete(std::error_code ec) override
+    void complete(std::error_code ec, std::shared_ptr<const void> owner) override
     {
         auto ex = work.get_executor();
-        asio::post(ex, [h = std::move(handler), ec]() mutable { h(ec); });
+        asio::post(ex, [h = std::move(handler), ec, owner = std::move(owner)]() mutable { h(ec); });
         work.reset();
     }
     Handler handler;
@@ -101,7 +102,7 @@ struct async_waiter final : waiter {
 template <class F>
 struct direct_waiter final : waiter {
     explicit direct_waiter(F fn) : waiter(kind::timeout, 0), f(std::move(fn)) {}
-    void complete(std::error_code ec) override
+    void complete(std::error_code ec, std::shared_ptr<const void>) override
     {
         if (!ec)
             f();

@@ -72,7 +72,7 @@ void basic_emitter<T>::start()
     started_ = true;
     start_liveness(get_executor());
     kick_locked(state_ == state::closing);
-    asio::post(get_executor(), [self = this->shared_from_this()] { detail::watch_peer(self, self->read_sink_); });
+    asio::post(get_executor(), [self = this->shared_from_this()] { detail::watch_peer(self); });
 }
 
 // -- Sending ----------------------------------------------------------------------------------
@@ -256,11 +256,11 @@ void basic_emitter<T>::add_waiter(detail::waiter* w)
     if (w->what == kind::flushed)
         w->value = enqueued_;
     if (state_ >= state::aborting || (w->what == kind::timeout && state_ != state::open)) {
-        w->complete(errc::closed);
+        w->complete(errc::closed, this->weak_from_this().lock());
         return;
     }
     if (w->what != kind::timeout && ready_locked(*w)) {
-        w->complete({});
+        w->complete({}, this->weak_from_this().lock());
         return;
     }
     w->next = waiters_;
@@ -287,7 +287,7 @@ void basic_emitter<T>::settle_waiters_locked()
         }
         *link = w->next;
         std::unique_ptr<detail::waiter> owned(w);
-        w->complete({});
+        w->complete({}, this->weak_from_this().lock());
     }
 }
 
@@ -508,7 +508,13 @@ void basic_emitter<T>::finish()
     if (state_ != state::closing || finishing_)
         return;
     finishing_ = true;
-    detail::close_gracefully(transport_, [self = this->shared_from_this()] { self->close_now(close_reason::completed, {}); });
+    auto done = [self = this->shared_from_this()] { self->close_now(close_reason::completed, {}); };
+    // A stream whose lifetime ran out ends without the closing handshake (no last chunk, no
+    // close_notify): its client can tell it from one that completed.
+    if (reason_ == close_reason::timeout)
+        asio::post(get_executor(), std::move(done));
+    else
+        detail::close_gracefully(transport_, std::move(done));
 }
 
 // Runs on the executor: closes the transport, completes the waiters and calls the close
@@ -547,7 +553,7 @@ void basic_emitter<T>::close_now(close_reason reason, std::error_code ec)
     stop_liveness();
     while (waiters) {
         std::unique_ptr<detail::waiter> w(std::exchange(waiters, waiters->next));
-        w->complete(errc::closed);
+        w->complete(errc::closed, this->weak_from_this().lock());
     }
     detail::close_node::invoke_all(handlers, reason, ec);
 }
@@ -618,7 +624,7 @@ void basic_emitter<T>::expire()
     }
     while (handlers) {  // in the order added: the list was newest first, this one is reversed
         std::unique_ptr<detail::waiter> w(std::exchange(handlers, handlers->next));
-        w->complete({});
+        w->complete({}, nullptr);
     }
     std::lock_guard lock(mtx_);
     end_locked(close_reason::timeout, errc::timeout);
