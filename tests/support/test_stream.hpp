@@ -3,7 +3,8 @@
 // string, and the test plays the network: a write that fails after N (fail_after), writes
 // that take only part of what they are offered (write_cap), writes that wait until released
 // (stall), a peer that leaves (leave). Every completion is posted to the stream's executor,
-// never run inline, as Asio's own streams do; a held operation keeps its context busy (run()
+// never run inline, as Asio's own streams do (a handler's associated executor is not
+// consulted: the emitter's handlers have none); a held operation keeps its context busy (run()
 // does not return while a write is stalled), and the context's destruction frees it, as a
 // socket's does.
 #pragma once
