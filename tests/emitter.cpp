@@ -8,6 +8,7 @@
 #include <asio/local/connect_pair.hpp>
 #include <asio/local/stream_protocol.hpp>
 #include <asio/strand.hpp>
+#include <asio/use_future.hpp>
 
 #include <malloc.h>
 #include <poll.h>
@@ -1182,5 +1183,78 @@ TEST_CASE("a close while a write is in flight holds the close handlers until tha
         CHECK(calls == 1);
         CHECK(seen_in_handler == (taken ? 5u : 0u));
         CHECK(test::send_ec(*em, {.data = "late"}) == ssepp::errc::closed);
+    }
+}
+
+TEST_CASE("complete_with_error flushes, then the close handlers see its error", "[emitter]")
+{
+    sse_server srv({.options = quiet()});
+    test::client c(srv.port());
+    auto s = srv.at(0);
+    test::send_ec(*s.em, {.event = "error", .data = "import failed"});
+    const auto why = std::make_error_code(std::errc::io_error);
+    s.em->complete_with_error(why);
+    CHECK(test::send_ec(*s.em, {.data = "late"}) == ssepp::errc::closed);
+    REQUIRE(c.read_to_eof());
+    REQUIRE(c.events.size() == 1);
+    CHECK(c.events[0].data == "import failed");
+    check_closed_once(srv, s, ssepp::close_reason::completed_with_error);
+    CHECK(s.closes.at(0).ec == why);
+    CHECK(ssepp::describe(s.closes.reason()) == "completed_with_error");
+}
+
+TEST_CASE("on_timeout may send a last event, flushed before the stream ends", "[emitter]")
+{
+    auto options = quiet();
+    options.lifetime = 100ms;
+    std::atomic<int> timeouts{0};
+    sse_server srv({.options = options, .before_start = [&](ssepp::emitter& em) {
+                        em.on_timeout([&timeouts, &em] {
+                            ++timeouts;
+                            em.send({.event = "bye", .data = "lifetime over"});
+                        });
+                    }});
+    test::client c(srv.port());
+    auto s = srv.at(0);
+    REQUIRE(c.read_to_eof(5s));
+    REQUIRE(c.events.size() == 1);
+    CHECK(c.events[0] == test::received{"bye", "lifetime over", ""});
+    check_closed_once(srv, s, ssepp::close_reason::timeout);
+    CHECK(s.closes.at(0).ec == ssepp::errc::timeout);
+    CHECK(timeouts == 1);
+}
+
+TEST_CASE("async_flush and async_wait_closed with asio::use_future over a socket", "[emitter]")
+{
+    auto options = quiet();
+    sse_server srv({.options = options, .small_send_buffer = true});
+    test::client c(srv.port());
+    auto s = srv.at(0);
+    auto closed = s.em->async_wait_closed(asio::use_future);
+    // More than the socket buffers hold (and less than the queue bound): the flush waits for
+    // the client.
+    for (int i = 0; i < 32; ++i)
+        test::send_ec(*s.em, {.id = std::to_string(i), .data = payload(16 * 1024)});
+    auto flushed = s.em->async_flush(asio::use_future);
+    const auto queued_then = s.em->queued_bytes();
+    REQUIRE(c.read_until([&] { return c.events.size() == 32; }, 10s));
+    REQUIRE(flushed.wait_for(5s) == std::future_status::ready);
+    flushed.get();  // no error
+    CHECK(queued_then > 0);
+    CHECK(s.em->queued_bytes() == 0);
+    CHECK(closed.wait_for(0s) == std::future_status::timeout);
+    s.em->complete();
+    REQUIRE(closed.wait_for(5s) == std::future_status::ready);
+    const auto [reason, ec] = closed.get();
+    CHECK(reason == ssepp::close_reason::completed);
+    CHECK(!ec);
+    // On a stream that has ended, a flush completes at once with errc::closed.
+    auto late = s.em->async_flush(asio::use_future);
+    REQUIRE(late.wait_for(5s) == std::future_status::ready);
+    try {
+        late.get();
+        FAIL("async_flush on an ended stream succeeded");
+    } catch (const std::system_error& e) {
+        CHECK(e.code() == ssepp::errc::closed);
     }
 }

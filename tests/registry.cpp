@@ -11,6 +11,9 @@
 #include <set>
 #include <thread>
 
+#include <asio/bind_executor.hpp>
+#include <asio/io_context.hpp>
+
 // Socket-free tests: the registry over test::fake_emitter, which records the frames it is
 // queued. The loopback tests are in registry_loopback.cpp.
 
@@ -155,6 +158,93 @@ TEST_CASE("registry: ids, the application's own ids, and invalid events", "[regi
         CHECK(reg.first_id("k") == id(1));
         CHECK(reg.first_id("none") == std::nullopt);
         CHECK(reg.keys() == strings{"k"});
+    }
+}
+
+TEST_CASE("registry: the overloads without an error_code throw what the others report", "[registry]")
+{
+    fake_registry reg({.id_epoch = "e"});
+    reg.attach("k", fake());
+    CHECK(reg.send("k", data("1")).id == id(1));
+    CHECK(reg.broadcast(data("2")).connections == 1);
+    const auto throws = [](auto&& f, ssepp::errc expected) {
+        try {
+            f();
+        } catch (const std::system_error& e) {
+            return e.code() == expected;
+        }
+        return false;
+    };
+    CHECK(throws([&] { reg.send("k", {.id = "a\nb", .data = "x"}); }, ssepp::errc::invalid_id));
+    CHECK(throws([&] { reg.broadcast({}); }, ssepp::errc::empty_event));
+    CHECK(reg.finish("k", data("end")).id == id(3));
+    CHECK(throws([&] { reg.send("k", data("late")); }, ssepp::errc::closed));
+    CHECK(throws([&] { reg.finish("k", data("again")); }, ssepp::errc::closed));
+    CHECK(reg.last_id("k") == id(3));  // nothing refused was retained
+}
+
+TEST_CASE("registry: async_send completes once no connection of the key is over half its bound", "[registry]")
+{
+    fake_registry reg({.max_event_bytes = 1000});
+    asio::io_context io;  // the handler's executor: completions run only when the test polls it
+    auto slow = fake();
+    auto fast = fake();
+    auto other = fake();
+    slow->hold(1000);
+    other->hold(1000);
+    reg.attach("k", slow);
+    reg.attach("k", fast);
+    reg.attach("other", other);
+    const auto event = data(std::string(290, 'x'));  // a 300-byte frame
+    std::vector<std::pair<std::error_code, ssepp::send_result>> done;
+    const auto send = [&](const std::string& key) {
+        reg.async_send(key, event, asio::bind_executor(io, [&](std::error_code ec, ssepp::send_result r) {
+                           done.emplace_back(ec, std::move(r));
+                       }));
+        io.restart();
+        io.poll();
+    };
+    send("k");  // 300 of 1000 queued on the slow one: not behind
+    REQUIRE(done.size() == 1);
+    CHECK(!done[0].first);
+    CHECK(done[0].second.connections == 2);
+    send("k");  // 600: past half
+    CHECK(done.size() == 1);
+    send("other");  // another key's connection is not waited for, and this key's are not its
+    CHECK(done.size() == 2);
+    slow->poll();  // still 600 queued
+    io.restart();
+    io.poll();
+    CHECK(done.size() == 2);
+    slow->drain();  // written: the wait is over
+    io.restart();
+    io.poll();
+    REQUIRE(done.size() == 3);
+    CHECK(!done[2].first);
+    CHECK(done[2].second.id == reg.last_id("k"));
+    CHECK(slow->data().size() == 2);
+    CHECK(fast->data().size() == 2);
+
+    SECTION("a refused event completes at once with its error")
+    {
+        reg.async_send("k", {.id = "a\nb", .data = "x"}, asio::bind_executor(io, [&](std::error_code ec, ssepp::send_result) {
+                           done.emplace_back(ec, ssepp::send_result{});
+                       }));
+        io.restart();
+        io.poll();
+        REQUIRE(done.size() == 4);
+        CHECK(done[3].first == ssepp::errc::invalid_id);
+    }
+    SECTION("a connection that closes is not behind any more")
+    {
+        send("k");
+        send("k");  // 600 queued on the slow one again
+        REQUIRE(done.size() == 4);
+        slow->close();  // its wait completes with errc::closed, as a real emitter's does
+        io.restart();
+        io.poll();
+        REQUIRE(done.size() == 5);
+        CHECK(!done[4].first);  // the send itself succeeded
     }
 }
 

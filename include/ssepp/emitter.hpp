@@ -26,6 +26,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string_view>
 #include <system_error>
 #include <type_traits>
 #include <vector>
@@ -50,6 +51,21 @@ enum class close_reason : std::uint8_t {
     /// A write failed for another reason than the peer leaving (a TLS failure, say).
     error,
 };
+
+/// The enumerator's name ("completed", "client_gone", ...), for logs and metrics labels.
+[[nodiscard]] constexpr std::string_view describe(close_reason r) noexcept
+{
+    switch (r) {
+    case close_reason::completed: return "completed";
+    case close_reason::completed_with_error: return "completed_with_error";
+    case close_reason::aborted: return "aborted";
+    case close_reason::client_gone: return "client_gone";
+    case close_reason::timeout: return "timeout";
+    case close_reason::overflow: return "overflow";
+    case close_reason::error: return "error";
+    }
+    return "unknown";
+}
 
 /// What happens when a slow consumer's queue passes its bound.
 enum class overflow_policy : std::uint8_t {

@@ -47,7 +47,7 @@ public:
                 ao.on_gap = ssepp::event{.event = "reset", .data = "gap"};
             if (ssepp::query_parameter(target, "undelivered"))
                 ao.otherwise = ssepp::replay::undelivered;
-            node_->async_attach(std::move(keys), ssepp::make_emitter(std::move(s), test::quiet()), ao,
+            node_->async_attach(std::move(keys), ssepp::make_emitter(ssepp::http_body(std::move(s)), test::quiet()), ao,
                                 [this](std::error_code ec, ssepp::attach_result r) {
                                     std::lock_guard lock(mtx_);
                                     results_.push_back({ec, r});

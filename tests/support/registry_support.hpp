@@ -218,15 +218,20 @@ public:
         handlers_.push_back(std::move(h));
     }
 
-    /// Ends the stream: runs the close handlers (registered so far) on this thread.
+    /// Ends the stream: runs the close handlers (registered so far) on this thread, and a
+    /// waiting async_wait_drained() handler with errc::closed, as basic_emitter does.
     void close(ssepp::close_reason reason = ssepp::close_reason::client_gone)
     {
         std::vector<close_handler> hs;
+        std::function<void(std::error_code)> drained;
         {
             std::lock_guard lock(mtx_);
             closed_ = true;
             hs.swap(handlers_);
+            drained = std::exchange(drained_, nullptr);
         }
+        if (drained)
+            drained(ssepp::errc::closed);
         for (auto& h : hs)
             h(reason, {});
     }
