@@ -981,6 +981,35 @@ TEST_CASE("over http_body, a write failing inside the head: client_gone, nothing
     }
 }
 
+TEST_CASE("over http_body, a write failing at any byte of the framed write counts exactly the body bytes "
+          "and whole frames before it",
+          "[emitter][stream]")
+{
+    // Five frames of 10 bytes, tagged 1..5, queued before start(): one framed write of the
+    // head, (chunked) "32\r\n", the 50 body bytes and (chunked) "\r\n", taken 7 bytes at a
+    // time by the next layer, failing after each number of writes in turn.
+    for (const auto framing : {ssepp::body_framing::raw, ssepp::body_framing::chunked}) {
+        const bool chunked = framing == ssepp::body_framing::chunked;
+        const std::size_t prefix = ssepp::response_head({.framing = framing}).size() + (chunked ? 4 : 0);
+        const std::size_t wire = prefix + 50 + (chunked ? 2 : 0);
+        for (std::size_t n = 0; n * 7 < wire; ++n) {
+            CAPTURE(chunked, n);
+            body_rig r(framing);
+            for (std::uint64_t seq = 1; seq <= 5; ++seq)
+                r.em->enqueue(frame_of(10), seq);
+            r.peer.write_cap(7);
+            r.peer.fail_after(n, asio::error::connection_reset);
+            r.em->start();
+            REQUIRE(r.run_until_closed());
+            const auto body = std::min<std::size_t>(n * 7 - std::min(n * 7, prefix), 50);
+            CHECK(r.closes.reason() == ssepp::close_reason::client_gone);
+            CHECK(r.peer.bytes() == n * 7);
+            CHECK(r.em->bytes_written() == body);
+            CHECK(r.em->written_seq() == body / 10);
+        }
+    }
+}
+
 TEST_CASE("over http_body, chunked: complete() with nothing written sends the head and the last chunk, "
           "abort() sends no last chunk",
           "[emitter][stream]")
