@@ -254,7 +254,7 @@ for sc in scenarios:
         rs = by.get((sc, sv))
         if not rs: continue
         m = lambda k: med([float(r[k]) for r in rs])
-        print(f"| {sc} | {sv} | {len(rs)} | {m(EV):.0f} | {m(P50):.0f} | {m(P99):.0f} | {m(RSSC):.0f} | {m(CPU):.0f} | {min(r[12] for r in rs)}-{max(r[12] for r in rs)} |")
+        print(f"| {sc} | {sv} | {len(rs)} | {m(EV):.0f} | {m(P50):.0f} | {m(P99):.0f} | {m(RSSC):.0f} | {m(CPU):.0f} | {min(float(r[12]) for r in rs):.2f}-{max(float(r[12]) for r in rs):.2f} |")
 print()
 print("ssepp / baseline, median of the per-pair ratios (pair i: the i-th ssepp run and the i-th baseline run):")
 print()
