@@ -1,6 +1,8 @@
-// ideal_server: the practical limit on this machine, without ssepp. Each event is formatted
-// once (the same bytes as ssepp's: id and data) and the shared bytes are queued to every
-// socket; each socket has at most one gather write in flight. Sockets are sharded over one
+// ideal_server: ssepp's design without the library: each event is formatted once (the same
+// bytes as ssepp's: id and data) and the shared bytes are queued to every socket, as a frame
+// per event; each socket has at most one gather write in flight. Not an upper bound (issue
+// 15): baseline_server, which shares batches of events instead, delivers several times more
+// at saturation; run.sh runs this one only with --ideal. Sockets are sharded over one
 // io_context per thread, so no socket is ever touched by two threads and nothing is locked:
 // no registry, no history, no timers, no peer watch. Same flags and paths as fanout_server.
 #include "bench_front.hpp"
