@@ -248,6 +248,61 @@ TEST_CASE("registry: async_send completes once no connection of the key is over 
     }
 }
 
+TEST_CASE("registry: send_batch queues several events as one frame, numbered and retained one by one",
+          "[registry]")
+{
+    fake_registry reg({.max_event_bytes = 100, .id_epoch = "e"});
+    auto c = fake();
+    auto small = fake();
+    small->limit(100);  // a bound smaller than the batch: it gets the frames one by one
+    reg.attach("k", c);
+    reg.attach("k", small);
+    test::send(reg, "k", data("0"));
+    std::vector<ssepp::event> batch;
+    for (int i = 1; i <= 5; ++i)
+        batch.push_back(data(std::string(20, char('a' + i))));
+    batch[2].id = "own";
+    std::error_code ec;
+    const auto r = reg.send_batch("k", batch, ec);
+    REQUIRE(!ec);
+    CHECK(r.connections == 2);
+    CHECK(r.id == id(6));
+    CHECK(c->frames().size() == 2);  // the single event, then the whole batch
+    REQUIRE(c->events().size() == 6);
+    CHECK(c->events()[3].id == "own");
+    CHECK(c->events()[5].id == id(6));
+    CHECK(c->written_seq() == 6);  // tagged with the batch's last position
+    CHECK(small->frames().size() == 6);
+    CHECK(small->data() == c->data());
+    // The history holds them one by one: a resume from inside the batch starts after that event.
+    auto late = fake();
+    reg.attach("k", late, {.last_event_id = "own"});
+    CHECK(late->data() == strings{std::string(20, 'e'), std::string(20, 'f')});
+
+    SECTION("an invalid event refuses the whole batch: nothing sent, retained or numbered")
+    {
+        batch[4].event = "bad\nname";
+        const auto before = c->frames().size();
+        reg.send_batch("k", batch, ec);
+        CHECK(ec == ssepp::errc::invalid_event_name);
+        CHECK(c->frames().size() == before);
+        CHECK(reg.last_id("k") == id(6));
+        CHECK(test::send(reg, "k", data("next")).id == id(7));
+    }
+    SECTION("broadcast_batch reaches every connection, and a finished key refuses a batch")
+    {
+        auto other = fake();
+        reg.attach("other", other);
+        reg.broadcast_batch(std::span(batch).first(2), ec);
+        REQUIRE(!ec);
+        CHECK(other->data().size() == 2);
+        CHECK(c->data().size() == 8);
+        test::finish(reg, "other", data("end"));
+        reg.send_batch("other", batch, ec);
+        CHECK(ec == ssepp::errc::closed);
+    }
+}
+
 TEST_CASE("registry: generated ids never repeat across registries, foreign and duplicate ids lose nothing",
           "[registry]")
 {

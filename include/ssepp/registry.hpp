@@ -276,6 +276,36 @@ public:
             token, Key(key), std::move(e));
     }
 
+    /// Sends `events`, in order, to every connection under `key`, as one frame per connection:
+    /// for a publisher with several events at hand (a burst, a batch job's output), one enqueue
+    /// and one buffer per connection instead of one per event. Ids, order and history are those
+    /// of that many send() calls; all or nothing: an invalid event refuses the batch. A
+    /// connection that ends partway through writing a batch counts none of it as written
+    /// (replay::undelivered replays it again: a duplicate rather than a loss). Errors as send().
+    send_result send_batch(const Key& key, std::span<const event> events, std::error_code& ec)
+    {
+        auto& s = *state_;
+        std::lock_guard lock(s.mtx);
+        s.purge_locked();
+        auto it = s.lookup_locked(key);
+        if (it->second.finished) {
+            ec = errc::closed;
+            return {};
+        }
+        auto result = s.deliver_batch_locked(it->second, events, ec);
+        s.erase_if_unused_locked(it);
+        return result;
+    }
+
+    /// As send_batch(), to every live connection. Errors as send().
+    send_result broadcast_batch(std::span<const event> events, std::error_code& ec)
+    {
+        auto& s = *state_;
+        std::lock_guard lock(s.mtx);
+        s.purge_locked();
+        return s.deliver_batch_locked(s.everyone, events, ec);
+    }
+
     /// Sends `e` to every live connection, and retains it for every connection's replay.
     /// Errors as send().
     send_result broadcast(event e, std::error_code& ec)
@@ -613,20 +643,77 @@ private:
                 return {};
             }
             order.take();
-            const auto at = options.max_age.count() > 0 ? std::chrono::steady_clock::now()
-                                                       : std::chrono::steady_clock::time_point{};
-            c.history.append({seq, *e.id, frame, at}, options, keep);
-            std::size_t queued = 0;
-            for (auto* m : &c == &everyone ? all : c.members) {
-                if (m->backlog) {
-                    queued += push_backlog_locked(*m, seq, frame);
-                } else {
-                    std::error_code refused;  // the connection is ending: it leaves by its close handler
-                    m->em->enqueue(frame, seq, refused);
-                    queued += !refused;
+            c.history.append({seq, *e.id, frame, now_if_aged()}, options, keep);
+            return {.connections = fan_out_locked(c, seq, frame, std::span(&frame, 1)), .id = std::move(*e.id)};
+        }
+
+        // As deliver_locked() for each of `events`, all or none, and queued to each
+        // connection as one frame: one enqueue and one buffer per connection for the batch.
+        send_result deliver_batch_locked(channel& c, std::span<const event> events, std::error_code& ec)
+        {
+            if (events.size() == 1)
+                return deliver_locked(c, events.front(), ec);
+            std::vector<shared_frame> frames;
+            std::vector<std::string> ids;
+            frames.reserve(events.size());
+            ids.reserve(events.size());
+            std::string whole;
+            const auto first = order.peek();
+            for (const auto& given : events) {
+                if ((ec = validate(given)))
+                    return {};
+                event e = given;
+                if (!e.id)
+                    e.id = order.id(first + frames.size());
+                auto frame = make_frame(e, ec);
+                if (ec)
+                    return {};
+                if (frame->size() > options.max_event_bytes) {
+                    ec = errc::event_too_large;
+                    return {};
                 }
+                whole += *frame;
+                frames.push_back(std::move(frame));
+                ids.push_back(std::move(*e.id));
             }
-            return {.connections = queued, .id = std::move(*e.id)};
+            if (frames.empty())
+                return {};
+            const auto at = now_if_aged();
+            for (std::size_t i = 0; i < frames.size(); ++i)
+                c.history.append({order.take(), ids[i], frames[i], at}, options, false);
+            const auto queued = fan_out_locked(c, first + frames.size() - 1, make_raw_frame(std::move(whole)), frames);
+            return {.connections = queued, .id = std::move(ids.back())};
+        }
+
+        std::chrono::steady_clock::time_point now_if_aged() const
+        {
+            return options.max_age.count() > 0 ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
+        }
+
+        // Queues `whole` (the frames of positions last - n + 1 .. last) to each connection of
+        // `c`, tagged with the last position; frame by frame to one still fed its replay, or
+        // whose bound is smaller than the batch. Returns how many connections took it.
+        std::size_t fan_out_locked(channel& c, std::uint64_t last, const shared_frame& whole,
+                                   std::span<const shared_frame> frames)
+        {
+            std::size_t queued = 0;
+            const auto first = last + 1 - frames.size();
+            for (auto* m : &c == &everyone ? all : c.members) {
+                std::error_code refused;  // the connection is ending: it leaves by its close handler
+                if (!m->backlog && (frames.size() == 1 || whole->size() <= m->em->max_queued_bytes())) {
+                    m->em->enqueue(whole, last, refused);
+                    queued += !refused;
+                    continue;
+                }
+                for (std::size_t i = 0; i < frames.size() && !refused; ++i) {
+                    if (m->backlog)
+                        refused = push_backlog_locked(*m, first + i, frames[i]) ? std::error_code() : errc::closed;
+                    else
+                        m->em->enqueue(frames[i], first + i, refused);
+                }
+                queued += !refused;
+            }
+            return queued;
         }
 
         send_result send_locked(const Key& key, event e, std::error_code& ec)

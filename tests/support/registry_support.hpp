@@ -154,6 +154,12 @@ public:
         drained_ = std::move(h);
     }
 
+    /// max_queued_bytes() is `bound`; frames still count as written at once.
+    void limit(std::size_t bound)
+    {
+        std::lock_guard lock(mtx_);
+        bound_ = bound;
+    }
     /// Frames stay queued until drain(), within `bound` bytes.
     void hold(std::size_t bound)
     {
