@@ -263,7 +263,7 @@ private:
     std::size_t inflight_bytes_ = 0;        // bytes of the batch not yet written
     std::size_t max_queued_bytes_;
     std::uint64_t enqueued_ = 0;            // bytes ever queued: async_flush's positions
-    std::uint64_t settled_ = 0;             // of those, bytes written or dropped
+    std::uint64_t settled_ = 0;             // of those, bytes written or dropped, in order
     detail::close_node* handlers_ = nullptr;  // most recent first
     detail::waiter* waiters_ = nullptr;       // async_flush, async_wait_drained, on_timeout
     std::atomic<std::uint64_t> bytes_written_{0};

@@ -90,17 +90,48 @@ struct response_options {
 
 namespace detail {
 
-// Completes a framed write with the body bytes written, not the wire bytes: the caller
+// The wire buffers of one framed write: what is left of the head and of the chunk framing
+// around up to 64 body buffers. Copied into the write operation, as Asio copies any sequence.
+struct framed_buffers {
+    using value_type = asio::const_buffer;
+    using const_iterator = const asio::const_buffer*;
+    std::array<asio::const_buffer, 68> b;
+    std::size_t n = 0;
+
+    void push(asio::const_buffer x)
+    {
+        if (x.size() && n < b.size())
+            b[n++] = x;
+    }
+    const_iterator begin() const noexcept { return b.data(); }
+    const_iterator end() const noexcept { return b.data() + n; }
+};
+
+// Completes a framed write with the body bytes it wrote, not the wire bytes: the caller
 // counts what it gave. Keeps the caller's executor, allocator and continuation hint.
-template <class Handler>
+template <class Body, class Handler>
 struct body_write_handler {
+    static constexpr std::size_t first = std::size_t(-1);
+    Body* body;
     Handler handler;
-    std::size_t prefix;  // head and chunk-size bytes before the body
-    std::size_t body;
+    std::size_t wire_head;        // head bytes in the write
+    std::size_t wire_body;        // body bytes in the write
+    std::size_t written = first;  // once the body bytes are counted: the end of their chunk is going out
 
     void operator()(std::error_code ec, std::size_t n)
     {
-        handler(ec, std::min(n - std::min(n, prefix), body));
+        if (written != first) {  // the chunk's closing CRLF, sent on its own
+            body->crlf_left_ = static_cast<std::uint8_t>(body->crlf_left_ - std::min<std::size_t>(n, body->crlf_left_));
+            return handler(ec, written);
+        }
+        written = body->consume(n, wire_head, wire_body);
+        // A chunk whose body is out is closed before the write completes: the stream may stay
+        // idle for long after it, and the client must not wait for the CRLF meanwhile.
+        if (!ec && body->chunk_left_ == 0 && body->crlf_left_ > 0) {
+            auto rest = asio::buffer(Body::crlf) + (2 - body->crlf_left_);
+            return asio::async_write(body->next_, rest, std::move(*this));
+        }
+        handler(ec, written);
     }
 
     friend bool asio_handler_is_continuation(body_write_handler* h)
@@ -155,36 +186,45 @@ public:
     }
 
     /// True once the head went out (or began to).
-    bool head_written() const noexcept { return head_sent_; }
+    bool head_written() const noexcept { return head_pos_ == head_->size(); }
 
-    /// Writes `buffers` as body bytes. One write at a time, as for any Asio stream.
+    /// Writes some of `buffers` as body bytes, as any write_some: the handler gets how many
+    /// body bytes went out (0 when only framing did), and the caller offers the rest again.
+    /// A chunk spans the bytes offered when it opens; later writes continue it. One write at
+    /// a time, as for any Asio stream.
     template <class ConstBufferSequence, class WriteHandler>
     auto async_write_some(const ConstBufferSequence& buffers, WriteHandler&& handler)
     {
-        if (!chunked_ && head_sent_)
+        if (!chunked_ && head_pos_ == head_->size())
             return next_.async_write_some(buffers, std::forward<WriteHandler>(handler));
-        std::vector<asio::const_buffer> wire;
-        std::size_t prefix = 0;
-        if (!std::exchange(head_sent_, true)) {
-            wire.emplace_back(head_->data(), head_->size());
-            prefix += head_->size();
+        detail::framed_buffers wire;
+        wire.push(asio::buffer(*head_) + head_pos_);
+        const std::size_t wire_head = head_->size() - head_pos_;
+        // A chunk is at most 4 GiB (its size line fits chunk_size_); the rest goes in the next.
+        std::size_t offered = std::min<std::size_t>(asio::buffer_size(buffers), UINT32_MAX);
+        if (chunked_) {
+            wire.push(asio::buffer(crlf) + (2 - crlf_left_));  // the end of the last chunk
+            if (size_left_ == 0 && chunk_left_ == 0 && offered > 0) {
+                size_len_ = static_cast<std::uint8_t>(
+                    fmt::format_to_n(chunk_size_.data(), chunk_size_.size(), "{:x}\r\n", offered).size);
+                size_left_ = size_len_;
+                chunk_left_ = static_cast<std::uint32_t>(offered);
+            }
+            wire.push(asio::buffer(chunk_size_.data(), size_len_) + (size_len_ - size_left_));
+            offered = std::min<std::size_t>(offered, chunk_left_);
         }
-        const std::size_t body = asio::buffer_size(buffers);
-        if (chunked_ && body > 0) {
-            const auto n = fmt::format_to_n(chunk_size_.data(), chunk_size_.size(), "{:x}\r\n", body).size;
-            wire.emplace_back(chunk_size_.data(), n);
-            prefix += n;
+        std::size_t wire_body = 0;
+        for (auto it = asio::buffer_sequence_begin(buffers); it != asio::buffer_sequence_end(buffers); ++it) {
+            const auto b = asio::buffer(asio::const_buffer(*it), offered - wire_body);
+            if (wire.n + 1 == wire.b.size())
+                break;  // room for the chunk's end
+            wire.push(b);
+            wire_body += b.size();
         }
-        for (auto it = asio::buffer_sequence_begin(buffers); it != asio::buffer_sequence_end(buffers); ++it)
-            if (asio::const_buffer b(*it); b.size())
-                wire.push_back(b);
-        if (chunked_ && body > 0)
-            wire.emplace_back("\r\n", 2);
-        // A chunk must go whole: a partial one would leave the peer mid-chunk, so the framed
-        // write is a composed one.
-        return asio::async_write(
-            next_, std::move(wire),
-            detail::body_write_handler<std::decay_t<WriteHandler>>{std::forward<WriteHandler>(handler), prefix, body});
+        if (chunked_ && chunk_left_ > 0 && wire_body == chunk_left_)
+            wire.push(asio::buffer(crlf));
+        return next_.async_write_some(wire, detail::body_write_handler<http_body, std::decay_t<WriteHandler>>{
+                                                this, std::forward<WriteHandler>(handler), wire_head, wire_body});
     }
 
     template <class MutableBufferSequence, class ReadHandler>
@@ -194,25 +234,27 @@ public:
         return next_.async_read_some(buffers, std::forward<ReadHandler>(handler));
     }
 
-    /// Ends the body: the head if no write sent it, the last chunk when chunked, then the next
-    /// layer's closing handshake (TLS close_notify) or a FIN. `handler(std::error_code)` runs
-    /// once, on the next layer's executor.
+    /// Ends the body: what is left of the head and of the last chunk, the 0-chunk when
+    /// chunked, then the next layer's closing handshake (TLS close_notify) or a FIN.
+    /// `handler(std::error_code)` runs once, on the next layer's executor.
     template <class ShutdownHandler>
     void async_shutdown(ShutdownHandler handler)
     {
-        std::string_view tail = chunked_ ? std::string_view("0\r\n\r\n") : std::string_view();
-        if (!head_sent_ || !tail.empty()) {
-            std::array<asio::const_buffer, 2> wire{
-                std::exchange(head_sent_, true) ? asio::const_buffer() : asio::const_buffer(head_->data(), head_->size()),
-                asio::buffer(tail)};
-            asio::async_write(next_, wire, [this, h = std::move(handler)](std::error_code ec, std::size_t) mutable {
-                if (ec)
-                    return h(ec);
-                shutdown_next(std::move(h));
-            });
-            return;
+        std::array<asio::const_buffer, 3> wire{asio::buffer(*head_) + head_pos_, asio::const_buffer(),
+                                               asio::const_buffer()};
+        if (chunked_) {
+            wire[1] = asio::buffer(crlf) + (2 - crlf_left_);
+            wire[2] = asio::buffer(last_chunk);
         }
-        shutdown_next(std::move(handler));
+        head_pos_ = static_cast<std::uint32_t>(head_->size());
+        crlf_left_ = 0;
+        if (asio::buffer_size(wire) == 0)
+            return shutdown_next(std::move(handler));
+        asio::async_write(next_, wire, [this, h = std::move(handler)](std::error_code ec, std::size_t) mutable {
+            if (ec)
+                return h(ec);
+            shutdown_next(std::move(h));
+        });
     }
 
 private:
@@ -242,11 +284,43 @@ private:
         return std::make_shared<const std::string>(response_head(options));
     }
 
+    template <class, class>
+    friend struct detail::body_write_handler;
+
+    // Takes `n` wire bytes of the write that just ended off the framing state, in the order
+    // they went out; returns how many of them were body bytes.
+    std::size_t consume(std::size_t n, std::size_t wire_head, std::size_t wire_body)
+    {
+        const auto take = [&n](std::size_t want) {
+            const auto k = std::min(n, want);
+            n -= k;
+            return k;
+        };
+        head_pos_ += static_cast<std::uint32_t>(take(wire_head));
+        if (!chunked_)
+            return take(wire_body);
+        crlf_left_ = static_cast<std::uint8_t>(crlf_left_ - take(crlf_left_));
+        size_left_ = static_cast<std::uint8_t>(size_left_ - take(size_left_));
+        const auto body = take(wire_body);
+        if (body > 0 && (chunk_left_ -= static_cast<std::uint32_t>(body)) == 0)
+            crlf_left_ = 2;  // the chunk's body is out: its end follows, now or with the next write
+        crlf_left_ = static_cast<std::uint8_t>(crlf_left_ - (chunk_left_ == 0 ? take(crlf_left_) : 0));
+        return body;
+    }
+
+    static constexpr std::string_view crlf = "\r\n";
+    static constexpr std::string_view last_chunk = "0\r\n\r\n";
+
     NextLayer next_;
     std::shared_ptr<const std::string> head_;
-    std::array<char, 18> chunk_size_{};  // "<hex size>\r\n" of the chunk being written
+    // Sizes are 32-bit: a connection's state is kept small, as there are many.
+    std::uint32_t head_pos_ = 0;    // head bytes written
+    std::uint32_t chunk_left_ = 0;  // body bytes of the open chunk not yet written
+    std::array<char, 10> chunk_size_{};  // "<hex size>\r\n" of the open chunk
+    std::uint8_t size_len_ = 0;   // its length
+    std::uint8_t size_left_ = 0;  // its bytes not yet written
+    std::uint8_t crlf_left_ = 0;  // bytes of the open chunk's closing CRLF not yet written
     bool chunked_;
-    bool head_sent_ = false;
 };
 
 template <class NextLayer>
@@ -254,19 +328,19 @@ http_body(NextLayer&&, const response_options& = {}) -> http_body<std::remove_cv
 
 } // namespace ssepp
 
-template <class Handler, class Executor>
-struct asio::associated_executor<ssepp::detail::body_write_handler<Handler>, Executor> {
+template <class Body, class Handler, class Executor>
+struct asio::associated_executor<ssepp::detail::body_write_handler<Body, Handler>, Executor> {
     using type = asio::associated_executor_t<Handler, Executor>;
-    static type get(const ssepp::detail::body_write_handler<Handler>& h, const Executor& ex = Executor()) noexcept
+    static type get(const ssepp::detail::body_write_handler<Body, Handler>& h, const Executor& ex = Executor()) noexcept
     {
         return asio::get_associated_executor(h.handler, ex);
     }
 };
 
-template <class Handler, class Allocator>
-struct asio::associated_allocator<ssepp::detail::body_write_handler<Handler>, Allocator> {
+template <class Body, class Handler, class Allocator>
+struct asio::associated_allocator<ssepp::detail::body_write_handler<Body, Handler>, Allocator> {
     using type = asio::associated_allocator_t<Handler, Allocator>;
-    static type get(const ssepp::detail::body_write_handler<Handler>& h, const Allocator& a = Allocator()) noexcept
+    static type get(const ssepp::detail::body_write_handler<Body, Handler>& h, const Allocator& a = Allocator()) noexcept
     {
         return asio::get_associated_allocator(h.handler, a);
     }

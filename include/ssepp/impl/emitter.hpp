@@ -456,6 +456,9 @@ void basic_emitter<T>::account_written_locked(std::size_t n)
         owner.frame.reset();  // written: free it now, not at the end of the batch
         ++buf_pos_;
     }
+    // A batch written whole settles what was dropped behind it too: all that is not queued.
+    if (buf_pos_ == bufs_.size())
+        settled_ = enqueued_ - pending_bytes_;
 }
 
 template <transport T>
@@ -468,9 +471,12 @@ void basic_emitter<T>::drop_oldest_locked()
         bytes += pending_[n++].frame->size();
     pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(n));
     pending_bytes_ -= bytes;
-    settled_ += bytes;
     dropped_ += n;
-    settle_waiters_locked();
+    // The dropped frames came after the batch in flight: they settle once it is written.
+    if (buf_pos_ == bufs_.size()) {
+        settled_ = enqueued_ - pending_bytes_;
+        settle_waiters_locked();
+    }
 }
 
 // -- The end ----------------------------------------------------------------------------------
