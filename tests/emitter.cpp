@@ -1233,13 +1233,13 @@ TEST_CASE("async_flush and async_wait_closed with asio::use_future over a socket
     auto s = srv.at(0);
     // use_future bound to the server's context: its completion then runs there, as a handler
     // with an executor would (a bare use_future completes on Asio's system executor).
-    const auto on_io = asio::bind_executor(srv.io(), asio::use_future);
-    auto closed = s.em->async_wait_closed(on_io);
+    const auto on_io = [&] { return asio::bind_executor(srv.io(), asio::use_future); };
+    auto closed = s.em->async_wait_closed(on_io());
     // More than the socket buffers hold (and less than the queue bound): the flush waits for
     // the client.
     for (int i = 0; i < 32; ++i)
         test::send_ec(*s.em, {.id = std::to_string(i), .data = payload(16 * 1024)});
-    auto flushed = s.em->async_flush(on_io);
+    auto flushed = s.em->async_flush(on_io());
     const auto queued_then = s.em->queued_bytes();
     REQUIRE(c.read_until([&] { return c.events.size() == 32; }, 10s));
     REQUIRE(flushed.wait_for(5s) == std::future_status::ready);
@@ -1253,7 +1253,7 @@ TEST_CASE("async_flush and async_wait_closed with asio::use_future over a socket
     CHECK(reason == ssepp::close_reason::completed);
     CHECK(!ec);
     // On a stream that has ended, a flush completes at once with errc::closed.
-    auto late = s.em->async_flush(on_io);
+    auto late = s.em->async_flush(on_io());
     REQUIRE(late.wait_for(5s) == std::future_status::ready);
     try {
         late.get();
