@@ -28,6 +28,7 @@ struct options : common::server_flags {
     std::string rate = "0";  // events/s, "max", or 0 (publish only on POST /publish)
     std::size_t payload = 64;
     std::uint64_t events = 0;  // the publisher stops after this many; 0: when the process does
+    std::size_t batch = 16;    // events the publisher hands over at once at --rate max, where it can
 
     options() : server_flags{.port = 0, .threads = 1} {}
 
@@ -37,7 +38,8 @@ struct options : common::server_flags {
         return add_to(args)
             .flag("--rate", rate, "events/s to broadcast; max = as fast as the server takes them; 0 = none")
             .flag("--payload", payload, "data bytes per event (timestamp, space, padding)")
-            .flag("--events", events, "the publisher stops after this many events (0: no bound but the process's life)");
+            .flag("--events", events, "the publisher stops after this many events (0: no bound but the process's life)")
+            .flag("--batch", batch, "events handed to the server at once at --rate max, if it takes batches (1: one by one)");
     }
 
     void parse(const char* program, int argc, char** argv)
@@ -207,13 +209,20 @@ private:
 };
 
 /// Broadcasts stamped events from its own thread: `rate` per second, or with "max" as fast as
-/// `backlog()` (unwritten bytes per subscriber, on average) stays under a high-water mark.
+/// `backlog()` (unwritten bytes per subscriber, on average) stays under a high-water mark. With
+/// `publish_batch`, "max" hands over `batch` events at a time, as a publisher with events at
+/// hand would.
 class publisher {
 public:
-    publisher(const options& o, std::function<void(std::string)> publish, std::function<std::size_t()> backlog)
-        : publish_(std::move(publish)), backlog_(std::move(backlog)), payload_(o.payload),
-          limit_(o.events ? o.events : UINT64_MAX)
+    using batch_fn = std::function<void(std::vector<std::string>&)>;
+
+    publisher(const options& o, std::function<void(std::string)> publish, std::function<std::size_t()> backlog,
+              batch_fn publish_batch = {})
+        : publish_(std::move(publish)), publish_batch_(std::move(publish_batch)), backlog_(std::move(backlog)),
+          payload_(o.payload), limit_(o.events ? o.events : UINT64_MAX), batch_(std::max<std::size_t>(o.batch, 1))
     {
+        if (batch_ == 1)
+            publish_batch_ = nullptr;
         if (o.rate == "0")
             return;
         if (o.rate == "max") {
@@ -237,19 +246,30 @@ private:
     void run_max(std::stop_token st)
     {
         constexpr std::size_t high_water = 256 * 1024;
+        std::vector<std::string> events;
         for (std::uint64_t i = 0; i < limit_ && !st.stop_requested(); ++i) {
             // Checking every subscriber is not free: do it once every 16 events.
             if (i % 16 == 0)
                 while (backlog_() > high_water && !st.stop_requested())
                     std::this_thread::sleep_for(std::chrono::microseconds(50));
-            publish_(stamped_payload(payload_));
+            if (!publish_batch_) {
+                publish_(stamped_payload(payload_));
+                continue;
+            }
+            events.push_back(stamped_payload(payload_));
+            if (events.size() == batch_ || i + 1 == limit_) {
+                publish_batch_(events);
+                events.clear();
+            }
         }
     }
 
     std::function<void(std::string)> publish_;
+    batch_fn publish_batch_;
     std::function<std::size_t()> backlog_;
     std::size_t payload_;
     std::uint64_t limit_;
+    std::size_t batch_;
     double rate_ = 0;
     std::jthread thread_;
 };

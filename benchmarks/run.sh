@@ -4,11 +4,13 @@
 # ssepp, baseline, ...) so that both see the same machine, then nginx + nchan once per scenario
 # when installed, all with the same client (sse_load). Prints every run, then per scenario the
 # medians and the median of the per-pair ratios. Loopback only; every run is bounded in time.
-#   benchmarks/run.sh [--pairs N] [--only S1,S4] [--ssepp-bin PATH] [--ideal] [--no-nchan] [--quick]
+#   benchmarks/run.sh [--pairs N] [--only S1,S4] [--ssepp-bin PATH] [--ssepp-args ARGS] [--ideal] [--no-nchan] [--quick]
 # --pairs N       pairs per scenario (default 3; single runs here vary by +-25 %)
 # --ssepp-bin P   the ssepp server to measure (default: build-bench's fanout_server, built
 #                 here from this tree): a binary from another build, for before/after figures
 #                 with the same baseline, client and script
+# --ssepp-args A  more flags for the ssepp server, e.g. "--batch 1" (fanout_server hands the
+#                 registry 16 events at a time at --rate max by default; 1: one by one)
 # --ideal         also runs ideal_server (a queue per socket) in each pair
 # --no-nchan      skips nginx + nchan
 # --quick         shortens every scenario (a smoke check)
@@ -16,14 +18,15 @@
 # libnginx-mod-nchan (skipped if absent).
 set -euo pipefail
 
-quick=0; only="S1,S2,S3,S4,S5,S6"; pairs=3; ssepp_bin=""; ideal=0; nchan=1
-usage="usage: $0 [--pairs N] [--only S1,S2,...] [--ssepp-bin PATH] [--ideal] [--no-nchan] [--quick]"
+quick=0; only="S1,S2,S3,S4,S5,S6"; pairs=3; ssepp_bin=""; ssepp_args=""; ideal=0; nchan=1
+usage="usage: $0 [--pairs N] [--only S1,S2,...] [--ssepp-bin PATH] [--ssepp-args ARGS] [--ideal] [--no-nchan] [--quick]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --only) only="$2"; shift ;;
     --pairs|--runs) pairs="$2"; shift ;;
     --ssepp-bin) ssepp_bin="$2"; shift ;;
+    --ssepp-args) ssepp_args="$2"; shift ;;
     --ideal) ideal=1 ;;
     --no-nchan) nchan=0 ;;
     *) echo "$usage" >&2; exit 2 ;;
@@ -102,7 +105,9 @@ start_server() {
       [ "$name" = ideal ] && exe=$bin/ideal_server
       # A file per run: the last run's line must not be taken for this one's.
       local out; out="$work/$name.$(( ++nstarts )).out"
-      "$exe" --port 0 --threads "$threads" --rate "$rate" --payload 64 > "$out" 2>&1 &
+      local extra=""; [ "$name" = ssepp ] && extra=$ssepp_args
+      # shellcheck disable=SC2086
+      "$exe" --port 0 --threads "$threads" --rate "$rate" --payload 64 $extra > "$out" 2>&1 &
       pid=$!
       for _ in $(seq 100); do grep -qs listening "$out" && break; sleep 0.05; done
       url=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$out")
