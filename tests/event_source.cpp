@@ -63,7 +63,7 @@ void open(ssepp::event_source& es)
 {
     const auto a = es.on_response(200, "text/event-stream");
     REQUIRE(a.open);
-    REQUIRE(a.reason == ssepp::event_source::close_reason::none);
+    REQUIRE(a.reason == ssepp::event_source::stop_reason::none);
     REQUIRE(es.state() == ssepp::event_source::ready_state::open);
 }
 
@@ -96,7 +96,7 @@ TEST_CASE("a new source is connecting and asks for an event stream", "[event_sou
 {
     ssepp::event_source es;
     CHECK(es.state() == ssepp::event_source::ready_state::connecting);
-    CHECK(es.reason() == ssepp::event_source::close_reason::none);
+    CHECK(es.reason() == ssepp::event_source::stop_reason::none);
     CHECK(es.last_event_id().empty());
     CHECK(es.retry() == milliseconds(3000));
     // No Last-Event-ID while the last event id is empty, as EventSource.
@@ -111,7 +111,7 @@ TEST_CASE("200 with text/event-stream opens, parameters and case do not matter",
         ssepp::event_source es;
         const auto a = es.on_response(200, type);
         CHECK(a.open);
-        CHECK(a.reason == ssepp::event_source::close_reason::none);
+        CHECK(a.reason == ssepp::event_source::stop_reason::none);
         CHECK(es.state() == ssepp::event_source::ready_state::open);
     }
 }
@@ -121,9 +121,9 @@ TEST_CASE("204 fails the connection without reconnecting", "[event_source]")
     ssepp::event_source es;
     const auto a = es.on_response(204, "text/event-stream");
     CHECK(!a.open);
-    CHECK(a.reason == ssepp::event_source::close_reason::no_content);
+    CHECK(a.reason == ssepp::event_source::stop_reason::no_content);
     CHECK(es.state() == ssepp::event_source::ready_state::closed);
-    CHECK(es.reason() == ssepp::event_source::close_reason::no_content);
+    CHECK(es.reason() == ssepp::event_source::stop_reason::no_content);
     CHECK(es.on_end() == stop);
     CHECK(es.on_end(refused) == stop);
 }
@@ -135,7 +135,7 @@ TEST_CASE("a status other than 200 fails the connection without reconnecting", "
         ssepp::event_source es;
         const auto a = es.on_response(status, "text/event-stream");
         CHECK(!a.open);
-        CHECK(a.reason == ssepp::event_source::close_reason::bad_status);
+        CHECK(a.reason == ssepp::event_source::stop_reason::bad_status);
         CHECK(es.state() == ssepp::event_source::ready_state::closed);
         CHECK(es.on_end() == stop);
     }
@@ -148,12 +148,12 @@ TEST_CASE("another content type fails the connection without reconnecting", "[ev
         ssepp::event_source es;
         const auto a = es.on_response(200, type);
         CHECK(!a.open);
-        CHECK(a.reason == ssepp::event_source::close_reason::bad_content_type);
+        CHECK(a.reason == ssepp::event_source::stop_reason::bad_content_type);
         CHECK(es.on_end() == stop);
     }
     // The status is judged first: a 204 or 404 with a wrong type says so.
     ssepp::event_source es;
-    CHECK(es.on_response(404, "text/html").reason == ssepp::event_source::close_reason::bad_status);
+    CHECK(es.on_response(404, "text/html").reason == ssepp::event_source::stop_reason::bad_status);
 }
 
 TEST_CASE("feed delivers the events of an open stream only", "[event_source]")
@@ -437,7 +437,7 @@ TEST_CASE("a parser error fails the connection without reconnecting", "[event_so
     CHECK(feed(es, "data: ok\n\ndata: 0123456789abcdef\n\n", &ec) == events{{"message", "ok", ""}});
     CHECK(ec == ssepp::errc::line_too_long);
     CHECK(es.state() == ssepp::event_source::ready_state::closed);
-    CHECK(es.reason() == ssepp::event_source::close_reason::stream_error);
+    CHECK(es.reason() == ssepp::event_source::stop_reason::stream_error);
     CHECK(es.stream_error() == ssepp::errc::line_too_long);
     CHECK(es.on_end() == stop);
     CHECK(feed(es, "data: more\n\n", &ec).empty());
@@ -448,7 +448,7 @@ TEST_CASE("a parser error fails the connection without reconnecting", "[event_so
     open(big);
     CHECK(feed(big, "data: 0123456789\n\n", &ec).empty());
     CHECK(ec == ssepp::errc::event_too_large);
-    CHECK(big.reason() == ssepp::event_source::close_reason::stream_error);
+    CHECK(big.reason() == ssepp::event_source::stop_reason::stream_error);
     CHECK(big.on_end() == stop);
 }
 
@@ -465,7 +465,7 @@ TEST_CASE("close() from a handler stops delivery at once", "[event_source]")
     CHECK(ec == ssepp::errc::closed);
     CHECK(got == events{{"message", "1", ""}});
     CHECK(es.state() == ssepp::event_source::ready_state::closed);
-    CHECK(es.reason() == ssepp::event_source::close_reason::closed);
+    CHECK(es.reason() == ssepp::event_source::stop_reason::closed);
     CHECK(es.on_end() == stop);
 }
 
@@ -492,14 +492,14 @@ TEST_CASE("close() is final and keeps the first reason", "[event_source]")
     CHECK(es.state() == ssepp::event_source::ready_state::closed);
     CHECK(es.on_response(200, "text/event-stream").open == false);
     CHECK(es.on_response(200, "text/event-stream").reason
-        == ssepp::event_source::close_reason::closed);
+        == ssepp::event_source::stop_reason::closed);
     CHECK(es.on_end(refused) == stop);
 
     ssepp::event_source failed;
     CHECK(failed.on_response(404, "text/html").reason
-        == ssepp::event_source::close_reason::bad_status);
+        == ssepp::event_source::stop_reason::bad_status);
     failed.close();
-    CHECK(failed.reason() == ssepp::event_source::close_reason::bad_status);
+    CHECK(failed.reason() == ssepp::event_source::stop_reason::bad_status);
 }
 
 TEST_CASE("a handler that throws leaves the source usable", "[event_source]")
@@ -553,7 +553,7 @@ TEST_CASE("a second response without on_end starts a fresh stream", "[event_sour
 
 TEST_CASE("every close reason has a description", "[event_source]")
 {
-    using r = ssepp::event_source::close_reason;
+    using r = ssepp::event_source::stop_reason;
     std::set<std::string_view> seen;
     for (auto reason :
         {r::none, r::closed, r::no_content, r::bad_status, r::bad_content_type, r::stream_error}) {

@@ -275,21 +275,21 @@ int closed_exit(
         return exit_failed;
     }
     switch (es.reason()) {
-    case ssepp::event_source::close_reason::closed: // --max-events
+    case ssepp::event_source::stop_reason::closed: // --max-events
         return exit_ok;
-    case ssepp::event_source::close_reason::no_content:
+    case ssepp::event_source::stop_reason::no_content:
         fmt::print(stderr, "sse-cat: the server answered 204 No Content: done\n");
         return exit_ok;
-    case ssepp::event_source::close_reason::bad_status:
+    case ssepp::event_source::stop_reason::bad_status:
         fmt::print(stderr, "sse-cat: HTTP status {} (expected 200)\n", status);
         return exit_failed;
-    case ssepp::event_source::close_reason::bad_content_type:
+    case ssepp::event_source::stop_reason::bad_content_type:
         fmt::print(stderr, "sse-cat: content type '{}' (expected text/event-stream)\n", type);
         return exit_failed;
-    case ssepp::event_source::close_reason::stream_error:
+    case ssepp::event_source::stop_reason::stream_error:
         fmt::print(stderr, "sse-cat: bad event stream: {}\n", es.stream_error().message());
         return exit_failed;
-    case ssepp::event_source::close_reason::none:
+    case ssepp::event_source::stop_reason::none:
         break;
     }
     return exit_failed;

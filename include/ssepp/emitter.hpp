@@ -141,7 +141,6 @@ public:
 
     /// Starts the writes, the peer watch and the timers. Calling it again does nothing.
     void start();
-
     // -- Sending ------------------------------------------------------------------------------
 
     /// Formats `e` once and queues it. Returns at once, from any thread. Errors: those of
@@ -157,7 +156,6 @@ public:
     /// written_seq() reports the last tag written whole. Errors as send().
     void enqueue(shared_frame frame, std::uint64_t seq, std::error_code& ec);
     void enqueue(shared_frame frame, std::uint64_t seq = 0);
-
     // -- Ending ---------------------------------------------------------------------------------
 
     /// Flushes the queue, ends the body (the transport's closing handshake), then closes:
@@ -189,7 +187,6 @@ public:
     /// Completes, `void(close_reason, std::error_code)`, when the stream has ended.
     template <class CompletionToken>
     auto async_wait_closed(CompletionToken&& token);
-
     // -- Backpressure ---------------------------------------------------------------------------
 
     /// Completes, `void(std::error_code)`, once every byte queued before the call is written
@@ -202,7 +199,6 @@ public:
     /// bound allows feeds the stream as it drains.
     template <class CompletionToken>
     auto async_wait_drained(std::size_t threshold, CompletionToken&& token);
-
     // -- Observers ------------------------------------------------------------------------------
 
     /// False once the stream is ending or ended; sends then fail with errc::closed.

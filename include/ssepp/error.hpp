@@ -70,6 +70,15 @@ inline std::error_code make_error_code(errc e) noexcept
     return {static_cast<int>(e), error_category()};
 }
 
+namespace detail {
+// The throwing overloads: what the error_code overloads report, as std::system_error.
+inline void throw_on_error(std::error_code ec, const char* what)
+{
+    if (ec)
+        throw std::system_error(ec, what);
+}
+} // namespace detail
+
 } // namespace ssepp
 
 template <>

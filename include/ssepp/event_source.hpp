@@ -117,9 +117,9 @@ public:
     /// EventSource's `readyState`, with the same values.
     enum class ready_state { connecting = 0, open = 1, closed = 2 };
 
-    /// Why the source is closed; `none` while it is not. (Not the emitter's ssepp::close_reason,
+    /// Why the source stopped; `none` while it has not. (Named apart from ssepp::close_reason,
     /// which says why a server-side stream ended.)
-    enum class close_reason {
+    enum class stop_reason {
         none,
         /// close() was called.
         closed,
@@ -134,16 +134,16 @@ public:
     };
 
     /// A short English description of `r`, for messages (found by ADL: `describe(es.reason())`).
-    [[nodiscard]] friend constexpr std::string_view describe(close_reason r) noexcept
+    [[nodiscard]] friend constexpr std::string_view describe(stop_reason r) noexcept
     {
         switch (r) {
-        case close_reason::none: return "not closed";
-        case close_reason::closed: return "closed by the client";
-        case close_reason::no_content: return "the server answered 204 No Content";
-        case close_reason::bad_status: return "the response status is not 200";
-        case close_reason::bad_content_type:
+        case stop_reason::none: return "not closed";
+        case stop_reason::closed: return "closed by the client";
+        case stop_reason::no_content: return "the server answered 204 No Content";
+        case stop_reason::bad_status: return "the response status is not 200";
+        case stop_reason::bad_content_type:
             return "the response content type is not text/event-stream";
-        case close_reason::stream_error: return "the event stream broke the parser's limits";
+        case stop_reason::stream_error: return "the event stream broke the parser's limits";
         }
         return "unknown";
     }
@@ -153,8 +153,8 @@ public:
         /// True: the stream is open, feed it the body. False: the connection failed, abort the
         /// response and do not reconnect.
         bool open;
-        /// Why it failed; `close_reason::none` when open.
-        close_reason reason;
+        /// Why it failed; `stop_reason::none` when open.
+        stop_reason reason;
     };
 
     /// A source in the connecting state, about to send its first request.
@@ -175,8 +175,8 @@ public:
     ///
     /// 200 with a `text/event-stream` type (see is_event_stream()) opens the stream and resets the
     /// back-off. Anything else closes it for good ("fail the connection"): 204 with
-    /// close_reason::no_content, which servers use to say "stop", another status with
-    /// close_reason::bad_status, another type with close_reason::bad_content_type.
+    /// stop_reason::no_content, which servers use to say "stop", another status with
+    /// stop_reason::bad_status, another type with stop_reason::bad_content_type.
     /// On a closed source, returns `{false, reason()}` and changes nothing.
     response_action on_response(int status, std::string_view content_type)
     {
@@ -185,14 +185,14 @@ public:
         if (state_ == ready_state::open)
             parser_.finish(); // a response that was never ended: its tail cannot carry over
         if (status == 204)
-            return fail(close_reason::no_content);
+            return fail(stop_reason::no_content);
         if (status != 200)
-            return fail(close_reason::bad_status);
+            return fail(stop_reason::bad_status);
         if (!is_event_stream(content_type))
-            return fail(close_reason::bad_content_type);
+            return fail(stop_reason::bad_content_type);
         state_ = ready_state::open;
         attempts_ = 0;
-        return {true, close_reason::none};
+        return {true, stop_reason::none};
     }
 
     /// Feeds a chunk of the open response's body; the handler is called for each event, as by
@@ -205,7 +205,7 @@ public:
     /// @returns `errc::closed` when the source is not open (nothing is parsed) or was closed
     /// by the handler (abort the response either way); the parser's
     /// `errc::line_too_long` or `errc::event_too_large`, which close the source for good
-    /// (close_reason::stream_error; abort the response). Not a reconnection: the server would
+    /// (stop_reason::stream_error; abort the response). Not a reconnection: the server would
     /// most likely replay the same oversized event from the same Last-Event-ID, forever.
     template <class Handler>
     std::error_code feed(std::string_view chunk, Handler&& h)
@@ -220,7 +220,7 @@ public:
         if (state_ == ready_state::closed)
             return errc::closed;
         if (ec) {
-            fail(close_reason::stream_error);
+            fail(stop_reason::stream_error);
             stream_error_ = ec;
         }
         return ec;
@@ -249,7 +249,7 @@ public:
     void close() noexcept
     {
         if (state_ != ready_state::closed)
-            fail(close_reason::closed);
+            fail(stop_reason::closed);
     }
 
     /// The request header fields to send: `Accept: text/event-stream`, `Cache-Control:
@@ -279,10 +279,10 @@ public:
     /// Where the source is: connecting (before on_response() and after on_end()), open, closed.
     [[nodiscard]] ready_state state() const noexcept { return state_; }
 
-    /// Why the source is closed; close_reason::none while it is not.
-    [[nodiscard]] close_reason reason() const noexcept { return reason_; }
+    /// Why the source is closed; stop_reason::none while it is not.
+    [[nodiscard]] stop_reason reason() const noexcept { return reason_; }
 
-    /// The parser's error when the reason is close_reason::stream_error.
+    /// The parser's error when the reason is stop_reason::stream_error.
     [[nodiscard]] std::error_code stream_error() const noexcept { return stream_error_; }
 
     /// The error last passed to on_end() (empty for a clean end), for diagnostics.
@@ -342,7 +342,7 @@ private:
         std::optional<std::chrono::milliseconds> retry;
     };
 
-    response_action fail(close_reason r) noexcept
+    response_action fail(stop_reason r) noexcept
     {
         state_ = ready_state::closed;
         reason_ = r;
@@ -415,7 +415,7 @@ private:
     parser parser_;
     std::uint64_t rng_ = 0;
     ready_state state_ = ready_state::connecting;
-    close_reason reason_ = close_reason::none;
+    stop_reason reason_ = stop_reason::none;
     std::error_code stream_error_;
     std::optional<frozen> frozen_;  // ids and retry as they were when a handler closed the source
     std::error_code last_transport_error_;

@@ -259,8 +259,7 @@ public:
     {
         std::error_code ec;
         auto r = send(key, std::move(e), ec);
-        if (ec)
-            throw std::system_error(ec, "ssepp::basic_registry::send");
+        detail::throw_on_error(ec, "ssepp::basic_registry::send");
         return r;
     }
 
@@ -320,8 +319,7 @@ public:
     {
         std::error_code ec;
         auto r = broadcast(std::move(e), ec);
-        if (ec)
-            throw std::system_error(ec, "ssepp::basic_registry::broadcast");
+        detail::throw_on_error(ec, "ssepp::basic_registry::broadcast");
         return r;
     }
 
@@ -359,8 +357,7 @@ public:
     {
         std::error_code ec;
         auto r = finish(key, std::move(last), ec);
-        if (ec)
-            throw std::system_error(ec, "ssepp::basic_registry::finish");
+        detail::throw_on_error(ec, "ssepp::basic_registry::finish");
         return r;
     }
 

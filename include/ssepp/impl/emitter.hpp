@@ -90,8 +90,7 @@ void basic_emitter<T>::send(const event& e)
 {
     std::error_code ec;
     send(e, ec);
-    if (ec)
-        throw std::system_error(ec, "ssepp::basic_emitter::send");
+    detail::throw_on_error(ec, "ssepp::basic_emitter::send");
 }
 
 template <transport T>
@@ -106,8 +105,7 @@ void basic_emitter<T>::enqueue(shared_frame frame, std::uint64_t seq)
 {
     std::error_code ec;
     enqueue(std::move(frame), seq, ec);
-    if (ec)
-        throw std::system_error(ec, "ssepp::basic_emitter::enqueue");
+    detail::throw_on_error(ec, "ssepp::basic_emitter::enqueue");
 }
 
 template <transport T>
@@ -160,8 +158,7 @@ void basic_emitter<T>::complete(const event& last)
 {
     std::error_code ec;
     complete(last, ec);
-    if (ec)
-        throw std::system_error(ec, "ssepp::basic_emitter::complete");
+    detail::throw_on_error(ec, "ssepp::basic_emitter::complete");
 }
 
 template <transport T>
