@@ -1,6 +1,6 @@
 // ssepp/http_body.hpp
 // The HTTP/1.1 side of an event stream on a raw byte stream: the response head, and
-// http_body<NextLayer>, a transport that writes that head once and frames the body
+// http_body<NextLayer>, a transport that writes that head once and delimits the body
 // (close-delimited or chunked), so that the emitter above it never knows HTTP.
 // SPDX-License-Identifier: BSL-1.0
 #ifndef SSEPP_HTTP_BODY_HPP
@@ -90,9 +90,9 @@ struct response_options {
 
 namespace detail {
 
-// The wire buffers of one framed write: what is left of the head and of the chunk framing
+// The buffers of one write on the wire: what is left of the head and of the chunk framing
 // around up to 64 body buffers. Copied into the write operation, as Asio copies any sequence.
-struct framed_buffers {
+struct wire_buffers {
     using value_type = asio::const_buffer;
     using const_iterator = const asio::const_buffer*;
     std::array<asio::const_buffer, 68> b;
@@ -107,7 +107,7 @@ struct framed_buffers {
     const_iterator end() const noexcept { return b.data() + n; }
 };
 
-// Completes a framed write with the body bytes it wrote, not the wire bytes: the caller
+// Completes a write with the body bytes it wrote, not the wire bytes: the caller
 // counts what it gave. Keeps the caller's executor, allocator and continuation hint.
 template <class Body, class Handler>
 struct body_write_handler {
@@ -144,9 +144,9 @@ struct body_write_handler {
 
 /// A transport over `NextLayer` (a socket, a TLS stream) whose bytes are an HTTP/1.1 event
 /// stream response body: the head, response_head(options), goes out with the first write, and
-/// each write is framed as the options say. It satisfies ssepp::transport; reads pass through
-/// to the next layer untouched. A stack that writes heads and frames bodies itself passes its
-/// own transport to the emitter instead.
+/// each write is delimited as options.framing says. It satisfies ssepp::transport; reads pass
+/// through to the next layer untouched. A stack that writes heads and delimits bodies itself
+/// passes its own transport to the emitter instead.
 ///
 /// async_write_some() reports body bytes only. With raw framing, writes after the first go
 /// straight to the next layer.
@@ -197,7 +197,7 @@ public:
     {
         if (!chunked_ && head_pos_ == head_->size())
             return next_.async_write_some(buffers, std::forward<WriteHandler>(handler));
-        detail::framed_buffers wire;
+        detail::wire_buffers wire;
         wire.push(asio::buffer(*head_) + head_pos_);
         const std::size_t wire_head = head_->size() - head_pos_;
         // A chunk is at most 4 GiB (its size line fits chunk_size_); the rest goes in the next.

@@ -648,6 +648,7 @@ private:
         // connection as one frame: one enqueue and one buffer per connection for the batch.
         send_result deliver_batch_locked(channel& c, std::span<const event> events, std::error_code& ec)
         {
+            ec = {};
             if (events.size() == 1)
                 return deliver_locked(c, events.front(), ec);
             std::vector<shared_frame> frames;
