@@ -1262,3 +1262,26 @@ TEST_CASE("async_flush and async_wait_closed with asio::use_future over a socket
         CHECK(e.code() == ssepp::errc::closed);
     }
 }
+
+TEST_CASE("drop_oldest never drops the retry hint queued before start()", "[emitter]")
+{
+    // Found by CI under ASan: with the hint in the queue, a slow start let drop_oldest drop it
+    // and count it as a dropped event.
+    asio::io_context io;
+    auto st = std::make_shared<manual_state>();
+    auto options = quiet();
+    options.max_queued_bytes = 110;
+    options.overflow = ssepp::overflow_policy::drop_oldest;
+    auto em = ssepp::make_emitter(manual_transport(io, st), options);
+    for (int i = 0; i < 5; ++i)
+        CHECK(test::send_ec(*em, {.id = std::to_string(i), .data = payload(30)}).value() == 0);
+    CHECK(em->dropped() == 3);  // the 13-byte hint and two 44-byte events fit in 110
+    em->start();
+    pump(io);
+    REQUIRE(st->handler);
+    complete_write(*st, st->offered);
+    pump(io);
+    CHECK(st->written == "retry: 5000\n\nid: 3\ndata: " + payload(30) + "\n\nid: 4\ndata: " + payload(30) + "\n\n");
+    em->abort();
+    pump(io);
+}

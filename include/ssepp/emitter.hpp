@@ -273,6 +273,7 @@ private:
     bool writing_ = false;      // the write loop runs (a kick or a write is under way)
     bool in_flight_ = false;    // a write_some's handler is to come
     bool finishing_ = false;    // the closing handshake is under way
+    bool hint_queued_ = false;  // the retry hint is pending_'s first: drop_oldest keeps it
     std::uint32_t buf_pos_ = 0;  // the first of bufs_ not wholly written
     // Only layered transports keep a read outstanding, and so a buffer for it.
     [[no_unique_address]] std::array<char, detail::is_plain_socket<Transport> ? 0 : 64> read_sink_{};

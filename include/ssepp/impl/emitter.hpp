@@ -52,7 +52,10 @@ basic_emitter<T>::basic_emitter(T transport, const emitter_options& options)
     , policy_(options.overflow)
 {
     std::error_code ec;
-    enqueue(retry_frame(options.retry_hint), 0, ec);  // the stream's first bytes
+    auto hint = retry_frame(options.retry_hint);
+    hint_queued_ = hint != nullptr;
+    enqueue(std::move(hint), 0, ec);  // the stream's first bytes
+    hint_queued_ = hint_queued_ && !ec;
 }
 
 template <transport T>
@@ -395,6 +398,7 @@ bool basic_emitter<T>::gather_locked()
     if (pending_.empty())
         return false;
     owners_.swap(pending_);  // the batch owns the frames; the queue starts empty
+    hint_queued_ = false;
     bufs_.reserve(owners_.size());
     for (const auto& f : owners_)
         bufs_.emplace_back(f.frame->data(), f.frame->size());
@@ -461,12 +465,15 @@ void basic_emitter<T>::account_written_locked(std::size_t n)
 template <transport T>
 void basic_emitter<T>::drop_oldest_locked()
 {
-    // Keep at least the newest frame so the stream keeps moving.
+    // Keep at least the newest frame so the stream keeps moving, and the retry hint still
+    // queued before start(): it is not an event.
+    const std::size_t from = hint_queued_ ? 1 : 0;
     std::size_t n = 0;
     std::size_t bytes = 0;
-    while (n + 1 < pending_.size() && pending_bytes_ - bytes + inflight_bytes_ > max_queued_bytes_)
-        bytes += pending_[n++].frame->size();
-    pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(n));
+    while (from + n + 1 < pending_.size() && pending_bytes_ - bytes + inflight_bytes_ > max_queued_bytes_)
+        bytes += pending_[from + n++].frame->size();
+    const auto first = pending_.begin() + static_cast<std::ptrdiff_t>(from);
+    pending_.erase(first, first + static_cast<std::ptrdiff_t>(n));
     pending_bytes_ -= bytes;
     dropped_ += n;
     // The dropped frames came after the batch in flight: they settle once it is written.
