@@ -114,7 +114,7 @@ long double at_most(rep base, double fraction)
 
 struct model {
     es_t::ready_state state = es_t::ready_state::connecting;
-    es_t::close_reason reason = es_t::close_reason::none;
+    es_t::stop_reason reason = es_t::stop_reason::none;
     unsigned attempts = 0;
 };
 
@@ -122,8 +122,8 @@ void check_consistent(const es_t& es, const model& m)
 {
     FUZZ_CHECK(es.state() == m.state);
     FUZZ_CHECK(es.reason() == m.reason);
-    FUZZ_CHECK((es.state() == es_t::ready_state::closed) == (es.reason() != es_t::close_reason::none));
-    FUZZ_CHECK(!es.stream_error() || es.reason() == es_t::close_reason::stream_error);
+    FUZZ_CHECK((es.state() == es_t::ready_state::closed) == (es.reason() != es_t::stop_reason::none));
+    FUZZ_CHECK(!es.stream_error() || es.reason() == es_t::stop_reason::stream_error);
     FUZZ_CHECK(es.attempts() == m.attempts);
     const auto id = es.last_event_id();
     FUZZ_CHECK(id.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos);
@@ -229,13 +229,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* bytes, std::size_t siz
                 FUZZ_CHECK(!a.open && a.reason == m.reason);
             } else if (status == 204) {
                 m.state = es_t::ready_state::closed;
-                m.reason = es_t::close_reason::no_content;
+                m.reason = es_t::stop_reason::no_content;
             } else if (status != 200) {
                 m.state = es_t::ready_state::closed;
-                m.reason = es_t::close_reason::bad_status;
+                m.reason = es_t::stop_reason::bad_status;
             } else if (!is_event_stream_ref(type)) {
                 m.state = es_t::ready_state::closed;
-                m.reason = es_t::close_reason::bad_content_type;
+                m.reason = es_t::stop_reason::bad_content_type;
             } else {
                 m.state = es_t::ready_state::open;
                 m.attempts = 0;
@@ -267,13 +267,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* bytes, std::size_t siz
                 FUZZ_CHECK(h.calls == h.close_at); // nothing after close()
                 FUZZ_CHECK(ec == ssepp::errc::closed && !threw);
                 m.state = es_t::ready_state::closed;
-                m.reason = es_t::close_reason::closed;
+                m.reason = es_t::stop_reason::closed;
             } else if (ec) {
                 FUZZ_CHECK(!threw);
                 FUZZ_CHECK(ec == ssepp::errc::line_too_long || ec == ssepp::errc::event_too_large);
                 FUZZ_CHECK(es.stream_error() == ec);
                 m.state = es_t::ready_state::closed;
-                m.reason = es_t::close_reason::stream_error;
+                m.reason = es_t::stop_reason::stream_error;
             }
             // The retry in force is the last one reported, also after a close() from the
             // handler (the rest of that chunk does not count).
@@ -323,7 +323,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* bytes, std::size_t siz
             es.close();
             if (m.state != es_t::ready_state::closed) {
                 m.state = es_t::ready_state::closed;
-                m.reason = es_t::close_reason::closed;
+                m.reason = es_t::stop_reason::closed;
             }
             break;
         default: // retry() in force
