@@ -622,23 +622,29 @@ private:
                 delete m;
         }
 
+        // Validates `e` as given (the id added here must not turn an empty event into one),
+        // gives it the id of position `seq` if it has none, and formats it once, within
+        // history_options::max_event_bytes. Null, with `ec` set, when it cannot be sent.
+        shared_frame format_locked(event& e, std::uint64_t seq, std::error_code& ec) const
+        {
+            if ((ec = validate(e)))
+                return nullptr;
+            if (!e.id)
+                e.id = order.id(seq);
+            auto frame = make_frame(e, ec);
+            if (frame && frame->size() > options.max_event_bytes)
+                ec = errc::event_too_large;
+            return ec ? nullptr : frame;
+        }
+
         // Fixes the event's place in the order, formats it once, retains it, queues it.
         // `keep`: retain it even when history_options keep nothing (a terminal event).
         send_result deliver_locked(channel& c, event e, std::error_code& ec, bool keep = false)
         {
-            // Validated as given: the id added below must not turn an empty event into one.
-            if ((ec = validate(e)))
-                return {};
             const auto seq = order.peek();
-            if (!e.id)
-                e.id = order.id(seq);
-            auto frame = make_frame(e, ec);
-            if (ec)
+            auto frame = format_locked(e, seq, ec);
+            if (!frame)
                 return {};
-            if (frame->size() > options.max_event_bytes) {
-                ec = errc::event_too_large;
-                return {};
-            }
             order.take();
             c.history.append({seq, *e.id, frame, now_if_aged()}, options, keep);
             return {.connections = fan_out_locked(c, seq, frame, std::span(&frame, 1)), .id = std::move(*e.id)};
@@ -658,18 +664,10 @@ private:
             std::string whole;
             const auto first = order.peek();
             for (const auto& given : events) {
-                if ((ec = validate(given)))
-                    return {};
                 event e = given;
-                if (!e.id)
-                    e.id = order.id(first + frames.size());
-                auto frame = make_frame(e, ec);
-                if (ec)
+                auto frame = format_locked(e, first + frames.size(), ec);
+                if (!frame)
                     return {};
-                if (frame->size() > options.max_event_bytes) {
-                    ec = errc::event_too_large;
-                    return {};
-                }
                 whole += *frame;
                 frames.push_back(std::move(frame));
                 ids.push_back(std::move(*e.id));
