@@ -42,6 +42,11 @@ test_only=(
   clang-16 libfuzzer-16-dev
   # tests/sse_cat/driver.py and benchmarks/load_smoke.sh run python3 (also in the default set).
   python3
+  # The Boost.Asio flavour (SSEPP_ASIO=boost) and the Beast example, built and tested by CI.
+  libboost1.81-dev
+  # The deployment tests (label deploy): nginx as the HTTP/2 front, and a real Prometheus
+  # text-format parser for /metrics.
+  nginx python3-prometheus-client
 )
 bench_only=(
   # The peer the load tests compare against: nginx with the nchan module (Debian's nginx 1.22).
