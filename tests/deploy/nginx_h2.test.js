@@ -28,6 +28,7 @@ const STREAMS = 10;
 // Whatever is still running when node exits (a failure, the watchdog) is killed then.
 const live = new Set();
 process.on('exit', () => { for (const kill of live) kill('SIGKILL'); });
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => process.exit(1));
 
 // Polls `f` until it returns true, at most `ms`.
 async function eventually(f, ms, what) {
@@ -187,8 +188,10 @@ async function h2First(port, reqPath, headers) {
   const session = http2.connect(`https://127.0.0.1:${port}`, { rejectUnauthorized: false });
   session.on('error', () => {});
   try {
-    await withTimeout(new Promise((resolve, reject) => { session.once('connect', resolve); session.once('error', reject); }),
-      5000, `HTTP/2 connection to port ${port}`);
+    await withTimeout(new Promise((resolve, reject) => {
+      session.once('connect', resolve);
+      session.once('error', e => reject(new Error(`HTTP/2 connection to port ${port} failed: ${e.message}`)));
+    }), 5000, `HTTP/2 connection to port ${port}`);
     const req = session.request({ ':path': reqPath, ...headers });
     req.on('error', () => {});
     const head = await withTimeout(new Promise((resolve, reject) => { req.once('response', resolve); req.once('error', reject); }),
@@ -297,6 +300,7 @@ run('deploy: nginx in front of two notify_server nodes', 150000, async ({ cleanu
     const status = await nginx.stop();
     check(status.code === 0 || status.signal === 'SIGTERM', `nginx exit status ${JSON.stringify(status)}`);
   });
+  const isStream = l => l.port === nginx.h2 && /^GET \/api\/events /.test(l.request);
   const h2 = `https://127.0.0.1:${nginx.h2}/`;
   const h1 = `https://127.0.0.1:${nginx.h1}/`;
   console.log(`nginx: HTTP/2 on ${h2}, HTTP/1.1 on ${h1}; nodes A ${A.addr}, B ${B.addr}; logs in ${nginx.prefix}/logs`);
@@ -312,6 +316,7 @@ run('deploy: nginx in front of two notify_server nodes', 150000, async ({ cleanu
   equal(streamRes.head['content-type'], 'text/event-stream', 'event stream content type');
   equal(streamRes.head['content-encoding'], undefined, 'event stream content encoding');
   check(/^(retry|:|id|data|event)/.test(streamRes.first.toString()), `first bytes of the stream: ${JSON.stringify(streamRes.first.toString())}`);
+  await eventually(() => accessLog(nginx.prefix).filter(isStream).length === 1, 5000, 'the cancelled stream in the access log');
 
   const browser = await launchChromium();
   cleanup(() => browser.close());
@@ -397,6 +402,7 @@ run('deploy: nginx in front of two notify_server nodes', 150000, async ({ cleanu
 
   // --- Node loss: A dies; the streams it held end, the browser reconnects through nginx (to
   // B, the only node left) with Last-Event-ID, and B replays from Redis what was sent meanwhile.
+  const logged = accessLog(nginx.prefix).length;  // what ended before: h2First's stream
   A.proc.kill('SIGKILL');
   await withTimeout(A.stop(), 5000, 'node A to exit after SIGKILL');
   const m4 = 'm4: through node B while node A is down';
@@ -412,8 +418,7 @@ run('deploy: nginx in front of two notify_server nodes', 150000, async ({ cleanu
   }
   // The streams that were on A ended when A died (nginx logged them then, with A as upstream);
   // exactly those reconnected.
-  const isStream = l => l.port === nginx.h2 && /^GET \/api\/events /.test(l.request);
-  const onA = accessLog(nginx.prefix).filter(l => isStream(l) && l.upstream === A.addr);
+  const onA = accessLog(nginx.prefix).slice(logged).filter(l => isStream(l) && l.upstream === A.addr);
   const reconnected = afterLoss.filter(s => s.errors > 0).length;
   console.log(`node loss: ${onA.length} streams were on node A, ${reconnected} reconnected`);
   check(onA.length >= 1 && onA.length < STREAMS, `round robin put ${onA.length} of ${STREAMS} streams on node A`);
