@@ -147,6 +147,7 @@ async function startNginx(prefix, cert, key, nodes) {
     const values = {
       SSEPP_LISTEN: `127.0.0.1:${h2}`, SSEPP_H1_LISTEN: `127.0.0.1:${h1}`, SSEPP_SERVER_NAME: '127.0.0.1',
       SSEPP_CERT: cert, SSEPP_KEY: key, SSEPP_NODE_A: nodes[0], SSEPP_NODE_B: nodes[1],
+      SSEPP_USER: process.getuid() === 0 ? 'user root;' : '# (not root: nginx keeps this user)',
     };
     fs.writeFileSync(path.join(prefix, 'conf/conf.d/ssepp.conf'),
       fill(fs.readFileSync(path.join(deploy, 'ssepp.conf.template'), 'utf8'), values));
