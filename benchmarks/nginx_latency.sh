@@ -5,6 +5,10 @@
 # alternate (direct, nginx, direct, nginx, ...) so that both see the same machine, and the
 # medians of the runs' p50 and p99 are compared. Loopback only; every run is bounded in time.
 #
+# Each run's line: sse_load's figures (latency from the publish stamp in each event's data to its
+# parse), the CPU of fanout_server and of nginx (% of one core, over sse_load's whole run,
+# the connect phase included) and the load average when the run began.
+#
 # sse_load's measurement window opens once it has sent every request: through nginx a stream
 # reaches fanout_server only after nginx has connected to it, so its first events of the window
 # can miss a few streams, and "delivered ev/s" through nginx reads a little lower without any
@@ -62,6 +66,16 @@ stop() {  # SIGTERM, then SIGKILL after 5 s: only the processes started here, by
   wait "$pid" 2>/dev/null || true
 }
 trap 'stop "$nginx_pid"; stop "$server_pid"; rm -rf "$work"' EXIT
+
+# CPU time (clock ticks) of a process and its children (nginx's worker).
+cpu_ticks() {
+  local total=0 p
+  [ -n "$1" ] || { echo 0; return; }
+  for p in $1 $(pgrep -P "$1" 2>/dev/null); do
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
+  done
+  echo $total
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -122,8 +136,11 @@ run() {
   start_server "$mode.$i"
   url="http://127.0.0.1:$server_port/events"
   if [ "$mode" = nginx ]; then start_nginx; url="http://127.0.0.1:$nginx_port/events"; fi
+  local s0 n0 t0 s1 n1 t1
+  s0=$(cpu_ticks "$server_pid"); n0=$(cpu_ticks "$nginx_pid"); t0=$(date +%s.%N)
   timeout --signal=KILL $(( duration + 10 )) nice "$bin/sse_load" --url "$url" --connections "$conns" --connect-rate 3000 \
       --connect-timeout 8 --duration "$duration" > "$work/load.json" || true
+  s1=$(cpu_ticks "$server_pid"); n1=$(cpu_ticks "$nginx_pid"); t1=$(date +%s.%N)
   stop "$nginx_pid"; nginx_pid=""
   stop "$server_pid"; server_pid=""
   if [ "$mode" = nginx ] && grep -qE '\[(warn|error|crit|alert|emerg)\]' "$work/nginx/logs/error.log"; then
@@ -131,12 +148,15 @@ run() {
     grep -E '\[(warn|error|crit|alert|emerg)\]' "$work/nginx/logs/error.log" | sed 's/^[0-9\/]* [0-9:]* //' | sort | uniq -c | sort -rn | head -5 >&2
   fi
   rm -f "$work/nginx/logs/error.log"
-  if ! python3 - "$mode" "$load0" "$work/load.json" >> "$results" <<'PY'
-import json, sys
-mode, load0, path = sys.argv[1:]
+  if ! python3 - "$mode" "$load0" "$work/load.json" "$s0" "$s1" "$n0" "$n1" "$t0" "$t1" >> "$results" <<'PY'
+import json, os, sys
+mode, load0, path = sys.argv[1:4]
+s0, s1, n0, n1 = (int(x) for x in sys.argv[4:8])
+secs = (float(sys.argv[9]) - float(sys.argv[8])) * os.sysconf('SC_CLK_TCK') / 100
 j = json.load(open(path))
 print("\t".join(str(x) for x in [mode, j["connected"], j["failed"], j["closed_early"], round(j["events_per_s"]),
-      round(j["latency_us"]["p50"]), round(j["latency_us"]["p99"]), round(j["latency_us"]["max"]), load0]))
+      round(j["latency_us"]["p50"]), round(j["latency_us"]["p99"]), round(j["latency_us"]["max"]),
+      round((s1 - s0) / secs), round((n1 - n0) / secs) if mode == "nginx" else "-", load0]))
 PY
   then
     echo "$mode run $i: no result from sse_load" >&2; exit 1
@@ -158,8 +178,8 @@ import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 conns = int(sys.argv[2])
 print()
-print("| run | path | connected | failed | closed early | delivered ev/s | p50 µs | p99 µs | max µs | load |")
-print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| run | path | connected | failed | closed early | delivered ev/s | p50 µs | p99 µs | max µs | server CPU % | nginx CPU % | load |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 n = {"direct": 0, "nginx": 0}
 for r in rows:
     n[r[0]] += 1
