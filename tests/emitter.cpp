@@ -4,12 +4,7 @@
 #include "catch.hpp"
 #include "support/loopback.hpp"
 
-#include <asio/handler_continuation_hook.hpp>
-#include <asio/local/connect_pair.hpp>
-#include <asio/local/stream_protocol.hpp>
-#include <asio/strand.hpp>
-#include <asio/bind_executor.hpp>
-#include <asio/use_future.hpp>
+#include "support/asio.hpp"
 
 #include <malloc.h>
 #include <poll.h>
@@ -415,7 +410,7 @@ TEST_CASE("slow consumer, overflow_policy::close: closes with overflow, memory b
     sse_server srv({.options = options, .small_send_buffer = true});
     test::client c(srv.port(), "/events", "", 4096);  // and it reads nothing for a while
     auto s = srv.at(0);
-    std::error_code last;
+    ssepp::error_code last;
     std::size_t most = 0;
     int sends = 0;
     for (; sends < 20000 && !last; ++sends) {
@@ -621,7 +616,7 @@ TEST_CASE("idle emitters share one sweeper, which empties as they close, and run
             if (::poll(&fd, 1, 100) <= 0)
                 continue;
             char buf[4096];
-            std::error_code ec;
+            ssepp::error_code ec;
             const auto k = p.read_some(asio::buffer(buf), ec);
             if (ec)
                 break;
@@ -661,7 +656,7 @@ ssepp::emitter_options bare_options()
 }
 
 struct manual_state {
-    std::function<void(std::error_code, std::size_t)> handler;  // the write in flight, if any
+    std::function<void(ssepp::error_code, std::size_t)> handler;  // the write in flight, if any
     std::size_t offered = 0;  // bytes offered to that write
     std::string written;      // bytes the test let through
     std::vector<asio::const_buffer> buffers;
@@ -689,7 +684,7 @@ public:
         s_->handler = std::forward<Handler>(handler);
     }
 
-    void close(std::error_code&) { s_->closed = true; }
+    void close(ssepp::error_code&) { s_->closed = true; }
 
 private:
     executor_type ex_;
@@ -704,7 +699,7 @@ void pump(asio::io_context& io)
 }
 
 /// Lets the first `n` offered bytes through and completes the write in flight.
-void complete_write(manual_state& s, std::size_t n, std::error_code ec = {})
+void complete_write(manual_state& s, std::size_t n, ssepp::error_code ec = {})
 {
     REQUIRE(s.handler);
     std::size_t left = n;
@@ -748,7 +743,7 @@ TEST_CASE("a write failing before the posted close does not change the close rea
 
 TEST_CASE("a write that fails without the peer leaving closes with close_reason::error", "[emitter]")
 {
-    const std::pair<std::error_code, ssepp::close_reason> cases[] = {
+    const std::pair<ssepp::error_code, ssepp::close_reason> cases[] = {
         {asio::error::no_buffer_space, ssepp::close_reason::error},
         {std::make_error_code(std::errc::protocol_error), ssepp::close_reason::error},
         {asio::error::broken_pipe, ssepp::close_reason::client_gone},
@@ -788,7 +783,7 @@ TEST_CASE("written_seq tracks the last tagged frame the transport took, async_wa
     test::send_ec(*em, ssepp::make_raw_frame("data: 2\n\n"), 9);
     test::send_ec(*em, ssepp::make_raw_frame(": untagged\n\n"));
     int drained = 0;
-    em->async_wait_drained(12, [&](std::error_code ec) { drained += !ec; });
+    em->async_wait_drained(12, [&](ssepp::error_code ec) { drained += !ec; });
     pump(io);
     CHECK(drained == 0);  // 32 bytes queued
     complete_write(*st, 4);  // part of frame 7: not written yet
@@ -802,7 +797,7 @@ TEST_CASE("written_seq tracks the last tagged frame the transport took, async_wa
     pump(io);
     CHECK(em->written_seq() == 9);  // the untagged comment leaves the tag as it was
     CHECK(drained == 1);
-    em->async_wait_drained(100, [&](std::error_code ec) { drained += !ec; });  // already below: posted at once
+    em->async_wait_drained(100, [&](ssepp::error_code ec) { drained += !ec; });  // already below: posted at once
     pump(io);
     CHECK(drained == 2);
     em->abort();
@@ -817,7 +812,7 @@ TEST_CASE("async_wait_drained completing at once still holds the emitter when it
     auto em = ssepp::make_emitter(manual_transport(io, st), options);
     std::weak_ptr<ssepp::basic_emitter<manual_transport>> weak = em;
     bool alive = false;
-    em->async_wait_drained(100, [&](std::error_code) { alive = !weak.expired(); });  // nothing queued: posted at once
+    em->async_wait_drained(100, [&](ssepp::error_code) { alive = !weak.expired(); });  // nothing queued: posted at once
     em.reset();  // the caller lets go before the handler runs
     pump(io);
     CHECK(alive);
@@ -936,7 +931,7 @@ TEST_CASE("an idle emitter costs little memory, its pending peer watch included"
     const auto before = ::mallinfo2().uordblks;
     for (std::size_t i = 0; i < n; ++i)
         asio::async_read_until(mine[i], asio::dynamic_buffer(heads[i]), "\r\n\r\n",
-                               [&, i](std::error_code ec, std::size_t) {
+                               [&, i](ssepp::error_code ec, std::size_t) {
                                    REQUIRE_FALSE(ec);
                                    ems.push_back(ssepp::make_emitter(ssepp::http_body(std::move(mine[i])), quiet()));
                                    ems.back()->start();
@@ -953,7 +948,9 @@ TEST_CASE("an idle emitter costs little memory, its pending peer watch included"
     for (auto& em : ems)
         REQUIRE(em->bytes_written() > 0);  // the head went out: each is idle now, watching
     INFO("heap per idle emitter: " << per_emitter << " B");
-    CHECK(per_emitter <= 672);  // 638 B here with g++ 12 and glibc 2.36; 714 B in a recycled block
+    // 638 B here with g++ 12 and glibc 2.36 (714 B in a recycled block); 681 B with Boost.Asio,
+    // whose error_code (in the emitter and in each pending operation) is 24 B, not 16.
+    CHECK(per_emitter <= (test::boost_asio ? 704 : 672));
     for (auto& em : ems)
         em->abort();
     pump(io);
@@ -1004,7 +1001,7 @@ TEST_CASE("a close handler that throws leaves the other streams to close", "[emi
     for (std::size_t i = 0; i < 3; ++i) {
         ems.push_back(ssepp::make_emitter(manual_transport(io, std::make_shared<manual_state>()), options));
         if (i == 0)
-            ems.back()->on_close([](ssepp::close_reason, std::error_code) { throw std::runtime_error("handler"); });
+            ems.back()->on_close([](ssepp::close_reason, ssepp::error_code) { throw std::runtime_error("handler"); });
         ems.back()->on_close(logs[i].handler());
         ems.back()->start();
     }
@@ -1106,11 +1103,11 @@ public:
         ++calls_->first;
         calls_->second += ex_.running_in_this_thread() ? 1 : 0;
         asio::post(ex_, [h = std::forward<Handler>(handler), size = asio::buffer_size(buffers)]() mutable {
-            h(std::error_code{}, size);
+            h(ssepp::error_code{}, size);
         });
     }
 
-    void close(std::error_code&) {}
+    void close(ssepp::error_code&) {}
 
 private:
     executor_type ex_;
@@ -1164,7 +1161,7 @@ TEST_CASE("a close while a write is in flight holds the close handlers until tha
         auto em = ssepp::make_emitter(manual_transport(io, st), bare_options());
         std::uint64_t seen_in_handler = 99;
         int calls = 0;
-        em->on_close([&, raw = em.get()](ssepp::close_reason, std::error_code) {
+        em->on_close([&, raw = em.get()](ssepp::close_reason, ssepp::error_code) {
             ++calls;
             seen_in_handler = raw->written_seq();
         });
@@ -1258,7 +1255,7 @@ TEST_CASE("async_flush and async_wait_closed with asio::use_future over a socket
     try {
         late.get();
         FAIL("async_flush on an ended stream succeeded");
-    } catch (const std::system_error& e) {
+    } catch (const ssepp::system_error& e) {
         CHECK(e.code() == ssepp::errc::closed);
     }
 }

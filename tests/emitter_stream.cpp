@@ -7,11 +7,7 @@
 #include "support/loopback.hpp"
 #include "support/test_stream.hpp"
 
-#include <asio/bind_executor.hpp>
-#include <asio/io_context.hpp>
-#include <asio/strand.hpp>
-#include <asio/use_future.hpp>
-#include <asio/write.hpp>
+#include "support/asio.hpp"
 
 #include <atomic>
 #include <future>
@@ -28,12 +24,12 @@ namespace {
 
 /// One completion of an operation on the stream.
 struct outcome {
-    std::error_code ec;
+    ssepp::error_code ec;
     std::size_t n = 0;
     int calls = 0;
     auto handler()
     {
-        return [this](std::error_code e, std::size_t k) {
+        return [this](ssepp::error_code e, std::size_t k) {
             ec = e;
             n = k;
             ++calls;
@@ -81,7 +77,7 @@ TEST_CASE("test::stream fails every write after the first n with the error chose
         try {
             writes[i].get();
             FAIL("write " << i << " succeeded");
-        } catch (const std::system_error& e) {
+        } catch (const ssepp::system_error& e) {
             CHECK(e.code() == asio::error::connection_reset);
         }
     }
@@ -116,7 +112,7 @@ TEST_CASE("test::stream holds a stalled write until release(), and close() abort
     s.async_read_some(asio::buffer(buf), read.handler());
     test::poll(io);
     CHECK(peer.read_pending());
-    std::error_code ec;
+    ssepp::error_code ec;
     s.close(ec);
     CHECK(second.calls == 0);
     test::poll(io);
@@ -162,8 +158,8 @@ TEST_CASE("test::stream's held operations keep run() busy, and the context's end
         auto s = std::make_shared<test::stream>(io);
         s->peer().stall();
         char buf[8];
-        s->async_read_some(asio::buffer(buf), [s, owned](std::error_code, std::size_t) {});
-        s->async_write_some(asio::buffer(std::string_view("x")), [s, owned](std::error_code, std::size_t) {});
+        s->async_read_some(asio::buffer(buf), [s, owned](ssepp::error_code, std::size_t) {});
+        s->async_write_some(asio::buffer(std::string_view("x")), [s, owned](ssepp::error_code, std::size_t) {});
         io.run_for(10ms);
         CHECK_FALSE(io.stopped());  // the held operations are outstanding work
         CHECK(owned.use_count() == 3);
@@ -221,7 +217,7 @@ TEST_CASE("a write failing after N writes ends the stream once, by the error's k
           "written_seq is the last whole frame before it",
           "[emitter][stream]")
 {
-    const std::pair<std::error_code, ssepp::close_reason> failures[] = {
+    const std::pair<ssepp::error_code, ssepp::close_reason> failures[] = {
         {asio::error::connection_reset, ssepp::close_reason::client_gone},
         {asio::error::broken_pipe, ssepp::close_reason::client_gone},
         {asio::error::no_buffer_space, ssepp::close_reason::error},
@@ -254,7 +250,7 @@ TEST_CASE("a write failing after N writes ends the stream once, by the error's k
             CHECK(r.peer.writes() == n + 1);  // no write after the failed one
             CHECK(r.peer.closed());
             CHECK_FALSE(r.em->is_open());
-            std::error_code ec;
+            ssepp::error_code ec;
             r.em->send({.data = "late"}, ec);
             CHECK(ec == ssepp::errc::closed);
             r.em->abort();  // too late to change anything
@@ -352,7 +348,7 @@ TEST_CASE("abort() with a write held: the close handler runs after that write's 
     r.em->enqueue(frame_of(10, 'y'), 2);  // queued behind the held write
     int writes_in_flight_at_close = -1;
     std::uint64_t seq_at_close = 99;
-    r.em->on_close([&](ssepp::close_reason, std::error_code) {
+    r.em->on_close([&](ssepp::close_reason, ssepp::error_code) {
         writes_in_flight_at_close = r.peer.writes_in_flight();
         seq_at_close = r.em->written_seq();
     });
@@ -382,7 +378,7 @@ TEST_CASE("abort() when a write took its bytes but its handler has not run: writ
     REQUIRE(r.peer.writes_in_flight() == 1);
     std::uint64_t seq_at_close = 99;
     int writes_in_flight_at_close = -1;
-    r.em->on_close([&](ssepp::close_reason, std::error_code) {
+    r.em->on_close([&](ssepp::close_reason, ssepp::error_code) {
         seq_at_close = r.em->written_seq();
         writes_in_flight_at_close = r.peer.writes_in_flight();
     });
@@ -420,10 +416,10 @@ TEST_CASE("complete() flushes what is queued, then closes: close_reason::complet
     r.em->start();
     r.em->complete();
     CHECK_FALSE(r.em->is_open());
-    std::error_code ec;
+    ssepp::error_code ec;
     r.em->send({.data = "after"}, ec);
     CHECK(ec == ssepp::errc::closed);
-    CHECK_THROWS_AS(r.em->send({.data = "after"}), std::system_error);
+    CHECK_THROWS_AS(r.em->send({.data = "after"}), ssepp::system_error);
     REQUIRE(r.run_until_closed());
     CHECK(r.closes.reason() == ssepp::close_reason::completed);
     CHECK_FALSE(r.closes.at(0).ec);
@@ -452,7 +448,7 @@ TEST_CASE("complete(last) writes the last event last, complete_with_error(ec) is
         r.em->start();
         const auto why = std::make_error_code(std::errc::operation_canceled);
         r.em->complete_with_error(why);
-        std::error_code ec;
+        ssepp::error_code ec;
         r.em->send({.data = "after"}, ec);
         CHECK(ec == ssepp::errc::closed);
         REQUIRE(r.run_until_closed());
@@ -486,9 +482,9 @@ TEST_CASE("async_flush completes once what was queued before it is written, not 
     r.em->start();
     REQUIRE(r.run_until([&] { return r.peer.write_held(); }));  // a is held
     r.em->enqueue(b);
-    std::optional<std::error_code> flushed;
+    std::optional<ssepp::error_code> flushed;
     std::string written_at_flush;
-    r.em->async_flush([&](std::error_code ec) {
+    r.em->async_flush([&](ssepp::error_code ec) {
         flushed = ec;
         written_at_flush = r.peer.str();
     });
@@ -511,7 +507,7 @@ TEST_CASE("async_flush completes once what was queued before it is written, not 
 
     // Nothing queued: completes at once, posted, not inline.
     bool done = false;
-    r.em->async_flush([&](std::error_code ec) { done = !ec; });
+    r.em->async_flush([&](ssepp::error_code ec) { done = !ec; });
     CHECK_FALSE(done);
     test::poll(r.io);
     CHECK(done);
@@ -525,8 +521,8 @@ TEST_CASE("async_flush fails with errc::closed when the stream ends first, also 
     r.em->send({.data = "never written"});
     r.em->start();
     REQUIRE(r.run_until([&] { return r.peer.write_held(); }));
-    std::optional<std::error_code> flushed;
-    r.em->async_flush([&](std::error_code ec) { flushed = ec; });
+    std::optional<ssepp::error_code> flushed;
+    r.em->async_flush([&](ssepp::error_code ec) { flushed = ec; });
     // use_future's handler runs on its associated executor, by default Asio's system executor
     // (a thread of its own, where TSan cannot follow the uninstrumented libstdc++'s reference
     // counts of the promise): bound to the context, it runs on the test's thread.
@@ -537,12 +533,12 @@ TEST_CASE("async_flush fails with errc::closed when the stream ends first, also 
     try {
         fut.get();
         FAIL("async_flush succeeded");
-    } catch (const std::system_error& e) {
+    } catch (const ssepp::system_error& e) {
         CHECK(e.code() == ssepp::errc::closed);
     }
     // After the end: at once, with the same error.
-    std::optional<std::error_code> late;
-    r.em->async_flush([&](std::error_code ec) { late = ec; });
+    std::optional<ssepp::error_code> late;
+    r.em->async_flush([&](ssepp::error_code ec) { late = ec; });
     REQUIRE(r.run_until([&] { return late.has_value(); }));
     CHECK(*late == ssepp::errc::closed);
 }
@@ -552,8 +548,8 @@ TEST_CASE("async_wait_closed reports the end with a callback and with use_future
     rig r;
     r.em->send({.data = "x"});
     r.em->start();
-    std::optional<std::pair<ssepp::close_reason, std::error_code>> by_callback;
-    r.em->async_wait_closed([&](ssepp::close_reason why, std::error_code ec) { by_callback.emplace(why, ec); });
+    std::optional<std::pair<ssepp::close_reason, ssepp::error_code>> by_callback;
+    r.em->async_wait_closed([&](ssepp::close_reason why, ssepp::error_code ec) { by_callback.emplace(why, ec); });
     // Bound to the context: see the async_flush test.
     auto fut = r.em->async_wait_closed(asio::bind_executor(r.io, asio::use_future));
     const auto why = std::make_error_code(std::errc::io_error);
@@ -568,7 +564,7 @@ TEST_CASE("async_wait_closed reports the end with a callback and with use_future
 
     // Asked after the end: completes (posted) with the same outcome.
     std::optional<ssepp::close_reason> late;
-    r.em->async_wait_closed([&](ssepp::close_reason why, std::error_code) { late = why; });
+    r.em->async_wait_closed([&](ssepp::close_reason why, ssepp::error_code) { late = why; });
     CHECK_FALSE(late);
     test::poll(r.io);
     CHECK(late == ssepp::close_reason::completed_with_error);
@@ -582,7 +578,7 @@ TEST_CASE("on_timeout may send a last event, written before the stream ends with
     options.lifetime = 60ms;
     rig r(options);
     int calls = 0;
-    std::error_code send_ec = ssepp::errc::overflow;  // overwritten by the send
+    ssepp::error_code send_ec = ssepp::errc::overflow;  // overwritten by the send
     bool open_in_handler = false;
     r.em->on_timeout([&] {
         ++calls;
@@ -650,7 +646,7 @@ TEST_CASE("overflow_policy::close: a queue at max_queued_bytes stays open, past 
     r.em->enqueue(frame_of(50, 'a'), 1);
     r.em->start();
     REQUIRE(r.run_until([&] { return r.peer.write_held(); }));  // 50 in flight
-    std::error_code ec;
+    ssepp::error_code ec;
     r.em->enqueue(frame_of(101), 0, ec);  // alone over the bound: refused, the stream stays
     CHECK(ec == ssepp::errc::event_too_large);
     CHECK(r.em->is_open());
@@ -683,8 +679,8 @@ TEST_CASE("overflow_policy::drop_oldest drops queued frames past max_queued_byte
     REQUIRE(r.run_until([&] { return r.peer.write_held(); }));  // a in flight
     r.em->enqueue(b, 2);  // 100: at the bound, kept
     CHECK(r.em->dropped() == 0);
-    std::optional<std::error_code> flushed;
-    r.em->async_flush([&](std::error_code ec) { flushed = ec; });
+    std::optional<ssepp::error_code> flushed;
+    r.em->async_flush([&](ssepp::error_code ec) { flushed = ec; });
     r.em->enqueue(c, 3);  // 130: b goes
     CHECK(r.em->dropped() == 1);
     CHECK(r.em->queued_bytes() == 80);
@@ -719,8 +715,8 @@ TEST_CASE("async_flush under drop_oldest waits for the write in flight even when
     r.em->enqueue(frame_of(50, 'a'));
     r.em->start();
     REQUIRE(r.run_until([&] { return r.peer.write_held(); }));  // a in flight, not written
-    std::optional<std::error_code> flushed;
-    r.em->async_flush([&](std::error_code ec) { flushed = ec; });  // waits for a only
+    std::optional<ssepp::error_code> flushed;
+    r.em->async_flush([&](ssepp::error_code ec) { flushed = ec; });  // waits for a only
     r.em->enqueue(frame_of(60, 'b'));  // 110: b is the newest, kept
     r.em->enqueue(frame_of(60, 'c'));  // b goes
     CHECK(r.em->dropped() == 1);
@@ -743,9 +739,9 @@ TEST_CASE("async_wait_drained completes once queued_bytes() is at most its thres
     r.em->start();
     REQUIRE(r.run_until([&] { return r.peer.write_held(); }));
     CHECK(r.em->queued_bytes() == 40);
-    std::optional<std::error_code> drained;
+    std::optional<ssepp::error_code> drained;
     std::size_t queued_when_drained = 0;
-    r.em->async_wait_drained(20, [&](std::error_code ec) {
+    r.em->async_wait_drained(20, [&](ssepp::error_code ec) {
         drained = ec;
         queued_when_drained = r.em->queued_bytes();
     });
@@ -763,12 +759,12 @@ TEST_CASE("async_wait_drained completes once queued_bytes() is at most its thres
 
     // Already at or below: completes at once (posted); the stream ending first: errc::closed.
     bool at_once = false;
-    r.em->async_wait_drained(20, [&](std::error_code ec) { at_once = !ec; });
+    r.em->async_wait_drained(20, [&](ssepp::error_code ec) { at_once = !ec; });
     CHECK_FALSE(at_once);
     test::poll(r.io);
     CHECK(at_once);
-    std::optional<std::error_code> never;
-    r.em->async_wait_drained(0, [&](std::error_code ec) { never = ec; });
+    std::optional<ssepp::error_code> never;
+    r.em->async_wait_drained(0, [&](ssepp::error_code ec) { never = ec; });
     r.em->abort();
     REQUIRE(r.run_until([&] { return never.has_value(); }));
     CHECK(*never == ssepp::errc::closed);
@@ -803,7 +799,7 @@ TEST_CASE("the peer leaving during a held write: one close, client_gone, after t
     REQUIRE(r.run_until([&] { return r.peer.write_held() && r.peer.read_pending(); }));
     int writes_in_flight_at_close = -1;
     r.em->on_close(
-        [&](ssepp::close_reason, std::error_code) { writes_in_flight_at_close = r.peer.writes_in_flight(); });
+        [&](ssepp::close_reason, ssepp::error_code) { writes_in_flight_at_close = r.peer.writes_in_flight(); });
     r.peer.leave();  // the read ends with eof, then the write with connection_reset
     REQUIRE(r.run_until_closed());
     test::poll(r.io);
@@ -868,12 +864,12 @@ TEST_CASE("on_close added after the end, while the aborted write's handler is pe
     r.em->start();
     REQUIRE(r.run_until([&] { return r.peer.write_held(); }));
     std::vector<std::string> order;
-    r.em->on_close([&](ssepp::close_reason, std::error_code) { order.push_back("before"); });
+    r.em->on_close([&](ssepp::close_reason, ssepp::error_code) { order.push_back("before"); });
     r.em->abort();
     // Stop right after the close: the aborted write's handler is posted, not yet run.
     REQUIRE(r.run_until([&] { return !r.peer.write_held(); }));
     REQUIRE(r.peer.writes_in_flight() == 1);
-    r.em->on_close([&](ssepp::close_reason why, std::error_code) {
+    r.em->on_close([&](ssepp::close_reason why, ssepp::error_code) {
         order.push_back(why == ssepp::close_reason::aborted ? "after" : "after, wrong reason");
     });
     REQUIRE(r.run_until([&] { return order.size() == 2; }));
@@ -1127,7 +1123,7 @@ TEST_CASE("senders on four threads, the context run by two: every event once, in
     for (int t = 0; t < senders; ++t)
         threads.emplace_back([&, t] {
             for (int i = 0; i < per_sender; ++i) {
-                std::error_code ec;
+                ssepp::error_code ec;
                 em->send({.id = std::to_string(t) + "-" + std::to_string(i),
                           .data = std::string(std::size_t(i % 40), 'x')},
                          ec);

@@ -11,8 +11,7 @@
 #include <set>
 #include <thread>
 
-#include <asio/bind_executor.hpp>
-#include <asio/io_context.hpp>
+#include "support/asio.hpp"
 
 // Socket-free tests: the registry over test::fake_emitter, which records the frames it is
 // queued. The loopback tests are in registry_loopback.cpp.
@@ -170,7 +169,7 @@ TEST_CASE("registry: the overloads without an error_code throw what the others r
     const auto throws = [](auto&& f, ssepp::errc expected) {
         try {
             f();
-        } catch (const std::system_error& e) {
+        } catch (const ssepp::system_error& e) {
             return e.code() == expected;
         }
         return false;
@@ -196,9 +195,9 @@ TEST_CASE("registry: async_send completes once no connection of the key is over 
     reg.attach("k", fast);
     reg.attach("other", other);
     const auto event = data(std::string(290, 'x'));  // a 300-byte frame
-    std::vector<std::pair<std::error_code, ssepp::send_result>> done;
+    std::vector<std::pair<ssepp::error_code, ssepp::send_result>> done;
     const auto send = [&](const std::string& key) {
-        reg.async_send(key, event, asio::bind_executor(io, [&](std::error_code ec, ssepp::send_result r) {
+        reg.async_send(key, event, asio::bind_executor(io, [&](ssepp::error_code ec, ssepp::send_result r) {
                            done.emplace_back(ec, std::move(r));
                        }));
         io.restart();
@@ -227,7 +226,7 @@ TEST_CASE("registry: async_send completes once no connection of the key is over 
 
     SECTION("a refused event completes at once with its error")
     {
-        reg.async_send("k", {.id = "a\nb", .data = "x"}, asio::bind_executor(io, [&](std::error_code ec, ssepp::send_result) {
+        reg.async_send("k", {.id = "a\nb", .data = "x"}, asio::bind_executor(io, [&](ssepp::error_code ec, ssepp::send_result) {
                            done.emplace_back(ec, ssepp::send_result{});
                        }));
         io.restart();
@@ -262,7 +261,7 @@ TEST_CASE("registry: send_batch queues several events as one frame, numbered and
     for (int i = 1; i <= 5; ++i)
         batch.push_back(data(std::string(20, char('a' + i))));
     batch[2].id = "own";
-    std::error_code ec;
+    ssepp::error_code ec;
     const auto r = reg.send_batch("k", batch, ec);
     REQUIRE(!ec);
     CHECK(r.connections == 2);

@@ -7,9 +7,7 @@
 #include "support/loopback.hpp"
 #include "support/tls.hpp"
 
-#include <asio/local/connect_pair.hpp>
-#include <asio/local/stream_protocol.hpp>
-#include <asio/ssl.hpp>
+#include "support/asio_ssl.hpp"
 
 #include <future>
 #include <string>
@@ -48,7 +46,7 @@ struct cannot_close {
 struct cannot_write {
     using executor_type = asio::any_io_executor;
     executor_type get_executor();
-    void close(std::error_code&);
+    void close(ssepp::error_code&);
 };
 static_assert(!ssepp::transport<cannot_close>);
 static_assert(!ssepp::transport<cannot_write>);
@@ -65,12 +63,12 @@ public:
     {
         srv_.accept([this, options](tcp::socket s) {
             auto tls = std::make_shared<tls_stream>(std::move(s), ctx_);
-            tls->async_handshake(asio::ssl::stream_base::server, [this, tls, options](std::error_code ec) {
+            tls->async_handshake(asio::ssl::stream_base::server, [this, tls, options](ssepp::error_code ec) {
                 if (ec)
                     return;
                 auto head = std::make_shared<std::string>();
                 asio::async_read_until(*tls, asio::dynamic_buffer(*head), "\r\n\r\n",
-                                       [this, tls, head, options](std::error_code ec, std::size_t) {
+                                       [this, tls, head, options](ssepp::error_code ec, std::size_t) {
                                            if (ec)
                                                return;
                                            auto em = ssepp::make_emitter(ssepp::http_body(std::move(*tls)), options);
@@ -160,7 +158,7 @@ TEST_CASE("a TLS handshake with an unpinned certificate fails", "[transport]")
     const auto cert = test::self_signed::make();
     const auto other = test::self_signed::make();
     tls_server srv(other, quiet());
-    CHECK_THROWS_AS(test::tls_client(srv.port(), cert), std::system_error);
+    CHECK_THROWS_AS(test::tls_client(srv.port(), cert), ssepp::system_error);
 }
 
 TEST_CASE("events stream over a local stream socket", "[transport]")

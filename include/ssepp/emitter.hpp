@@ -15,8 +15,7 @@
 #include <ssepp/http_body.hpp>
 #include <ssepp/transport.hpp>
 
-#include <asio/async_result.hpp>
-#include <asio/ip/tcp.hpp>
+#include <ssepp/detail/asio.hpp>
 
 #include <array>
 #include <atomic>
@@ -94,12 +93,12 @@ struct emitter_options {
 /// What basic_registry needs of a connection; basic_emitter<T> is one. None of these may call
 /// back into the registry: handlers run later, on the emitter's executor.
 template <class E>
-concept stream_emitter = requires(E& e, const E& ce, shared_frame f, std::error_code& ec) {
+concept stream_emitter = requires(E& e, const E& ce, shared_frame f, error_code& ec) {
     e.start();
     e.enqueue(f, std::uint64_t(), ec);
     e.complete();
-    e.on_close([](close_reason, std::error_code) {});
-    e.async_wait_drained(std::size_t(), [](std::error_code) {});
+    e.on_close([](close_reason, error_code) {});
+    e.async_wait_drained(std::size_t(), [](error_code) {});
     { ce.is_open() } -> std::convertible_to<bool>;
     { ce.queued_bytes() } -> std::convertible_to<std::size_t>;
     { ce.max_queued_bytes() } -> std::convertible_to<std::size_t>;
@@ -115,8 +114,8 @@ concept stream_emitter = requires(E& e, const E& ce, shared_frame f, std::error_
 /// socket needs no strand; a layered stream (TLS) whose operations are themselves composed
 /// needs a strand executor when several threads run its context, as Asio requires.
 ///
-/// Errors follow Asio: an operation that can fail has an `std::error_code&` overload and one
-/// that throws std::system_error. Handlers never run inside a call that adds work: they run
+/// Errors follow Asio: an operation that can fail has an `error_code&` overload and one
+/// that throws system_error. Handlers never run inside a call that adds work: they run
 /// on the transport's executor (or the handler's associated one), so a caller may hold its own
 /// locks while sending.
 template <transport Transport>
@@ -126,7 +125,7 @@ public:
     using transport_type = Transport;
     using executor_type = typename Transport::executor_type;
     /// A type that on_close() accepts (any callable of this signature is).
-    using close_handler = std::function<void(close_reason, std::error_code)>;
+    using close_handler = std::function<void(close_reason, error_code)>;
 
     /// Prefer make_emitter(). Nothing is written before start().
     /// @throws std::invalid_argument for a negative retry_hint.
@@ -148,13 +147,13 @@ public:
     /// errc::event_too_large when `e` alone is over the queue bound (nothing queued, the stream
     /// stays open), errc::overflow when it pushed a slow consumer past its bound under
     /// overflow_policy::close (the stream then closes).
-    void send(const event& e, std::error_code& ec);
+    void send(const event& e, error_code& ec);
     void send(const event& e);
 
     /// Queues bytes that are already whole frames: the one way in for every byte (the
     /// registry's path, an event formatted once for all). `seq`, when not 0, tags the frame:
     /// written_seq() reports the last tag written whole. Errors as send().
-    void enqueue(shared_frame frame, std::uint64_t seq, std::error_code& ec);
+    void enqueue(shared_frame frame, std::uint64_t seq, error_code& ec);
     void enqueue(shared_frame frame, std::uint64_t seq = 0);
     // -- Ending ---------------------------------------------------------------------------------
 
@@ -162,19 +161,19 @@ public:
     /// close_reason::completed.
     void complete();
     /// Queues `last` (a final event), then completes. Errors as send(); it completes anyway.
-    void complete(const event& last, std::error_code& ec);
+    void complete(const event& last, error_code& ec);
     void complete(const event& last);
     /// As complete(), but the close handlers see close_reason::completed_with_error and `why`:
     /// Spring's completeWithError().
-    void complete_with_error(std::error_code why);
+    void complete_with_error(error_code why);
     /// Closes now, dropping what is queued: close_reason::aborted.
     void abort();
 
-    /// Adds `handler(close_reason, std::error_code)`, called exactly once when the stream has
+    /// Adds `handler(close_reason, error_code)`, called exactly once when the stream has
     /// ended and the transport is closed, on the transport's executor, in the order added.
     /// Added after the end, it is posted at once.
     template <class Handler>
-        requires std::invocable<Handler&, close_reason, std::error_code>
+        requires std::invocable<Handler&, close_reason, error_code>
     void on_close(Handler handler);
 
     /// Adds `handler()`, run on the transport's executor when the lifetime expires, while the
@@ -184,17 +183,17 @@ public:
         requires std::invocable<Handler&>
     void on_timeout(Handler handler);
 
-    /// Completes, `void(close_reason, std::error_code)`, when the stream has ended.
+    /// Completes, `void(close_reason, error_code)`, when the stream has ended.
     template <class CompletionToken>
     auto async_wait_closed(CompletionToken&& token);
     // -- Backpressure ---------------------------------------------------------------------------
 
-    /// Completes, `void(std::error_code)`, once every byte queued before the call is written
+    /// Completes, `void(error_code)`, once every byte queued before the call is written
     /// (or dropped under overflow_policy::drop_oldest); errc::closed if the stream ends first.
     template <class CompletionToken>
     auto async_flush(CompletionToken&& token);
 
-    /// Completes, `void(std::error_code)`, once queued_bytes() is at most `threshold` (at once
+    /// Completes, `void(error_code)`, once queued_bytes() is at most `threshold` (at once
     /// if it is); errc::closed if the stream ends first. A producer with more to send than the
     /// bound allows feeds the stream as it drains.
     template <class CompletionToken>
@@ -225,24 +224,24 @@ private:
     template <class Owner>
     friend void detail::watch_peer(const std::shared_ptr<Owner>&);
 
-    void enqueue_locked(shared_frame frame, std::uint64_t seq, std::error_code& ec);
+    void enqueue_locked(shared_frame frame, std::uint64_t seq, error_code& ec);
     void kick_locked(bool force = false);
     void kicked() override;
     after write_next_locked();
     bool gather_locked();
-    void on_written(std::error_code ec, std::size_t n);
+    void on_written(error_code ec, std::size_t n);
     void account_written_locked(std::size_t n);
     void drop_oldest_locked();
-    void abort_locked(close_reason reason, std::error_code ec);
-    void end_locked(close_reason reason, std::error_code ec);
+    void abort_locked(close_reason reason, error_code ec);
+    void end_locked(close_reason reason, error_code ec);
     void finish();
-    void close_now(close_reason reason, std::error_code ec);
+    void close_now(close_reason reason, error_code ec);
     void add_waiter(detail::waiter* w);
     bool ready_locked(const detail::waiter& w) const noexcept;
     void settle_waiters_locked();
     template <class F>
     bool with_transport(F f);
-    void peer_left(std::error_code ec) { close_now(close_reason::client_gone, ec); }
+    void peer_left(error_code ec) { close_now(close_reason::client_gone, ec); }
     auto& read_sink() noexcept { return read_sink_; }
     void expire();
     void heartbeat_due() noexcept override;
@@ -265,7 +264,7 @@ private:
     std::atomic<std::uint64_t> bytes_written_{0};
     std::atomic<std::uint64_t> written_seq_{0};
     std::uint64_t dropped_ = 0;
-    std::error_code reason_ec_;
+    error_code reason_ec_;
     close_reason reason_ = close_reason::completed;
     overflow_policy policy_;
     state state_ = state::open;

@@ -1,6 +1,8 @@
 // ssepp/error.hpp
 // Error codes of the ssepp category: what the formatter, the parser and the connection layer
-// report through std::error_code.
+// report. Part of the codec, so its category is a std::error_category and it includes neither
+// Asio nor Boost; with Boost.Asio, ssepp::error_code (boost::system::error_code) is built from
+// and compared with ssepp::errc through Boost.System's std interoperability.
 // SPDX-License-Identifier: BSL-1.0
 #ifndef SSEPP_ERROR_HPP
 #define SSEPP_ERROR_HPP
@@ -69,15 +71,6 @@ inline std::error_code make_error_code(errc e) noexcept
 {
     return {static_cast<int>(e), error_category()};
 }
-
-namespace detail {
-// The throwing overloads: what the error_code overloads report, as std::system_error.
-inline void throw_on_error(std::error_code ec, const char* what)
-{
-    if (ec)
-        throw std::system_error(ec, what);
-}
-} // namespace detail
 
 } // namespace ssepp
 

@@ -5,6 +5,7 @@
 #ifndef SSEPP_FRAME_HPP
 #define SSEPP_FRAME_HPP
 
+#include <ssepp/detail/asio.hpp>
 #include <ssepp/format.hpp>
 
 #include <memory>
@@ -17,7 +18,7 @@ namespace ssepp {
 using shared_frame = std::shared_ptr<const std::string>;
 
 /// Formats `e` once; empty (and `ec` set) when `e` is invalid.
-[[nodiscard]] inline shared_frame make_frame(const event& e, std::error_code& ec)
+[[nodiscard]] inline shared_frame make_frame(const event& e, error_code& ec)
 {
     auto bytes = std::make_shared<std::string>();
     ec = format_to(*bytes, e);

@@ -8,12 +8,7 @@
 
 #include <ssepp/transport.hpp>
 
-#include <asio/associated_allocator.hpp>
-#include <asio/associated_executor.hpp>
-#include <asio/buffer.hpp>
-#include <asio/handler_continuation_hook.hpp>
-#include <asio/post.hpp>
-#include <asio/write.hpp>
+#include <ssepp/detail/asio.hpp>
 
 #include <fmt/format.h>
 
@@ -118,7 +113,7 @@ struct body_write_handler {
     std::size_t wire_body;        // body bytes in the write
     std::size_t written = first;  // once the body bytes are counted: the end of their chunk is going out
 
-    void operator()(std::error_code ec, std::size_t n)
+    void operator()(error_code ec, std::size_t n)
     {
         if (written != first) {  // the chunk's closing CRLF, sent on its own
             body->crlf_left_ = static_cast<std::uint8_t>(body->crlf_left_ - std::min<std::size_t>(n, body->crlf_left_));
@@ -136,7 +131,8 @@ struct body_write_handler {
 
     friend bool asio_handler_is_continuation(body_write_handler* h)
     {
-        return asio_handler_cont_helpers::is_continuation(h->handler);
+        using asio::asio_handler_is_continuation;  // the default, when the handler has none
+        return asio_handler_is_continuation(std::addressof(h->handler));
     }
 };
 
@@ -177,7 +173,7 @@ public:
     }
 
     /// Closes the next layer (its lowest layer for a layered stream).
-    void close(std::error_code& ec)
+    void close(error_code& ec)
     {
         if constexpr (requires { next_.close(ec); })
             next_.close(ec);
@@ -236,7 +232,7 @@ public:
 
     /// Ends the body: what is left of the head and of the last chunk, the 0-chunk when
     /// chunked, then the next layer's closing handshake (TLS close_notify) or a FIN.
-    /// `handler(std::error_code)` runs once, on the next layer's executor.
+    /// `handler(error_code)` runs once, on the next layer's executor.
     template <class ShutdownHandler>
     void async_shutdown(ShutdownHandler handler)
     {
@@ -250,7 +246,7 @@ public:
         crlf_left_ = 0;
         if (asio::buffer_size(wire) == 0)
             return shutdown_next(std::move(handler));
-        asio::async_write(next_, wire, [this, h = std::move(handler)](std::error_code ec, std::size_t) mutable {
+        asio::async_write(next_, wire, [this, h = std::move(handler)](error_code ec, std::size_t) mutable {
             if (ec)
                 return h(ec);
             shutdown_next(std::move(h));
@@ -264,7 +260,7 @@ private:
         if constexpr (requires { next_.async_shutdown(std::move(handler)); }) {
             next_.async_shutdown(std::move(handler));
         } else {
-            std::error_code ec;
+            error_code ec;
             if constexpr (requires { lowest_layer().shutdown(asio::socket_base::shutdown_send, ec); })
                 lowest_layer().shutdown(asio::socket_base::shutdown_send, ec);
             asio::post(get_executor(), [h = std::move(handler), ec]() mutable { h(ec); });
@@ -329,7 +325,7 @@ http_body(NextLayer&&, const response_options& = {}) -> http_body<std::remove_cv
 } // namespace ssepp
 
 template <class Body, class Handler, class Executor>
-struct asio::associated_executor<ssepp::detail::body_write_handler<Body, Handler>, Executor> {
+struct ssepp::asio::associated_executor<ssepp::detail::body_write_handler<Body, Handler>, Executor> {
     using type = asio::associated_executor_t<Handler, Executor>;
     static type get(const ssepp::detail::body_write_handler<Body, Handler>& h, const Executor& ex = Executor()) noexcept
     {
@@ -338,7 +334,7 @@ struct asio::associated_executor<ssepp::detail::body_write_handler<Body, Handler
 };
 
 template <class Body, class Handler, class Allocator>
-struct asio::associated_allocator<ssepp::detail::body_write_handler<Body, Handler>, Allocator> {
+struct ssepp::asio::associated_allocator<ssepp::detail::body_write_handler<Body, Handler>, Allocator> {
     using type = asio::associated_allocator_t<Handler, Allocator>;
     static type get(const ssepp::detail::body_write_handler<Body, Handler>& h, const Allocator& a = Allocator()) noexcept
     {

@@ -12,10 +12,7 @@
 #include <ssepp/frame.hpp>
 #include <ssepp/history.hpp>
 
-#include <asio/associated_executor.hpp>
-#include <asio/async_result.hpp>
-#include <asio/executor_work_guard.hpp>
-#include <asio/post.hpp>
+#include <ssepp/detail/asio.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -79,7 +76,7 @@ struct attach_result {
 };
 
 /// What send(), finish() and broadcast() did. Their errors, as every error of ssepp, come
-/// through an `std::error_code&` argument or a std::system_error.
+/// through an `error_code&` argument or a system_error.
 struct send_result {
     /// Live connections that took the event (0 is fine: it is retained).
     std::size_t connections = 0;
@@ -104,8 +101,8 @@ struct send_result {
 /// Thread-safe. An event is formatted once, under the registry's lock (that fixes its place
 /// in the order), and queued to each emitter without copying.
 ///
-/// Errors follow Asio: send(), broadcast() and finish() have an `std::error_code&` overload and
-/// one that throws std::system_error.
+/// Errors follow Asio: send(), broadcast() and finish() have an `error_code&` overload and
+/// one that throws system_error.
 ///
 /// @tparam Emitter a stream_emitter: basic_emitter<T>, or anything with its members.
 template <class Key = std::string, stream_emitter Emitter = emitter>
@@ -199,7 +196,7 @@ public:
 
         auto& e = *m->em;
         if (result.gap && options.on_gap) {
-            std::error_code ec;
+            error_code ec;
             if (auto frame = make_frame(*options.on_gap, ec))
                 e.enqueue(std::move(frame), 0, ec);
         }
@@ -237,7 +234,7 @@ public:
             s.complete_locked(*m, true);
         m->index = static_cast<std::uint32_t>(s.all.size());
         s.all.push_back(owned.release());
-        e.on_close([w = std::weak_ptr<state>(state_), m](close_reason, std::error_code) {
+        e.on_close([w = std::weak_ptr<state>(state_), m](close_reason, error_code) {
             if (auto st = w.lock())
                 st->detach(m);
         });
@@ -248,7 +245,7 @@ public:
     /// An event without id gets an id from the registry's next position.
     /// Errors: validate()'s, errc::event_too_large (over history_options::max_event_bytes),
     /// errc::closed when the key is finished; nothing is then sent or retained.
-    send_result send(const Key& key, event e, std::error_code& ec)
+    send_result send(const Key& key, event e, error_code& ec)
     {
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
@@ -257,20 +254,20 @@ public:
 
     send_result send(const Key& key, event e)
     {
-        std::error_code ec;
+        error_code ec;
         auto r = send(key, std::move(e), ec);
         detail::throw_on_error(ec, "ssepp::basic_registry::send");
         return r;
     }
 
-    /// Sends `e` as send() does, then completes, `void(std::error_code, send_result)`, once no
+    /// Sends `e` as send() does, then completes, `void(error_code, send_result)`, once no
     /// connection of `key` has more than half its queue bound queued: a publisher that waits
     /// for each send goes no faster than the key's connections read. It completes on the
     /// handler's associated executor (asio::system_executor for a plain callback).
     template <class CompletionToken>
     auto async_send(const Key& key, event e, CompletionToken&& token)
     {
-        return asio::async_initiate<CompletionToken, void(std::error_code, send_result)>(
+        return asio::async_initiate<CompletionToken, void(error_code, send_result)>(
             [this](auto handler, Key key, event e) { state_->send_then_wait(key, std::move(e), std::move(handler)); },
             token, Key(key), std::move(e));
     }
@@ -281,7 +278,7 @@ public:
     /// of that many send() calls; all or nothing: an invalid event refuses the batch. A
     /// connection that ends partway through writing a batch counts none of it as written
     /// (replay::undelivered replays it again: a duplicate rather than a loss). Errors as send().
-    send_result send_batch(const Key& key, std::span<const event> events, std::error_code& ec)
+    send_result send_batch(const Key& key, std::span<const event> events, error_code& ec)
     {
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
@@ -297,7 +294,7 @@ public:
     }
 
     /// As send_batch(), to every live connection. Errors as send().
-    send_result broadcast_batch(std::span<const event> events, std::error_code& ec)
+    send_result broadcast_batch(std::span<const event> events, error_code& ec)
     {
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
@@ -307,7 +304,7 @@ public:
 
     /// Sends `e` to every live connection, and retains it for every connection's replay.
     /// Errors as send().
-    send_result broadcast(event e, std::error_code& ec)
+    send_result broadcast(event e, error_code& ec)
     {
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
@@ -317,7 +314,7 @@ public:
 
     send_result broadcast(event e)
     {
-        std::error_code ec;
+        error_code ec;
         auto r = broadcast(std::move(e), ec);
         detail::throw_on_error(ec, "ssepp::basic_registry::broadcast");
         return r;
@@ -328,7 +325,7 @@ public:
     /// and keeps the key's history, `last` always included, for
     /// history_options::finished_linger, so that a client attaching later replays the outcome
     /// and is completed too. After the linger the key is forgotten. Errors as send().
-    send_result finish(const Key& key, event last, std::error_code& ec)
+    send_result finish(const Key& key, event last, error_code& ec)
     {
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
@@ -355,7 +352,7 @@ public:
 
     send_result finish(const Key& key, event last)
     {
-        std::error_code ec;
+        error_code ec;
         auto r = finish(key, std::move(last), ec);
         detail::throw_on_error(ec, "ssepp::basic_registry::finish");
         return r;
@@ -625,7 +622,7 @@ private:
         // Validates `e` as given (the id added here must not turn an empty event into one),
         // gives it the id of position `seq` if it has none, and formats it once, within
         // history_options::max_event_bytes. Null, with `ec` set, when it cannot be sent.
-        shared_frame format_locked(event& e, std::uint64_t seq, std::error_code& ec) const
+        shared_frame format_locked(event& e, std::uint64_t seq, error_code& ec) const
         {
             if ((ec = validate(e)))
                 return nullptr;
@@ -639,7 +636,7 @@ private:
 
         // Fixes the event's place in the order, formats it once, retains it, queues it.
         // `keep`: retain it even when history_options keep nothing (a terminal event).
-        send_result deliver_locked(channel& c, event e, std::error_code& ec, bool keep = false)
+        send_result deliver_locked(channel& c, event e, error_code& ec, bool keep = false)
         {
             const auto seq = order.peek();
             auto frame = format_locked(e, seq, ec);
@@ -652,7 +649,7 @@ private:
 
         // As deliver_locked() for each of `events`, all or none, and queued to each
         // connection as one frame: one enqueue and one buffer per connection for the batch.
-        send_result deliver_batch_locked(channel& c, std::span<const event> events, std::error_code& ec)
+        send_result deliver_batch_locked(channel& c, std::span<const event> events, error_code& ec)
         {
             ec = {};
             if (events.size() == 1)
@@ -695,7 +692,7 @@ private:
             std::size_t queued = 0;
             const auto first = last + 1 - frames.size();
             for (auto* m : &c == &everyone ? all : c.members) {
-                std::error_code refused;  // the connection is ending: it leaves by its close handler
+                error_code refused;  // the connection is ending: it leaves by its close handler
                 if (!m->backlog && (frames.size() == 1 || whole->size() <= m->em->max_queued_bytes())) {
                     m->em->enqueue(whole, last, refused);
                     queued += !refused;
@@ -703,7 +700,7 @@ private:
                 }
                 for (std::size_t i = 0; i < frames.size() && !refused; ++i) {
                     if (m->backlog)
-                        refused = push_backlog_locked(*m, first + i, frames[i]) ? std::error_code() : errc::closed;
+                        refused = push_backlog_locked(*m, first + i, frames[i]) ? error_code() : errc::closed;
                     else
                         m->em->enqueue(frames[i], first + i, refused);
                 }
@@ -712,7 +709,7 @@ private:
             return queued;
         }
 
-        send_result send_locked(const Key& key, event e, std::error_code& ec)
+        send_result send_locked(const Key& key, event e, error_code& ec)
         {
             purge_locked();
             auto it = lookup_locked(key);
@@ -732,7 +729,7 @@ private:
             struct op {
                 Handler handler;
                 asio::executor_work_guard<asio::associated_executor_t<Handler>> work;
-                std::error_code ec;
+                error_code ec;
                 send_result result;
                 std::atomic<std::size_t> left{1};
 
@@ -754,7 +751,7 @@ private:
                         if (auto half = m->em->max_queued_bytes() / 2; m->em->queued_bytes() > half) {
                             ++o->left;
                             // A connection that closes first is not behind any more either.
-                            m->em->async_wait_drained(half, [o](std::error_code) { op::done(o); });
+                            m->em->async_wait_drained(half, [o](error_code) { op::done(o); });
                         }
             }
             op::done(o);
@@ -779,7 +776,7 @@ private:
             auto& b = *m.backlog;
             auto& e = *m.em;
             const auto bound = e.max_queued_bytes();
-            std::error_code ec;
+            error_code ec;
             while (!b.frames.empty() && !ec) {
                 auto& [seq, frame] = b.frames.front();
                 const auto size = frame->size();
@@ -813,7 +810,7 @@ private:
         {
             if (std::exchange(m.refill_pending, true))
                 return;
-            m.em->async_wait_drained(threshold, [w = this->weak_from_this(), mp = &m, ep = std::weak_ptr<Emitter>(m.em)](std::error_code ec) {
+            m.em->async_wait_drained(threshold, [w = this->weak_from_this(), mp = &m, ep = std::weak_ptr<Emitter>(m.em)](error_code ec) {
                 if (auto st = w.lock(); st && !ec)
                     if (auto e = ep.lock())
                         st->refill(mp, *e);

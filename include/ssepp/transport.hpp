@@ -6,8 +6,7 @@
 #ifndef SSEPP_TRANSPORT_HPP
 #define SSEPP_TRANSPORT_HPP
 
-#include <asio/buffer.hpp>
-#include <asio/socket_base.hpp>
+#include <ssepp/detail/asio.hpp>
 
 #include <cstddef>
 #include <system_error>
@@ -17,7 +16,7 @@ namespace ssepp {
 
 namespace detail {
 struct write_handler_archetype {
-    void operator()(std::error_code, std::size_t) const {}
+    void operator()(error_code, std::size_t) const {}
 };
 } // namespace detail
 
@@ -38,14 +37,14 @@ concept transport = requires(T& t, asio::const_buffer b) {
     typename T::executor_type;
     { t.get_executor() } -> std::convertible_to<typename T::executor_type>;
     t.async_write_some(b, detail::write_handler_archetype{});
-} && (requires(T& t, std::error_code& ec) { t.close(ec); }
-      || requires(T& t, std::error_code& ec) { t.lowest_layer().close(ec); });
+} && (requires(T& t, error_code& ec) { t.close(ec); }
+      || requires(T& t, error_code& ec) { t.lowest_layer().close(ec); });
 
 namespace detail {
 
 template <class T>
 concept has_lowest_socket = requires(T& t) {
-    t.lowest_layer().async_wait(asio::socket_base::wait_read, [](std::error_code) {});
+    t.lowest_layer().async_wait(asio::socket_base::wait_read, [](error_code) {});
     t.lowest_layer().non_blocking(true);
 };
 
@@ -86,13 +85,13 @@ concept has_async_read_some = requires(T& t, asio::mutable_buffer b) {
 
 /// A stream with a closing handshake of its own: TLS's close_notify, http_body's last chunk.
 template <class T>
-concept has_async_shutdown = requires(T& t) { t.async_shutdown([](std::error_code) {}); };
+concept has_async_shutdown = requires(T& t) { t.async_shutdown([](error_code) {}); };
 
 /// Closes the transport (or its lowest layer); cancels its pending operations.
 template <transport T>
 void close_transport(T& t) noexcept
 {
-    std::error_code ec;
+    error_code ec;
     if constexpr (requires { t.close(ec); })
         t.close(ec);
     else
@@ -105,7 +104,7 @@ template <transport T>
 void shutdown_send(T& t) noexcept
 {
     if constexpr (has_lowest_socket<T>) {
-        std::error_code ec;
+        error_code ec;
         t.lowest_layer().shutdown(asio::socket_base::shutdown_send, ec);
     }
 }

@@ -48,7 +48,7 @@ public:
             if (ssepp::query_parameter(target, "undelivered"))
                 ao.otherwise = ssepp::replay::undelivered;
             node_->async_attach(std::move(keys), ssepp::make_emitter(ssepp::http_body(std::move(s)), test::quiet()), ao,
-                                [this](std::error_code ec, ssepp::attach_result r) {
+                                [this](ssepp::error_code ec, ssepp::attach_result r) {
                                     std::lock_guard lock(mtx_);
                                     results_.push_back({ec, r});
                                 });
@@ -65,7 +65,7 @@ public:
     asio::ip::port_type port() const { return srv_.port(); }
     bool ready() const { return node_->is_ready(); }
 
-    std::vector<std::pair<std::error_code, ssepp::attach_result>> results() const
+    std::vector<std::pair<ssepp::error_code, ssepp::attach_result>> results() const
     {
         std::lock_guard lock(mtx_);
         return results_;
@@ -83,7 +83,7 @@ private:
     test::server srv_;
     std::shared_ptr<redis::node> node_;
     mutable std::mutex mtx_;
-    std::vector<std::pair<std::error_code, ssepp::attach_result>> results_;
+    std::vector<std::pair<ssepp::error_code, ssepp::attach_result>> results_;
 };
 
 redis::stream_id sid(const std::string& id)

@@ -93,7 +93,7 @@ TEST_CASE("connection: 10,000 pipelined commands complete in order")
     // Issued all at once from one handler: nothing waits for a reply before the next command.
     REQUIRE(run_on(c.io.get_executor(), [&, conn = c.conn] {
         for (int i = 0; i < n; ++i)
-            conn->async_command({"INCR", "counter"}, [&, results](std::error_code ec, reply r) {
+            conn->async_command({"INCR", "counter"}, [&, results](ssepp::error_code ec, reply r) {
                 if (ec)
                     ++errors;
                 results->push_back(r.integer());
@@ -143,15 +143,15 @@ TEST_CASE("connection: a killed server fails what was in flight, then the link c
     CHECK(c({"SET", "before", "1"}).value == reply::status("OK"));
 
     // A BLPOP that never returns, then 100 commands queued behind it on the server.
-    auto codes = std::make_shared<std::vector<std::error_code>>();
+    auto codes = std::make_shared<std::vector<ssepp::error_code>>();
     std::atomic<int> done{0};
     REQUIRE(run_on(c.io.get_executor(), [&, conn = c.conn] {
-        conn->async_command({"BLPOP", "never", "0"}, [&, codes](std::error_code ec, reply) {
+        conn->async_command({"BLPOP", "never", "0"}, [&, codes](ssepp::error_code ec, reply) {
             codes->push_back(ec);
             ++done;
         });
         for (int i = 0; i < 100; ++i)
-            conn->async_command({"PING"}, [&, codes](std::error_code ec, reply) {
+            conn->async_command({"PING"}, [&, codes](ssepp::error_code ec, reply) {
                 codes->push_back(ec);
                 ++done;
             });
@@ -242,20 +242,20 @@ TEST_CASE("connection: close() with commands in flight completes them with close
     redis_server server;
     redis_client c(server.endpoint());
     REQUIRE(c.wait_connected());
-    auto codes = std::make_shared<std::vector<std::error_code>>();
+    auto codes = std::make_shared<std::vector<ssepp::error_code>>();
     std::atomic<int> done{0};
     REQUIRE(run_on(c.io.get_executor(), [&, conn = c.conn] {
-        conn->async_command({"BLPOP", "never", "0"}, [&, codes](std::error_code ec, reply) {
+        conn->async_command({"BLPOP", "never", "0"}, [&, codes](ssepp::error_code ec, reply) {
             codes->push_back(ec);
             ++done;
         });
         for (int i = 0; i < 1000; ++i)
-            conn->async_command({"INCR", "n"}, [&, codes](std::error_code ec, reply) {
+            conn->async_command({"INCR", "n"}, [&, codes](ssepp::error_code ec, reply) {
                 codes->push_back(ec);
                 ++done;
             });
         conn->close();
-        conn->async_command({"PING"}, [&, codes](std::error_code ec, reply) {
+        conn->async_command({"PING"}, [&, codes](ssepp::error_code ec, reply) {
             codes->push_back(ec);
             ++done;
         });
@@ -284,9 +284,9 @@ TEST_CASE("connection: dropping the last reference frees it with commands in fli
         run_in_background runner(io);
         REQUIRE(eventually([&] { return hooks.connects.load() == 1; }));
         REQUIRE(run_on(io.get_executor(), [&, c = std::move(conn)]() mutable {
-            c->async_command({"BLPOP", "never", "0"}, [&, token](std::error_code, reply) { ++ran; });
+            c->async_command({"BLPOP", "never", "0"}, [&, token](ssepp::error_code, reply) { ++ran; });
             for (int i = 0; i < 100; ++i)
-                c->async_command({"INCR", "n"}, [&, token](std::error_code, reply) { ++ran; });
+                c->async_command({"INCR", "n"}, [&, token](ssepp::error_code, reply) { ++ran; });
             c.reset();  // the last reference
         }));
         CHECK(weak.expired());
@@ -311,9 +311,9 @@ TEST_CASE("connection: completion tokens (asio::use_future)")
     CHECK(fut.get() == reply::string("hi"));
     // The error through use_future(f), not as a thrown system_error: TSan cannot see the
     // reference counting of an exception_ptr inside the uninstrumented libstdc++.
-    std::future<std::error_code> failed;
+    std::future<ssepp::error_code> failed;
     REQUIRE(run_on(c.io.get_executor(), [&] {
-        failed = c.conn->async_command({"INCR", "k", "x"}, asio::use_future([](std::error_code ec, reply) { return ec; }));
+        failed = c.conn->async_command({"INCR", "k", "x"}, asio::use_future([](ssepp::error_code ec, reply) { return ec; }));
     }));
     REQUIRE(failed.wait_for(5s) == std::future_status::ready);
     CHECK(failed.get() == errc::server_error);
@@ -343,7 +343,7 @@ TEST_CASE("connection: two threads run the context, the connection on a strand")
         posters.emplace_back([&] {
             asio::post(strand, [&] {
                 for (int i = 0; i < per_batch; ++i)
-                    conn->async_command({"INCR", "shared"}, [&, last](std::error_code ec, reply r) {
+                    conn->async_command({"INCR", "shared"}, [&, last](ssepp::error_code ec, reply r) {
                         if (!strand.running_in_this_thread())
                             ++off_strand;
                         if (ec)
@@ -365,7 +365,7 @@ TEST_CASE("connection: two threads run the context, the connection on a strand")
     // Kill the server under load, bring it back: still no race, and the link returns.
     asio::post(strand, [&] {
         for (int i = 0; i < 500; ++i)
-            conn->async_command({"PING"}, [&](std::error_code, reply) { ++done; });
+            conn->async_command({"PING"}, [&](ssepp::error_code, reply) { ++done; });
     });
     server.kill();
     server.start();
@@ -404,7 +404,7 @@ public:
 private:
     void accept()
     {
-        acceptor_.async_accept([this](std::error_code ec, asio::ip::tcp::socket s) {
+        acceptor_.async_accept([this](ssepp::error_code ec, asio::ip::tcp::socket s) {
             if (ec)
                 return;
             auto sock = std::make_shared<asio::ip::tcp::socket>(std::move(s));
@@ -416,10 +416,10 @@ private:
     void read(std::shared_ptr<asio::ip::tcp::socket> s)
     {
         auto buf = std::make_shared<std::array<char, 4096>>();
-        s->async_read_some(asio::buffer(*buf), [this, s, buf](std::error_code ec, std::size_t) {
+        s->async_read_some(asio::buffer(*buf), [this, s, buf](ssepp::error_code ec, std::size_t) {
             if (ec)
                 return;
-            asio::async_write(*s, asio::buffer(answer_), [](std::error_code, std::size_t) {});
+            asio::async_write(*s, asio::buffer(answer_), [](ssepp::error_code, std::size_t) {});
             read(s);
         });
     }

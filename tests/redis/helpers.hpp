@@ -10,7 +10,7 @@
 #include "../support/loopback.hpp"
 #include "../support/redis_server.hpp"
 
-#include <asio.hpp>
+#include "../support/asio.hpp"
 #include "../catch.hpp"
 
 #include <atomic>
@@ -25,7 +25,7 @@ namespace test {
 namespace redis = ssepp::redis;
 
 struct result {
-    std::error_code ec;
+    ssepp::error_code ec;
     redis::reply value;
 };
 
@@ -43,12 +43,12 @@ inline redis::connection::options fast_options(redis::endpoint server)
 /// Records a connection's hooks (they run on its executor; the test reads from its thread).
 struct hook_log {
     std::atomic<int> connects{0};
-    collector<std::error_code> disconnects;
+    collector<ssepp::error_code> disconnects;
 
     void install(redis::connection::options& o)
     {
         o.on_connect = [this] { ++connects; };
-        o.on_disconnect = [this](std::error_code ec) { disconnects.push(ec); };
+        o.on_disconnect = [this](ssepp::error_code ec) { disconnects.push(ec); };
     }
 };
 
@@ -60,7 +60,7 @@ inline result call(const std::shared_ptr<redis::connection>& c, std::vector<std:
     auto fut = done->get_future();
     asio::post(c->get_executor(), [c, done, args = std::move(args)] {
         std::vector<std::string_view> views(args.begin(), args.end());
-        c->async_command(views, [done](std::error_code ec, redis::reply r) { done->set_value({ec, std::move(r)}); });
+        c->async_command(views, [done](ssepp::error_code ec, redis::reply r) { done->set_value({ec, std::move(r)}); });
     });
     if (fut.wait_for(timeout) != std::future_status::ready)
         throw std::runtime_error("test::call: no completion in time");

@@ -22,7 +22,7 @@ public:
     {
         auto o = fast_options(std::move(server));
         o.on_connect = [this] { ++subscribed; };
-        o.on_disconnect = [this](std::error_code ec) { disconnects.push(ec); };
+        o.on_disconnect = [this](ssepp::error_code ec) { disconnects.push(ec); };
         sub = redis::subscriber::create(io.get_executor(), std::move(o));
     }
     ~sub_client()
@@ -38,12 +38,12 @@ public:
     }
 
     /// subscribe (or psubscribe) on the executor; waits for the server's confirmation.
-    std::error_code subscribe(std::string name, bool pattern = false)
+    ssepp::error_code subscribe(std::string name, bool pattern = false)
     {
-        auto done = std::make_shared<std::promise<std::error_code>>();
+        auto done = std::make_shared<std::promise<ssepp::error_code>>();
         auto fut = done->get_future();
         run_on(io.get_executor(), [&] {
-            auto d = [done](std::error_code ec) { done->set_value(ec); };
+            auto d = [done](ssepp::error_code ec) { done->set_value(ec); };
             if (pattern)
                 sub->psubscribe(name, recorder(), d);
             else
@@ -56,7 +56,7 @@ public:
 
     asio::io_context io;
     std::atomic<int> subscribed{0};
-    collector<std::error_code> disconnects;
+    collector<ssepp::error_code> disconnects;
     collector<message> messages;
     std::shared_ptr<redis::subscriber> sub;
 
@@ -71,7 +71,7 @@ void publish(redis_client& pub, const std::string& channel, const std::string& p
     std::atomic<int> done{0}, wrong{0};
     REQUIRE(run_on(pub.io.get_executor(), [&, conn = pub.conn] {
         for (int i = 0; i < n; ++i)
-            conn->async_command({"PUBLISH", channel, prefix + std::to_string(i)}, [&](std::error_code ec, reply r) {
+            conn->async_command({"PUBLISH", channel, prefix + std::to_string(i)}, [&](ssepp::error_code ec, reply r) {
                 if (ec || r.integer() != expect_receivers)
                     ++wrong;
                 ++done;
@@ -129,10 +129,10 @@ TEST_CASE("subscriber: subscriptions made before the link is up are confirmed on
     const auto ep = server.endpoint();
     server.stop();
     sub_client s(ep);
-    auto done = std::make_shared<std::promise<std::error_code>>();
+    auto done = std::make_shared<std::promise<ssepp::error_code>>();
     auto fut = done->get_future();
     run_on(s.io.get_executor(), [&] {
-        s.sub->subscribe("early", s.recorder(), [done](std::error_code ec) { done->set_value(ec); });
+        s.sub->subscribe("early", s.recorder(), [done](ssepp::error_code ec) { done->set_value(ec); });
     });
     REQUIRE(s.disconnects.wait(1));
     CHECK(fut.wait_for(100ms) == std::future_status::timeout);
@@ -196,12 +196,12 @@ TEST_CASE("subscriber: unsubscribe stops deliveries, subscribing again at once w
 
     // UNSUBSCRIBE and SUBSCRIBE of the same channel in one go, then of the only channel and a
     // new one (the subscription count on the server passes through 0 without the anchor).
-    auto confirmed = std::make_shared<std::promise<std::error_code>>();
+    auto confirmed = std::make_shared<std::promise<ssepp::error_code>>();
     auto fut = confirmed->get_future();
     run_on(s.io.get_executor(), [&] {
         s.sub->subscribe("d", s.recorder());
         s.sub->unsubscribe("d");
-        s.sub->subscribe("d", s.recorder(), [confirmed](std::error_code ec) { confirmed->set_value(ec); });
+        s.sub->subscribe("d", s.recorder(), [confirmed](ssepp::error_code ec) { confirmed->set_value(ec); });
     });
     REQUIRE(fut.wait_for(5s) == std::future_status::ready);
     CHECK_FALSE(fut.get());
@@ -231,10 +231,10 @@ TEST_CASE("subscriber: close() fails pending confirmations with closed")
     const auto ep = server.endpoint();
     server.stop();
     sub_client s(ep);
-    auto done = std::make_shared<std::promise<std::error_code>>();
+    auto done = std::make_shared<std::promise<ssepp::error_code>>();
     auto fut = done->get_future();
     run_on(s.io.get_executor(), [&] {
-        s.sub->subscribe("x", s.recorder(), [done](std::error_code ec) { done->set_value(ec); });
+        s.sub->subscribe("x", s.recorder(), [done](ssepp::error_code ec) { done->set_value(ec); });
         s.sub->close();
     });
     REQUIRE(fut.wait_for(5s) == std::future_status::ready);

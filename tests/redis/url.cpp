@@ -26,7 +26,7 @@ TEST_CASE("parse_url: bad input throws invalid_url naming the URL and the fault"
         try {
             parse_url(url);
             FAIL("accepted " << url);
-        } catch (const std::system_error& e) {
+        } catch (const ssepp::system_error& e) {
             CHECK(e.code() == ssepp::redis::errc::invalid_url);
             const std::string what = e.what();
             CHECK(what.find("'" + url + "'") != std::string::npos);

@@ -8,7 +8,7 @@
 #include <ssepp/parser.hpp>
 #include <ssepp/request.hpp>
 
-#include <asio.hpp>
+#include "asio.hpp"
 
 #include <array>
 #include <atomic>
@@ -54,23 +54,23 @@ private:
 /// Emitter options with no heartbeat and no write timeout: only what a test does is written.
 /// What an emitter's send() or enqueue() reported, for assertions: the error_code overloads.
 template <class Emitter>
-std::error_code send_ec(Emitter& em, const ssepp::event& e)
+ssepp::error_code send_ec(Emitter& em, const ssepp::event& e)
 {
-    std::error_code ec;
+    ssepp::error_code ec;
     em.send(e, ec);
     return ec;
 }
 template <class Emitter>
-std::error_code send_ec(Emitter& em, ssepp::shared_frame frame, std::uint64_t seq = 0)
+ssepp::error_code send_ec(Emitter& em, ssepp::shared_frame frame, std::uint64_t seq = 0)
 {
-    std::error_code ec;
+    ssepp::error_code ec;
     em.enqueue(std::move(frame), seq, ec);
     return ec;
 }
 template <class Emitter>
-std::error_code complete_ec(Emitter& em, const ssepp::event& last)
+ssepp::error_code complete_ec(Emitter& em, const ssepp::event& last)
 {
-    std::error_code ec;
+    ssepp::error_code ec;
     em.complete(last, ec);
     return ec;
 }
@@ -161,13 +161,13 @@ class close_log {
 public:
     struct call {
         ssepp::close_reason reason;
-        std::error_code ec;
+        ssepp::error_code ec;
         std::thread::id thread;
     };
 
-    std::function<void(ssepp::close_reason, std::error_code)> handler() const
+    std::function<void(ssepp::close_reason, ssepp::error_code)> handler() const
     {
-        return [s = state_](ssepp::close_reason r, std::error_code ec) {
+        return [s = state_](ssepp::close_reason r, ssepp::error_code ec) {
             std::lock_guard lock(s->mtx);
             s->calls.push_back({r, ec, std::this_thread::get_id()});
             s->cv.notify_all();
@@ -258,7 +258,7 @@ public:
 private:
     void accept_next()
     {
-        acceptor_.async_accept([this](std::error_code ec, asio::ip::tcp::socket s) {
+        acceptor_.async_accept([this](ssepp::error_code ec, asio::ip::tcp::socket s) {
             if (ec)
                 return;
             accept_next();
@@ -274,7 +274,7 @@ private:
             auto sock = std::make_shared<asio::ip::tcp::socket>(std::move(s));
             auto head = std::make_shared<std::string>();
             asio::async_read_until(*sock, asio::dynamic_buffer(*head, 16384), "\r\n\r\n",
-                                   [this, sock, head](std::error_code ec, std::size_t n) {
+                                   [this, sock, head](ssepp::error_code ec, std::size_t n) {
                                        handler on_request;
                                        {
                                            std::lock_guard lock(mtx_);
@@ -326,14 +326,14 @@ public:
         for (int m = stats_->max_in_flight; now > m && !stats_->max_in_flight.compare_exchange_weak(m, now);) {
         }
         socket_.async_write_some(buffers, [stats = stats_, h = std::forward<Handler>(handler)](
-                                              std::error_code ec, std::size_t n) mutable {
+                                              ssepp::error_code ec, std::size_t n) mutable {
             --stats->in_flight;
             stats->bytes += n;
             h(ec, n);
         });
     }
 
-    void close(std::error_code& ec) { socket_.close(ec); }
+    void close(ssepp::error_code& ec) { socket_.close(ec); }
 
 private:
     asio::ip::tcp::socket socket_;
@@ -368,7 +368,7 @@ public:
     std::vector<std::size_t> chunk_sizes;  // the size of each chunk, the last 0 included
     ssepp::parser parser;
     bool chunk_terminated = false;
-    std::error_code parse_error;  // the first one
+    ssepp::error_code parse_error;  // the first one
     std::string framing_error;    // malformed chunked coding, or bytes after the last chunk
 
     bool head_done() const { return head_done_; }
@@ -522,7 +522,7 @@ public:
 
     bool eof() const { return eof_; }
     /// Why the stream ended (eof, a reset, TLS stream_truncated...).
-    std::error_code end_error() const { return end_ec_; }
+    ssepp::error_code end_error() const { return end_ec_; }
     std::uint64_t bytes_read() const { return raw.size(); }
 
 protected:
@@ -538,7 +538,7 @@ protected:
     {
         if (!reading_) {
             reading_ = true;
-            stream_.async_read_some(asio::buffer(buf_), [this](std::error_code ec, std::size_t n) {
+            stream_.async_read_some(asio::buffer(buf_), [this](ssepp::error_code ec, std::size_t n) {
                 reading_ = false;
                 if (n > 0)
                     on_bytes(std::string_view(buf_.data(), n));
@@ -555,7 +555,7 @@ protected:
 
 private:
     std::array<char, 65536> buf_{};
-    std::error_code end_ec_;
+    ssepp::error_code end_ec_;
     bool reading_ = false;
     bool eof_ = false;
 };

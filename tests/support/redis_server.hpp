@@ -60,7 +60,7 @@ public:
     ~redis_server()
     {
         stop();
-        std::error_code ignored;
+        ssepp::error_code ignored;
         std::filesystem::remove_all(dir_, ignored);
     }
 

@@ -13,7 +13,7 @@
 
 #include "loopback.hpp"
 
-#include <asio.hpp>
+#include "asio.hpp"
 
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -55,7 +55,7 @@ inline std::vector<std::string> datas(const std::vector<received>& events)
 
 /// A registry call's result and error together, for assertions: the error_code overloads.
 struct sent : ssepp::send_result {
-    std::error_code error;
+    ssepp::error_code error;
     explicit operator bool() const noexcept { return !error; }
 };
 template <class Registry>
@@ -84,7 +84,7 @@ sent finish(Registry& reg, const typename Registry::key_type& key, ssepp::event 
 /// run only when the test calls close(), never inside a registry call (as with the real one).
 class fake_emitter {
 public:
-    using close_handler = std::function<void(ssepp::close_reason, std::error_code)>;
+    using close_handler = std::function<void(ssepp::close_reason, ssepp::error_code)>;
 
     void start()
     {
@@ -95,7 +95,7 @@ public:
     /// Every frame queued counts as written at once (written_seq()), unless hold() was
     /// called: then frames stay queued until drain(), and a frame that would pass the bound
     /// overflows and closes the fake, as overflow_policy::close does.
-    void enqueue(ssepp::shared_frame frame, std::uint64_t seq, std::error_code& ec)
+    void enqueue(ssepp::shared_frame frame, std::uint64_t seq, ssepp::error_code& ec)
     {
         ec = {};
         std::lock_guard lock(mtx_);
@@ -183,7 +183,7 @@ public:
     /// Runs the drained handler if the queue is low enough.
     void poll()
     {
-        std::function<void(std::error_code)> h;
+        std::function<void(ssepp::error_code)> h;
         {
             std::lock_guard lock(mtx_);
             if (!drained_ || queued_ > drained_threshold_)
@@ -204,7 +204,7 @@ public:
     }
 
     /// Not used by the registry (it queues only frames); formats like basic_emitter.
-    void send(const ssepp::event& e, std::error_code& ec)
+    void send(const ssepp::event& e, ssepp::error_code& ec)
     {
         auto frame = ssepp::make_frame(e, ec);
         if (!ec)
@@ -229,7 +229,7 @@ public:
     void close(ssepp::close_reason reason = ssepp::close_reason::client_gone)
     {
         std::vector<close_handler> hs;
-        std::function<void(std::error_code)> drained;
+        std::function<void(ssepp::error_code)> drained;
         {
             std::lock_guard lock(mtx_);
             closed_ = true;
@@ -283,7 +283,7 @@ private:
     std::size_t bound_ = std::size_t(1) << 30;
     std::size_t queued_ = 0;
     std::vector<std::uint64_t> queued_seqs_;
-    std::function<void(std::error_code)> drained_;
+    std::function<void(ssepp::error_code)> drained_;
     std::size_t drained_threshold_ = 0;
     int drain_requests_ = 0;
     bool held_ = false;
@@ -423,7 +423,7 @@ private:
             return;
         auto em = ssepp::make_emitter(ssepp::http_body(std::move(s)), opts_.emitter);
         const auto index = conns_.size();
-        em->on_close([this, index](ssepp::close_reason r, std::error_code) {
+        em->on_close([this, index](ssepp::close_reason r, ssepp::error_code) {
             std::lock_guard l(mtx_);
             conns_[index].closed = r;
         });

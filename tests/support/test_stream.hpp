@@ -9,15 +9,8 @@
 // socket's does.
 #pragma once
 
-#include <asio/any_io_executor.hpp>
-#include <asio/async_result.hpp>
-#include <asio/buffer.hpp>
-#include <asio/error.hpp>
-#include <asio/execution.hpp>
-#include <asio/execution_context.hpp>
-#include <asio/post.hpp>
+#include "asio.hpp"
 
-#include <asio/io_context.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -60,7 +53,7 @@ public:
     bool read_pending() const { return static_cast<bool>(get(&state::held_read)); }
 
     /// The first `n` writes succeed; every later one fails with `ec`, accepting nothing.
-    void fail_after(std::size_t n, std::error_code ec)
+    void fail_after(std::size_t n, ssepp::error_code ec)
     {
         std::lock_guard lock(s_->mtx);
         s_->fail_after = n;
@@ -108,13 +101,13 @@ public:
 
 private:
     friend class stream;
-    using completion = std::function<void(std::error_code, std::size_t)>;
+    using completion = std::function<void(ssepp::error_code, std::size_t)>;
 
     struct state {
         explicit state(asio::any_io_executor e) : ex(std::move(e)) {}
 
         // Posts `c(ec, n)` to the stream's executor, never inline.
-        void post(completion c, std::error_code ec, std::size_t n) const
+        void post(completion c, ssepp::error_code ec, std::size_t n) const
         {
             asio::post(ex, [c = std::move(c), ec, n] { c(ec, n); });
         }
@@ -125,7 +118,7 @@ private:
         std::size_t writes = 0;
         std::size_t closes = 0;
         std::size_t fail_after = std::numeric_limits<std::size_t>::max();
-        std::error_code fail_ec;
+        ssepp::error_code fail_ec;
         std::size_t cap = 0;
         completion held_write;   // a stalled write
         std::string held_bytes;  // what it takes when released
@@ -214,7 +207,7 @@ public:
     template <class ConstBuffers, class Token>
     auto async_write_some(const ConstBuffers& buffers, Token&& token)
     {
-        return asio::async_initiate<Token, void(std::error_code, std::size_t)>(
+        return asio::async_initiate<Token, void(ssepp::error_code, std::size_t)>(
             [s = s_](auto handler, const ConstBuffers& b) { start_write(s, b, std::move(handler)); }, token,
             buffers);
     }
@@ -222,7 +215,7 @@ public:
     template <class MutableBuffers, class Token>
     auto async_read_some(const MutableBuffers& buffers, Token&& token)
     {
-        return asio::async_initiate<Token, void(std::error_code, std::size_t)>(
+        return asio::async_initiate<Token, void(ssepp::error_code, std::size_t)>(
             [s = s_](auto handler, const MutableBuffers&) {
                 // The peer never sends bytes: a read waits until the peer leaves or the close.
                 std::lock_guard lock(s->mtx);
@@ -239,7 +232,7 @@ public:
 
     /// Ends the held write and read with operation_aborted; later operations fail with
     /// bad_descriptor, as on a closed socket.
-    void close(std::error_code& ec)
+    void close(ssepp::error_code& ec)
     {
         ec = {};
         std::lock_guard lock(s_->mtx);
@@ -261,7 +254,7 @@ private:
     {
         auto h = std::make_shared<Handler>(std::move(handler));
         auto work = asio::prefer(s.ex, asio::execution::outstanding_work.tracked);
-        return [h, work](std::error_code ec, std::size_t n) { (*h)(ec, n); };
+        return [h, work](ssepp::error_code ec, std::size_t n) { (*h)(ec, n); };
     }
 
     template <class ConstBuffers, class Handler>
@@ -274,7 +267,7 @@ private:
         // Counted out of flight when the handler runs, just before it. Weakly: a held write
         // lives in the state.
         stream_peer::completion c = [w = std::weak_ptr<state>(sp),
-                                     c = erase(s, std::move(handler))](std::error_code ec, std::size_t n) {
+                                     c = erase(s, std::move(handler))](ssepp::error_code ec, std::size_t n) {
             if (auto s = w.lock()) {
                 std::lock_guard lock(s->mtx);
                 --s->in_flight;

@@ -6,7 +6,7 @@
 
 #include "loopback.hpp"
 
-#include <asio/ssl.hpp>
+#include "asio_ssl.hpp"
 
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -104,9 +104,9 @@ public:
     {
         stream_.set_verify_callback(asio::ssl::host_name_verification("127.0.0.1"));
         stream_.lowest_layer().connect({asio::ip::make_address("127.0.0.1"), port});
-        std::error_code hs;
+        ssepp::error_code hs;
         bool done = false;
-        stream_.async_handshake(asio::ssl::stream_base::client, [&](std::error_code ec) {
+        stream_.async_handshake(asio::ssl::stream_base::client, [&](ssepp::error_code ec) {
             hs = ec;
             done = true;
         });
@@ -114,7 +114,7 @@ public:
         if (!done)
             throw std::runtime_error("test::tls_client: handshake timed out");
         if (hs)
-            throw std::system_error(hs, "test::tls_client: handshake");
+            throw ssepp::system_error(hs, "test::tls_client: handshake");
         const auto request = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n";
         asio::write(stream_, asio::buffer(request));
     }

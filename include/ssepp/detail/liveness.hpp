@@ -10,10 +10,7 @@
 #include <ssepp/detail/stream_service.hpp>
 #include <ssepp/transport.hpp>
 
-#include <asio/bind_allocator.hpp>
-#include <asio/error.hpp>
-#include <asio/post.hpp>
-#include <asio/steady_timer.hpp>
+#include <ssepp/detail/asio.hpp>
 
 #include <algorithm>
 #include <array>
@@ -113,7 +110,7 @@ private:
 /// held; the client's bytes are drained and discarded), or a small read into `sink` on a
 /// layered stream. The pending operation lives as long as the connection, so it is allocated
 /// at its exact size. Owner: `bool with_transport(f)`, which calls `f(transport)` under its
-/// lock unless it is closing for good (then false), `peer_left(std::error_code)`, and
+/// lock unless it is closing for good (then false), `peer_left(error_code)`, and
 /// `read_sink()`, a small buffer for layered streams.
 template <class Owner>
 void watch_peer(const std::shared_ptr<Owner>& owner)
@@ -121,11 +118,11 @@ void watch_peer(const std::shared_ptr<Owner>& owner)
     using transport_type = typename Owner::transport_type;
     if constexpr (is_plain_socket<transport_type>) {
         owner->with_transport([&](transport_type& t) {
-            std::error_code ec;
+            error_code ec;
             t.lowest_layer().non_blocking(true, ec);
             t.lowest_layer().async_wait(
                 asio::socket_base::wait_read,
-                asio::bind_allocator(exact_allocator<void>(), [owner](std::error_code ec) {
+                asio::bind_allocator(exact_allocator<void>(), [owner](error_code ec) {
                     if (ec == asio::error::operation_aborted)
                         return;
                     bool again = false;
@@ -146,7 +143,7 @@ void watch_peer(const std::shared_ptr<Owner>& owner)
     } else if constexpr (has_async_read_some<transport_type>) {
         owner->with_transport([&](transport_type& t) {
             t.async_read_some(asio::buffer(owner->read_sink()),
-                              asio::bind_allocator(exact_allocator<void>(), [owner](std::error_code ec, std::size_t) {
+                              asio::bind_allocator(exact_allocator<void>(), [owner](error_code ec, std::size_t) {
                                   if (!ec)
                                       watch_peer(owner);
                                   else if (ec != asio::error::operation_aborted)
@@ -168,15 +165,15 @@ void close_gracefully(Transport& t, Done done)
 {
     if constexpr (has_async_shutdown<Transport>) {
         if constexpr (has_lowest_socket<Transport>) {
-            std::error_code ec;
+            error_code ec;
             t.lowest_layer().cancel(ec);  // ends the peer watch's read: the handshake reads itself
         }
         auto timer = std::make_shared<asio::steady_timer>(t.get_executor(), closing_handshake_timeout);
-        timer->async_wait([done](std::error_code ec) {
+        timer->async_wait([done](error_code ec) {
             if (ec != asio::error::operation_aborted)
                 done();
         });
-        t.async_shutdown([timer, done](std::error_code) {
+        t.async_shutdown([timer, done](error_code) {
             timer->cancel();
             done();
         });

@@ -7,11 +7,7 @@
 #ifndef SSEPP_DETAIL_STREAM_SERVICE_HPP
 #define SSEPP_DETAIL_STREAM_SERVICE_HPP
 
-#include <asio/any_io_executor.hpp>
-#include <asio/execution_context.hpp>
-#include <asio/io_context.hpp>
-#include <asio/post.hpp>
-#include <asio/steady_timer.hpp>
+#include <ssepp/detail/asio.hpp>
 
 #include <algorithm>
 #include <array>
@@ -222,7 +218,7 @@ private:
     {
         armed_ = true;
         timer_->expires_after(period_);
-        timer_->async_wait([this](std::error_code ec) {
+        timer_->async_wait([this](error_code ec) {
             if (!ec)
                 tick();
         });

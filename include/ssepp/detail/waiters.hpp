@@ -6,9 +6,7 @@
 #ifndef SSEPP_DETAIL_WAITERS_HPP
 #define SSEPP_DETAIL_WAITERS_HPP
 
-#include <asio/associated_executor.hpp>
-#include <asio/executor_work_guard.hpp>
-#include <asio/post.hpp>
+#include <ssepp/detail/asio.hpp>
 
 #include <cstdint>
 #include <memory>
@@ -24,7 +22,7 @@ namespace ssepp::detail {
 // A close handler.
 struct close_node {
     close_node* next = nullptr;
-    virtual void invoke(close_reason, std::error_code) = 0;
+    virtual void invoke(close_reason, error_code) = 0;
     virtual ~close_node() = default;
 
     static void destroy(close_node* head) noexcept
@@ -34,7 +32,7 @@ struct close_node {
     }
 
     // Calls each once in the order added (the list is newest first), then frees them.
-    static void invoke_all(close_node* head, close_reason reason, std::error_code ec)
+    static void invoke_all(close_node* head, close_reason reason, error_code ec)
     {
         close_node* ordered = nullptr;
         while (head) {
@@ -55,7 +53,7 @@ struct close_node {
 template <class F>
 struct close_node_for final : close_node {
     explicit close_node_for(F fn) : f(std::move(fn)) {}
-    void invoke(close_reason reason, std::error_code ec) override { f(reason, ec); }
+    void invoke(close_reason reason, error_code ec) override { f(reason, ec); }
     F f;
 };
 
@@ -70,7 +68,7 @@ struct waiter {
     explicit waiter(kind k, std::uint64_t v) : value(v), what(k) {}
     // Runs or posts the handler with `ec`; the node is deleted by the caller afterwards.
     // `owner` (the stream) is kept alive until a posted handler has run: it may rely on it.
-    virtual void complete(std::error_code ec, std::shared_ptr<const void> owner) = 0;
+    virtual void complete(error_code ec, std::shared_ptr<const void> owner) = 0;
     virtual ~waiter() = default;
 
     static void destroy(waiter* head) noexcept
@@ -88,7 +86,7 @@ struct async_waiter final : waiter {
         : waiter(k, v), handler(std::move(h)), work(asio::get_associated_executor(handler, ex))
     {
     }
-    void complete(std::error_code ec, std::shared_ptr<const void> owner) override
+    void complete(error_code ec, std::shared_ptr<const void> owner) override
     {
         auto ex = work.get_executor();
         asio::post(ex, [h = std::move(handler), ec, owner = std::move(owner)]() mutable { h(ec); });
@@ -102,7 +100,7 @@ struct async_waiter final : waiter {
 template <class F>
 struct direct_waiter final : waiter {
     explicit direct_waiter(F fn) : waiter(kind::timeout, 0), f(std::move(fn)) {}
-    void complete(std::error_code ec, std::shared_ptr<const void>) override
+    void complete(error_code ec, std::shared_ptr<const void>) override
     {
         if (!ec)
             f();

@@ -5,12 +5,7 @@
 #ifndef SSEPP_IMPL_EMITTER_HPP
 #define SSEPP_IMPL_EMITTER_HPP
 
-#include <asio/any_io_executor.hpp>
-#include <asio/async_result.hpp>
-#include <asio/error.hpp>
-#include <asio/executor_work_guard.hpp>
-#include <asio/io_context.hpp>
-#include <asio/post.hpp>
+#include <ssepp/detail/asio.hpp>
 
 #include <algorithm>
 #include <mutex>
@@ -22,7 +17,7 @@ namespace ssepp {
 namespace detail {
 
 // Write errors that mean the peer is gone, as opposed to a failure of the transport.
-inline bool is_peer_gone(std::error_code ec) noexcept
+inline bool is_peer_gone(error_code ec) noexcept
 {
     return ec == asio::error::connection_reset || ec == asio::error::broken_pipe || ec == asio::error::eof
         || ec == asio::error::not_connected || ec == asio::error::connection_aborted
@@ -51,7 +46,7 @@ basic_emitter<T>::basic_emitter(T transport, const emitter_options& options)
     , max_queued_bytes_(options.max_queued_bytes)
     , policy_(options.overflow)
 {
-    std::error_code ec;
+    error_code ec;
     auto hint = retry_frame(options.retry_hint);
     hint_queued_ = hint != nullptr;
     enqueue(std::move(hint), 0, ec);  // the stream's first bytes
@@ -81,7 +76,7 @@ void basic_emitter<T>::start()
 // -- Sending ----------------------------------------------------------------------------------
 
 template <transport T>
-void basic_emitter<T>::send(const event& e, std::error_code& ec)
+void basic_emitter<T>::send(const event& e, error_code& ec)
 {
     auto frame = make_frame(e, ec);
     if (!ec)
@@ -91,13 +86,13 @@ void basic_emitter<T>::send(const event& e, std::error_code& ec)
 template <transport T>
 void basic_emitter<T>::send(const event& e)
 {
-    std::error_code ec;
+    error_code ec;
     send(e, ec);
     detail::throw_on_error(ec, "ssepp::basic_emitter::send");
 }
 
 template <transport T>
-void basic_emitter<T>::enqueue(shared_frame frame, std::uint64_t seq, std::error_code& ec)
+void basic_emitter<T>::enqueue(shared_frame frame, std::uint64_t seq, error_code& ec)
 {
     std::lock_guard lock(mtx_);
     enqueue_locked(std::move(frame), seq, ec);
@@ -106,13 +101,13 @@ void basic_emitter<T>::enqueue(shared_frame frame, std::uint64_t seq, std::error
 template <transport T>
 void basic_emitter<T>::enqueue(shared_frame frame, std::uint64_t seq)
 {
-    std::error_code ec;
+    error_code ec;
     enqueue(std::move(frame), seq, ec);
     detail::throw_on_error(ec, "ssepp::basic_emitter::enqueue");
 }
 
 template <transport T>
-void basic_emitter<T>::enqueue_locked(shared_frame frame, std::uint64_t seq, std::error_code& ec)
+void basic_emitter<T>::enqueue_locked(shared_frame frame, std::uint64_t seq, error_code& ec)
 {
     ec = {};
     if (state_ != state::open) {
@@ -150,7 +145,7 @@ void basic_emitter<T>::complete()
 }
 
 template <transport T>
-void basic_emitter<T>::complete(const event& last, std::error_code& ec)
+void basic_emitter<T>::complete(const event& last, error_code& ec)
 {
     send(last, ec);
     complete();
@@ -159,13 +154,13 @@ void basic_emitter<T>::complete(const event& last, std::error_code& ec)
 template <transport T>
 void basic_emitter<T>::complete(const event& last)
 {
-    std::error_code ec;
+    error_code ec;
     complete(last, ec);
     detail::throw_on_error(ec, "ssepp::basic_emitter::complete");
 }
 
 template <transport T>
-void basic_emitter<T>::complete_with_error(std::error_code why)
+void basic_emitter<T>::complete_with_error(error_code why)
 {
     std::lock_guard lock(mtx_);
     end_locked(close_reason::completed_with_error, why);
@@ -181,7 +176,7 @@ void basic_emitter<T>::abort()
 
 template <transport T>
 template <class Handler>
-    requires std::invocable<Handler&, close_reason, std::error_code>
+    requires std::invocable<Handler&, close_reason, error_code>
 void basic_emitter<T>::on_close(Handler handler)
 {
     std::unique_lock lock(mtx_);
@@ -207,10 +202,10 @@ template <transport T>
 template <class CompletionToken>
 auto basic_emitter<T>::async_wait_closed(CompletionToken&& token)
 {
-    return asio::async_initiate<CompletionToken, void(close_reason, std::error_code)>(
+    return asio::async_initiate<CompletionToken, void(close_reason, error_code)>(
         [this](auto handler) {
             auto work = asio::make_work_guard(asio::get_associated_executor(handler, get_executor()));
-            on_close([h = std::move(handler), work = std::move(work)](close_reason r, std::error_code ec) mutable {
+            on_close([h = std::move(handler), work = std::move(work)](close_reason r, error_code ec) mutable {
                 auto ex = work.get_executor();
                 asio::post(ex, [h = std::move(h), r, ec]() mutable { h(r, ec); });
                 work.reset();
@@ -225,7 +220,7 @@ template <transport T>
 template <class CompletionToken>
 auto basic_emitter<T>::async_flush(CompletionToken&& token)
 {
-    return asio::async_initiate<CompletionToken, void(std::error_code)>(
+    return asio::async_initiate<CompletionToken, void(error_code)>(
         [this](auto handler) {
             using waiter = detail::async_waiter<decltype(handler), executor_type>;
             add_waiter(new waiter(detail::waiter::kind::flushed, 0, std::move(handler), get_executor()));
@@ -237,7 +232,7 @@ template <transport T>
 template <class CompletionToken>
 auto basic_emitter<T>::async_wait_drained(std::size_t threshold, CompletionToken&& token)
 {
-    return asio::async_initiate<CompletionToken, void(std::error_code)>(
+    return asio::async_initiate<CompletionToken, void(error_code)>(
         [this, threshold](auto handler) {
             using waiter = detail::async_waiter<decltype(handler), executor_type>;
             add_waiter(new waiter(detail::waiter::kind::drained, threshold, std::move(handler), get_executor()));
@@ -353,7 +348,7 @@ void basic_emitter<T>::kicked()
 template <transport T>
 struct basic_emitter<T>::write_handler {
     std::shared_ptr<basic_emitter> self;
-    void operator()(std::error_code ec, std::size_t n) const { self->on_written(ec, n); }
+    void operator()(error_code ec, std::size_t n) const { self->on_written(ec, n); }
     friend bool asio_handler_is_continuation(write_handler*) { return true; }
 };
 
@@ -407,7 +402,7 @@ bool basic_emitter<T>::gather_locked()
 }
 
 template <transport T>
-void basic_emitter<T>::on_written(std::error_code ec, std::size_t n)
+void basic_emitter<T>::on_written(error_code ec, std::size_t n)
 {
     std::unique_lock lock(mtx_);
     in_flight_ = false;
@@ -488,7 +483,7 @@ void basic_emitter<T>::drop_oldest_locked()
 // Ends the stream from under the lock: the reason is recorded now, so that a write failing
 // before the posted close runs cannot report another one.
 template <transport T>
-void basic_emitter<T>::abort_locked(close_reason reason, std::error_code ec)
+void basic_emitter<T>::abort_locked(close_reason reason, error_code ec)
 {
     state_ = state::aborting;
     reason_ = reason;
@@ -500,7 +495,7 @@ void basic_emitter<T>::abort_locked(close_reason reason, std::error_code ec)
 
 // Stops taking events and flushes; finish() follows once the queue is written.
 template <transport T>
-void basic_emitter<T>::end_locked(close_reason reason, std::error_code ec)
+void basic_emitter<T>::end_locked(close_reason reason, error_code ec)
 {
     if (state_ != state::open)
         return;
@@ -530,7 +525,7 @@ void basic_emitter<T>::finish()
 // Runs on the executor: closes the transport, completes the waiters and calls the close
 // handlers, once.
 template <transport T>
-void basic_emitter<T>::close_now(close_reason reason, std::error_code ec)
+void basic_emitter<T>::close_now(close_reason reason, error_code ec)
 {
     detail::close_node* handlers = nullptr;
     detail::waiter* waiters = nullptr;
@@ -591,7 +586,7 @@ void basic_emitter<T>::heartbeat_due() noexcept
             std::lock_guard lock(self->mtx_);
             if (self->pending_.empty() && !self->writing_) {
                 static const shared_frame comment = make_raw_frame(":\n\n");
-                std::error_code ec;
+                error_code ec;
                 self->enqueue_locked(comment, 0, ec);
             }
         });
@@ -646,7 +641,7 @@ shared_frame basic_emitter<T>::retry_frame(std::optional<std::chrono::millisecon
     if (!hint)
         return nullptr;
     const auto make = [](std::chrono::milliseconds ms) {
-        std::error_code ec;
+        error_code ec;
         auto frame = make_frame(event{.retry = ms}, ec);
         if (ec)
             throw std::invalid_argument("ssepp::basic_emitter: negative retry_hint");

@@ -10,10 +10,7 @@
 #include <ssepp/redis/subscriber.hpp>
 #include <ssepp/registry.hpp>
 
-#include <asio/async_result.hpp>
-#include <asio/dispatch.hpp>
-#include <asio/post.hpp>
-#include <asio/steady_timer.hpp>
+#include <ssepp/detail/asio.hpp>
 
 #include <algorithm>
 #include <array>
@@ -264,7 +261,7 @@ public:
             if (auto s = w.lock())
                 s->bus_up();
         };
-        link.on_disconnect = [w](std::error_code) {
+        link.on_disconnect = [w](error_code) {
             if (auto s = w.lock())
                 s->bus_ready_.store(false, std::memory_order_release);
         };
@@ -354,7 +351,7 @@ public:
     template <class CompletionToken>
     auto async_attach(std::vector<std::string> keys, emitter_ptr em, attach_options options, CompletionToken&& token)
     {
-        return asio::async_initiate<CompletionToken, void(std::error_code, attach_result)>(
+        return asio::async_initiate<CompletionToken, void(error_code, attach_result)>(
             [self = this->shared_from_this()](auto handler, std::vector<std::string> keys, emitter_ptr em,
                                               attach_options options) {
                 asio::dispatch(self->ex_, [self, handler = std::move(handler), keys = std::move(keys),
@@ -389,7 +386,7 @@ private:
     template <class CompletionToken>
     auto publish(std::string key, event e, bool finished, CompletionToken&& token)
     {
-        return asio::async_initiate<CompletionToken, void(std::error_code, std::string)>(
+        return asio::async_initiate<CompletionToken, void(error_code, std::string)>(
             [self = this->shared_from_this(), finished](auto handler, std::string key, event e) {
                 e.id.reset();
                 if (auto ec = validate(e)) {
@@ -409,7 +406,7 @@ private:
                     self->call_script(
                         script::publish, {"3", stream, order, nodes, maxlen, encoded, bus, key, finished ? "1" : "0",
                                           ttl, to_nodes},
-                        [handler = std::move(handler)](std::error_code ec, reply r) mutable {
+                        [handler = std::move(handler)](error_code ec, reply r) mutable {
                             if (!ec && !r.is_string())
                                 ec = errc::protocol_error;
                             handler(ec, ec ? std::string() : std::move(r.str()));
@@ -493,7 +490,7 @@ private:
             return;
         it->second = m.sid;
         m.e.id = std::move(m.id);
-        std::error_code ignored;  // the stream's own checks passed; a finished key stays finished
+        error_code ignored;  // the stream's own checks passed; a finished key stays finished
         if (m.finished)
             local_.finish(m.key, std::move(m.e), ignored);
         else
@@ -528,7 +525,7 @@ private:
         // Its presence may have lapsed while it was away: announced again before the reads.
         if (targeted())
             for (const auto& k : present_)
-                announce(k, [](std::error_code) {});
+                announce(k, [](error_code) {});
         catch_up();
     }
 
@@ -551,7 +548,7 @@ private:
         const auto from = last ? std::to_string(last->ms) + "-" + std::to_string(last->seq) : std::string("-");
         commands_->async_command(
             {"XRANGE", stream_key(key), from, "+"},
-            [w = this->weak_from_this(), key, last](std::error_code ec, reply r) {
+            [w = this->weak_from_this(), key, last](error_code ec, reply r) {
                 auto self = w.lock();
                 if (!self)
                     return;
@@ -587,7 +584,7 @@ private:
         retry_.clear();
         if (targeted())
             for (const auto& k : present_)
-                announce(k, [](std::error_code) {});
+                announce(k, [](error_code) {});
         catch_up();
         settle();
     }
@@ -616,7 +613,7 @@ private:
         args.push_back(sha.empty() ? script_text(which) : std::string_view(sha));
         args.insert(args.end(), rest.begin(), rest.end());
         commands_->async_command(std::span<const std::string_view>(args),
-                                 [w = this->weak_from_this(), handler = std::move(handler)](std::error_code ec,
+                                 [w = this->weak_from_this(), handler = std::move(handler)](error_code ec,
                                                                                                   reply r) mutable {
                                      auto self = w.lock();
                                      if (self && ec == errc::server_error && r.is_error()
@@ -634,7 +631,7 @@ private:
     {
         for (auto which : {script::publish, script::mark, script::presence})
             commands_->async_command({"SCRIPT", "LOAD", script_text(which)},
-                                     [w = this->weak_from_this(), which](std::error_code ec, reply r) {
+                                     [w = this->weak_from_this(), which](error_code ec, reply r) {
                                          auto self = w.lock();
                                          if (self && !ec && r.is_string())
                                              self->shas_[static_cast<std::size_t>(which)] = r.str();
@@ -663,13 +660,13 @@ private:
     {
         call_script(script::presence,
                     {"1", presence_key(key), id_, std::to_string(options_.presence_ttl.count())},
-                                 [done = std::move(done)](std::error_code ec, reply) mutable { done(ec); });
+                                 [done = std::move(done)](error_code ec, reply) mutable { done(ec); });
     }
 
     void refresh_later()
     {
         refresh_.expires_after(std::max(options_.presence_ttl / 3, std::chrono::milliseconds(1)));
-        refresh_.async_wait([w = this->weak_from_this()](std::error_code ec) {
+        refresh_.async_wait([w = this->weak_from_this()](error_code ec) {
             if (auto s = w.lock(); s && !ec && !s->closed_)
                 s->refresh();
         });
@@ -684,7 +681,7 @@ private:
         for (auto it = present_.begin(); it != present_.end();) {
             if (local_.size(*it) == 0 && !fetching_.contains(*it)) {
                 if (targeted())
-                    commands_->async_command({"HDEL", presence_key(*it), id_}, [](std::error_code, reply) {});
+                    commands_->async_command({"HDEL", presence_key(*it), id_}, [](error_code, reply) {});
                 local_.erase(*it);
                 seen_.erase(*it);
                 it = present_.erase(it);
@@ -707,7 +704,7 @@ private:
         if (lapsed)
             ++reads_;
         for (const auto& k : present_)
-            announce(k, [w = this->weak_from_this(), failed, sent, lapsed, last = --left == 0](std::error_code ec) {
+            announce(k, [w = this->weak_from_this(), failed, sent, lapsed, last = --left == 0](error_code ec) {
                 *failed |= bool(ec);
                 auto self = w.lock();
                 if (!last || !self)
@@ -732,7 +729,7 @@ private:
         std::vector<std::vector<message>> streams;
         std::vector<std::optional<stream_id>> marks;    // replay::undelivered: what was written
         std::vector<std::optional<stream_id>> trimmed;  // the first entry, when older ones were trimmed
-        std::error_code ec;
+        error_code ec;
     };
 
     std::string mark_key(std::string_view key) const { return stream_key(key) + ":delivered"; }
@@ -768,9 +765,9 @@ private:
             ++fetching_[k];
             // Present first, then read: an event published after the read reaches this node.
             if (targeted() && !present_.contains(k))
-                announce(k, [read](std::error_code ec) { read->ec = read->ec ? read->ec : ec; });
+                announce(k, [read](error_code ec) { read->ec = read->ec ? read->ec : ec; });
         }
-        const auto queued = [](std::error_code, reply) {};  // the replies come with EXEC's
+        const auto queued = [](error_code, reply) {};  // the replies come with EXEC's
         commands_->async_command({"MULTI"}, queued);
         for (const auto& k : keys) {
             if (marks)
@@ -781,7 +778,7 @@ private:
         }
         commands_->async_command(
             {"EXEC"}, [w = this->weak_from_this(), read, marks, em = std::move(em), options = std::move(options),
-                       handler = std::move(handler)](std::error_code ec, reply r) mutable {
+                       handler = std::move(handler)](error_code ec, reply r) mutable {
                 auto self = w.lock();
                 if (!self)
                     return;  // the node is gone, and its connections with it
@@ -918,7 +915,7 @@ private:
 
         attach_options local{.otherwise = replay::all};
         if (gap && options.on_gap) {
-            std::error_code ec;
+            error_code ec;
             if (auto f = make_frame(*options.on_gap, ec))
                 local.prefix.push_back(std::move(f));
         }
@@ -953,7 +950,7 @@ private:
         for (const auto* m : prefix) {
             auto e = m->e;
             e.id = m->id;
-            std::error_code ec;
+            error_code ec;
             if (auto f = make_frame(e, ec))
                 local.prefix.push_back(std::move(f));
         }
@@ -969,7 +966,7 @@ private:
     // counts what it wrote, was added first.)
     void watch(Emitter& em, const std::vector<std::string>& keys)
     {
-        em.on_close([w = this->weak_from_this(), keys](close_reason, std::error_code) {
+        em.on_close([w = this->weak_from_this(), keys](close_reason, error_code) {
             auto self = w.lock();
             if (!self)
                 return;
@@ -982,13 +979,13 @@ private:
             asio::dispatch(self->ex_, [self, marks = std::move(marks)] {
                 const auto ttl = std::to_string(self->options_.stream_ttl.count());
                 for (const auto& [key, id] : marks)
-                    self->call_script(script::mark, {"1", key, id, ttl}, [](std::error_code, reply) {});
+                    self->call_script(script::mark, {"1", key, id, ttl}, [](error_code, reply) {});
             });
         });
     }
 
     template <class Handler>
-    void complete(Handler handler, std::error_code ec, attach_result r)
+    void complete(Handler handler, error_code ec, attach_result r)
     {
         asio::post(ex_, [handler = std::move(handler), ec, r]() mutable { handler(ec, r); });
     }

@@ -11,12 +11,7 @@
 #include <ssepp/redis/reply.hpp>
 #include <ssepp/redis/url.hpp>
 
-#include <asio/any_io_executor.hpp>
-#include <asio/associated_executor.hpp>
-#include <asio/async_result.hpp>
-#include <asio/dispatch.hpp>
-#include <asio/post.hpp>
-#include <asio/steady_timer.hpp>
+#include <ssepp/detail/asio.hpp>
 
 #include <algorithm>
 #include <array>
@@ -44,7 +39,7 @@ namespace detail {
 class command_op {
 public:
     /// Deletes this, then hands (ec, r) to the handler on its associated executor.
-    virtual void complete(std::error_code ec, reply r) = 0;
+    virtual void complete(error_code ec, reply r) = 0;
     /// Deletes this without running the handler (the connection is being destroyed).
     virtual void destroy() noexcept = 0;
 
@@ -57,7 +52,7 @@ class command_op_impl final : public command_op {
 public:
     command_op_impl(Handler h, const asio::any_io_executor& ex) : handler_(std::move(h)), ex_(ex) {}
 
-    void complete(std::error_code ec, reply r) override
+    void complete(error_code ec, reply r) override
     {
         auto ex = asio::get_associated_executor(handler_, ex_);
         Handler h(std::move(handler_));
@@ -83,7 +78,7 @@ struct op_ptr {
         if (op)
             op->destroy();
     }
-    void complete(std::error_code ec) { std::exchange(op, nullptr)->complete(ec, reply{}); }
+    void complete(error_code ec) { std::exchange(op, nullptr)->complete(ec, reply{}); }
 };
 
 } // namespace detail
@@ -118,7 +113,7 @@ public:
         /// Called each time a link is lost (connection_lost, protocol_error; after the
         /// in-flight commands' handlers) or an attempt fails (connect_failed), before the wait
         /// for the next attempt. Not called for close().
-        std::function<void(std::error_code)> on_disconnect{};
+        std::function<void(error_code)> on_disconnect{};
     };
 
     enum class status { connecting, connected, disconnected, closed };
@@ -167,7 +162,7 @@ public:
     template <class CompletionToken>
     auto async_command(std::span<const std::string_view> args, CompletionToken&& token)
     {
-        return asio::async_initiate<CompletionToken, void(std::error_code, reply)>(
+        return asio::async_initiate<CompletionToken, void(error_code, reply)>(
             [this](auto handler, std::span<const std::string_view> a) {
                 using handler_type = std::decay_t<decltype(handler)>;
                 submit(a, new detail::command_op_impl<handler_type>(std::move(handler), ex_));
@@ -205,7 +200,7 @@ private:
     struct event {
         enum class what { reply, push, up, down, select_failed } type;
         detail::command_op* op = nullptr;
-        std::error_code ec{};
+        error_code ec{};
         reply value{};
     };
 
@@ -239,7 +234,7 @@ private:
     void submit(std::span<const std::string_view> args, detail::command_op* op)
     {
         detail::op_ptr p(op);
-        std::error_code ec;
+        error_code ec;
         if (args.empty())
             ec = errc::empty_command;
         else if (state_ == status::closed)
@@ -322,7 +317,7 @@ private:
     {
         const auto generation = ++timer_generation_;
         timer_.expires_after(d);
-        timer_.async_wait([w = weak_from_this(), generation, f](std::error_code) {
+        timer_.async_wait([w = weak_from_this(), generation, f](error_code) {
             auto c = w.lock();
             if (c && c->timer_generation_ == generation)
                 f(*c);
@@ -392,11 +387,11 @@ private:
             return;
         }
         reply value = detail::to_reply(r);
-        const std::error_code ec = value.is_error() ? make_error_code(errc::server_error) : std::error_code{};
+        const error_code ec = value.is_error() ? make_error_code(errc::server_error) : error_code{};
         events_.push_back({event::what::reply, op, ec, std::move(value)});
     }
 
-    std::error_code ended_code(const redisAsyncContext* ac) const
+    error_code ended_code(const redisAsyncContext* ac) const
     {
         if (freeing_reason_)
             return *freeing_reason_;
@@ -414,7 +409,7 @@ private:
         retired_ = std::move(watcher_);  // its hook is still on the stack
         if (destroying_)
             return;
-        std::error_code ec;
+        error_code ec;
         if (freeing_reason_)
             ec = *freeing_reason_;
         else if (state_ == status::connected)
@@ -482,7 +477,7 @@ private:
     status state_ = status::connecting;
     redisAsyncContext* ac_ = nullptr;
     std::shared_ptr<detail::asio_watcher> watcher_, retired_;
-    std::optional<std::error_code> freeing_reason_;
+    std::optional<error_code> freeing_reason_;
     std::deque<event> events_;
     bool draining_ = false;
     bool destroying_ = false;

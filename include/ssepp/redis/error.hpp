@@ -1,12 +1,13 @@
 // ssepp/redis/error.hpp
 // Error codes of the ssepp.redis category: what a Redis connection, its commands and the URL
-// parser report through std::error_code.
+// parser report through ssepp::error_code.
 // SPDX-License-Identifier: BSL-1.0
 #ifndef SSEPP_REDIS_ERROR_HPP
 #define SSEPP_REDIS_ERROR_HPP
 
+#include <ssepp/detail/asio.hpp>
+
 #include <string>
-#include <system_error>
 
 namespace ssepp::redis {
 
@@ -35,8 +36,10 @@ enum class errc {
 
 namespace detail {
 
-class error_category final : public std::error_category {
+// Derives from the flavour's category, so that a Boost.System error_code holds it natively.
+class error_category final : public ssepp::detail::error_category_base {
 public:
+    using ssepp::detail::error_category_base::message;  // Boost's has a buffer overload too
     const char* name() const noexcept override { return "ssepp.redis"; }
 
     std::string message(int ev) const override
@@ -58,20 +61,19 @@ public:
 } // namespace detail
 
 /// The category of every ssepp::redis::errc.
-inline const std::error_category& error_category() noexcept
+inline const ssepp::detail::error_category_base& error_category() noexcept
 {
     static const detail::error_category category;
     return category;
 }
 
-inline std::error_code make_error_code(errc e) noexcept
+inline error_code make_error_code(errc e) noexcept
 {
     return {static_cast<int>(e), error_category()};
 }
 
 } // namespace ssepp::redis
 
-template <>
-struct std::is_error_code_enum<ssepp::redis::errc> : std::true_type {};
+SSEPP_ERROR_CODE_ENUM(ssepp::redis::errc)
 
 #endif

@@ -7,7 +7,7 @@
 
 #include <ssepp/redis/connection.hpp>
 
-#include <asio/post.hpp>
+#include <ssepp/detail/asio.hpp>
 
 #include <functional>
 #include <map>
@@ -42,7 +42,7 @@ public:
     /// Once: success when the server confirmed the subscription (on this link, or on the next
     /// one if the link is down); errc::closed after close(); operation_canceled when
     /// unsubscribed first.
-    using done_handler = std::function<void(std::error_code)>;
+    using done_handler = std::function<void(error_code)>;
 
     static std::shared_ptr<subscriber> create(executor_type ex, options opts)
     {
@@ -53,7 +53,7 @@ public:
             if (auto s = w.lock())
                 s->link_up();
         };
-        link.on_disconnect = [w](std::error_code ec) {
+        link.on_disconnect = [w](error_code ec) {
             if (auto s = w.lock())
                 s->link_down(ec);
         };
@@ -190,7 +190,7 @@ private:
         }
     }
 
-    void link_down(std::error_code ec)
+    void link_down(error_code ec)
     {
         link_sent_ = anchor_active_ = announce_pending_ = false;
         for (auto* t : {&channels_, &patterns_}) {
@@ -259,21 +259,21 @@ private:
             on_subscribed_();
     }
 
-    void fail(std::vector<done_handler>& waiting, std::error_code ec)
+    void fail(std::vector<done_handler>& waiting, error_code ec)
     {
         for (auto& done : waiting)
             post_done(std::move(done), ec);
         waiting.clear();
     }
 
-    void post_done(done_handler done, std::error_code ec)
+    void post_done(done_handler done, error_code ec)
     {
         asio::post(get_executor(), [done = std::move(done), ec] { done(ec); });
     }
 
     std::shared_ptr<connection> conn_;
     std::function<void()> on_subscribed_;
-    std::function<void(std::error_code)> on_disconnect_;
+    std::function<void(error_code)> on_disconnect_;
     table channels_, patterns_;
     bool link_sent_ = false;     // this link's SUBSCRIBE of everything went out
     bool anchor_active_ = false;

@@ -27,8 +27,8 @@ struct endpoint {
 namespace detail {
 [[noreturn]] inline void bad_url(std::string_view url, std::string_view why)
 {
-    throw std::system_error(make_error_code(errc::invalid_url),
-                            "Redis URL '" + std::string(url) + "': " + std::string(why));
+    throw system_error(make_error_code(errc::invalid_url),
+                       "Redis URL '" + std::string(url) + "': " + std::string(why));
 }
 
 template <class Int>
@@ -46,7 +46,7 @@ bool parse_decimal(std::string_view s, Int& out)
 
 /// Reads `redis://host[:port][/db]`: host a name, an IPv4 address or a bracketed IPv6 address
 /// (`redis://[::1]:6379`); port 1-65535 (default 6379); db a decimal database index (default
-/// 0). Throws std::system_error with errc::invalid_url and a message naming the URL and what is
+/// 0). Throws system_error with errc::invalid_url and a message naming the URL and what is
 /// wrong with it. Not supported, and refused as such: credentials, `rediss://` (TLS), unix
 /// sockets, query strings.
 inline endpoint parse_url(std::string_view url)

@@ -7,8 +7,7 @@
 
 #include <ssepp/redis/detail/hiredis.hpp>
 
-#include <asio/any_io_executor.hpp>
-#include <asio/posix/stream_descriptor.hpp>
+#include <ssepp/detail/asio.hpp>
 
 #include <memory>
 #include <system_error>
@@ -43,7 +42,7 @@ public:
                                                 std::weak_ptr<link_owner> owner, link_owner* raw_owner)
     {
         auto w = std::make_shared<asio_watcher>(ex, ac, std::move(owner), raw_owner);
-        std::error_code ec;
+        error_code ec;
         w->fd_.assign(ac->c.fd, ec);  // hiredis owns (and closes) the fd: released in cleanup()
         if (ec)
             return nullptr;
@@ -86,10 +85,10 @@ private:
         // A wait (not a speculative read): Asio re-arms the descriptor in epoll, so readiness
         // that came before the wait still completes it.
         fd_.async_wait(read ? asio::posix::stream_descriptor::wait_read : asio::posix::stream_descriptor::wait_write,
-                       [w = shared_from_this(), read](std::error_code ec) { w->ready(read, ec); });
+                       [w = shared_from_this(), read](error_code ec) { w->ready(read, ec); });
     }
 
-    void ready(bool read, std::error_code ec)
+    void ready(bool read, error_code ec)
     {
         (read ? reading_ : writing_) = false;
         if (ec == asio::error::operation_aborted || ac_ == nullptr)
