@@ -11,6 +11,8 @@
 # find_package(ssepp CONFIG REQUIRED COMPONENTS redis) -> ssepp::redis:
 #   ssepp.consumer_redis_add_subdirectory, ssepp.consumer_redis_find_package (the stage),
 #   ssepp.consumer_redis_vcpkg (the port replayed with its redis feature, as ssepp[redis])
+# and the codec alone (tests/consumer_codec) and the Boost.Asio flavour (tests/consumer_boost):
+# see the end of this file.
 
 set(_ssepp_pkg "${PROJECT_BINARY_DIR}/packaging")
 set(_ssepp_build_and_test
@@ -86,4 +88,48 @@ if(TARGET ssepp_redis)
       "-DSSEPP_EXPECTED_PREFIX=${_ssepp_pkg}/vcpkg/installed")
     set_tests_properties(ssepp.consumer_redis_vcpkg PROPERTIES FIXTURES_REQUIRED ssepp_vcpkg)
   endif()
+endif()
+
+# The codec alone (tests/consumer_codec): find_package(ssepp COMPONENTS codec) -> ssepp::codec,
+# with Asio and Boost unfindable, and a main.cpp that does not compile if a codec header includes
+# either: ssepp.consumer_codec_find_package (the stage), ssepp.consumer_codec_vcpkg.
+if(SSEPP_INSTALL)
+  ssepp_consumer_test(ssepp.consumer_codec_find_package
+    "${CMAKE_CURRENT_LIST_DIR}/consumer_codec" "${_ssepp_pkg}/consumer_codec_find_package"
+    "-DCMAKE_PREFIX_PATH=${PROJECT_BINARY_DIR}/stage"
+    "-DSSEPP_EXPECTED_PREFIX=${PROJECT_BINARY_DIR}/stage")
+  set_tests_properties(ssepp.consumer_codec_find_package PROPERTIES FIXTURES_REQUIRED ssepp_stage)
+  ssepp_consumer_test(ssepp.consumer_codec_vcpkg
+    "${CMAKE_CURRENT_LIST_DIR}/consumer_codec" "${_ssepp_pkg}/consumer_codec_vcpkg"
+    "-DCMAKE_PREFIX_PATH=${_ssepp_pkg}/vcpkg/installed"
+    "-DSSEPP_EXPECTED_PREFIX=${_ssepp_pkg}/vcpkg/installed")
+  set_tests_properties(ssepp.consumer_codec_vcpkg PROPERTIES FIXTURES_REQUIRED ssepp_vcpkg)
+endif()
+
+# The Boost.Asio flavour (tests/consumer_boost), whenever Boost >= 1.79 is installed and this
+# build is the standalone flavour, so that every build compiles (and runs) ssepp against
+# Boost.Asio, redis headers included when hiredis is there:
+#   ssepp.consumer_boost_add_subdirectory  add_subdirectory() with SSEPP_ASIO=boost
+#   ssepp.install_stage_boost              a Boost-flavour configure installed to <build>/stage-boost
+#   ssepp.consumer_boost_find_package      against that stage: sseppConfig.cmake finds Boost
+if(NOT SSEPP_ASIO STREQUAL "boost")
+  find_package(Boost 1.79 CONFIG QUIET COMPONENTS headers)
+endif()
+if(SSEPP_ASIO STREQUAL "boost" OR Boost_FOUND)
+  ssepp_consumer_test(ssepp.consumer_boost_add_subdirectory
+    "${CMAKE_CURRENT_LIST_DIR}/consumer_boost" "${_ssepp_pkg}/consumer_boost_subdir"
+    "-DSSEPP_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+  add_test(NAME ssepp.install_stage_boost
+    COMMAND "${CMAKE_COMMAND}" "-DSOURCE_DIR=${PROJECT_SOURCE_DIR}"
+      "-DBUILD_DIR=${_ssepp_pkg}/boost_build" "-DSTAGE_DIR=${PROJECT_BINARY_DIR}/stage-boost"
+      "-DGENERATOR=${CMAKE_GENERATOR}" "-DMAKE_PROGRAM=${CMAKE_MAKE_PROGRAM}"
+      "-DCXX_COMPILER=${CMAKE_CXX_COMPILER}"
+      -P "${CMAKE_CURRENT_LIST_DIR}/consumer_boost/stage.cmake")
+  set_tests_properties(ssepp.install_stage_boost PROPERTIES
+    LABELS packaging FIXTURES_SETUP ssepp_stage_boost)
+  ssepp_consumer_test(ssepp.consumer_boost_find_package
+    "${CMAKE_CURRENT_LIST_DIR}/consumer_boost" "${_ssepp_pkg}/consumer_boost_find_package"
+    "-DCMAKE_PREFIX_PATH=${PROJECT_BINARY_DIR}/stage-boost"
+    "-DSSEPP_EXPECTED_PREFIX=${PROJECT_BINARY_DIR}/stage-boost")
+  set_tests_properties(ssepp.consumer_boost_find_package PROPERTIES FIXTURES_REQUIRED ssepp_stage_boost)
 endif()

@@ -13,10 +13,18 @@ vcpkg_check_features(OUT_FEATURE_OPTIONS FEATURE_OPTIONS
         redis SSEPP_REDIS
 )
 
+# Feature boost compiles ssepp against Boost.Asio (vcpkg's boost-asio) instead of standalone
+# Asio: SSEPP_ASIO is a choice, not an ON/OFF option, hence not in vcpkg_check_features.
+set(SSEPP_ASIO_FLAVOUR standalone)
+if("boost" IN_LIST FEATURES)
+    set(SSEPP_ASIO_FLAVOUR boost)
+endif()
+
 vcpkg_cmake_configure(
     SOURCE_PATH "${SOURCE_PATH}"
     OPTIONS
         ${FEATURE_OPTIONS}
+        -DSSEPP_ASIO=${SSEPP_ASIO_FLAVOUR}
         -DSSEPP_BUILD_TESTS=OFF
         -DSSEPP_BUILD_EXAMPLES=OFF
         -DSSEPP_BUILD_BENCHMARKS=OFF

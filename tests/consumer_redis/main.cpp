@@ -1,10 +1,9 @@
 // A user's program of ssepp::redis: parses a URL, then connects with hiredis through Asio to a
 // loopback port where nothing listens and expects the refusal to be reported as connect_failed.
-// Exits non-zero otherwise. Needs no Redis server.
+// Exits non-zero otherwise. Needs no Redis server. ssepp::asio and ssepp::error_code: the same
+// source builds in either Asio flavour (ssepp.consumer_redis_boost_add_subdirectory).
 #include <ssepp/redis/connection.hpp>
 #include <ssepp/redis/subscriber.hpp>
-
-#include <asio/io_context.hpp>
 
 #include <chrono>
 #include <cstdio>
@@ -16,11 +15,11 @@ int main()
         std::fputs("consumer: parse_url misread the URL\n", stderr);
         return 1;
     }
-    asio::io_context io;
-    std::error_code reported;
+    ssepp::asio::io_context io;
+    ssepp::error_code reported;
     std::shared_ptr<ssepp::redis::connection> conn;
     conn = ssepp::redis::connection::create(io.get_executor(),
-                                            {.server = ep, .on_disconnect = [&](std::error_code ec) {
+                                            {.server = ep, .on_disconnect = [&](ssepp::error_code ec) {
                                                  reported = ec;
                                                  conn->close();
                                              }});
