@@ -78,7 +78,8 @@ struct attach_result {
 /// What send(), finish() and broadcast() did. Their errors, as every error of ssepp, come
 /// through an `error_code&` argument or a system_error.
 struct send_result {
-    /// Live connections that took the event (0 is fine: it is retained).
+    /// Live connections the event was queued to, or (with a hand-off executor) is being
+    /// handed to (0 is fine: it is retained).
     std::size_t connections = 0;
     /// The event's id as sent: the application's own, or the one the registry assigned.
     std::string id{};
@@ -99,7 +100,9 @@ struct send_result {
 /// further behind than its queue bound meanwhile meets its overflow policy.
 ///
 /// Thread-safe. An event is formatted once, under the registry's lock (that fixes its place
-/// in the order), and queued to each emitter without copying.
+/// in the order), and queued to each emitter without copying: by the sending thread, or, with
+/// a hand-off executor, by that executor, which hands each connection everything sent since
+/// its last hand-off as one frame (see the constructor).
 ///
 /// Errors follow Asio: send(), broadcast() and finish() have an `error_code&` overload and
 /// one that throws system_error.
@@ -116,6 +119,22 @@ public:
     explicit basic_registry(history_options options = {})
         : state_(std::make_shared<state>(std::move(options)))
     {
+    }
+
+    /// A registry that hands events to connections on `hand_off` (usually the executor of the
+    /// io_context the emitters run on) instead of on the sending thread. send() and broadcast()
+    /// then cost the sender O(1) whatever the number of connections: they format and retain
+    /// the event and return. One handler at a time on `hand_off` queues to each connection, in
+    /// order, everything sent since the last hand-off, consecutive events of one key as one
+    /// frame: the busier the connections, the larger the batches, as a fan-out server wants
+    /// at saturation. Ids, order, history and resume are as without it; attach(), finish(),
+    /// complete(), erase() and async_send() hand off what is pending first, on their caller's
+    /// thread, so nothing they do overtakes an event sent before.
+    /// @throws std::invalid_argument as the other constructor.
+    explicit basic_registry(asio::any_io_executor hand_off, history_options options = {})
+        : basic_registry(std::move(options))
+    {
+        state_->hand_off_ex = std::move(hand_off);
     }
 
     basic_registry(const basic_registry&) = delete;
@@ -153,6 +172,7 @@ public:
                                         "below history_options::max_event_bytes");
         attach_result result;
         std::lock_guard lock(s.mtx);
+        s.hand_off_locked();
         s.purge_locked();
         auto owned = std::make_unique<member>();
         auto* m = owned.get();
@@ -341,6 +361,7 @@ public:
             s.erase_if_unused_locked(it);
             return result;
         }
+        s.hand_off_locked();
         c.finished = true;
         c.linger_until = std::chrono::steady_clock::now() + s.options.finished_linger;
         s.lingering.emplace_back(c.linger_until, key);
@@ -366,6 +387,7 @@ public:
     {
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
+        s.hand_off_locked();
         auto it = s.keys.find(key);
         if (it == s.keys.end())
             return 0;
@@ -379,6 +401,7 @@ public:
     {
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
+        s.hand_off_locked();
         auto it = s.keys.find(key);
         if (it == s.keys.end())
             return;
@@ -392,19 +415,41 @@ public:
     {
         auto& s = *state_;
         std::lock_guard lock(s.mtx);
+        s.hand_off_locked();
         for (auto* m : s.all)
             s.complete_locked(*m, false);
     }
 
-    /// Bytes queued or being written over all live connections: with size(), what a publisher
-    /// needs for backpressure (publish more only while connections keep up).
+    /// Bytes queued or being written over all live connections, and sent but not yet handed
+    /// off (counted once): with size(), what a publisher needs for backpressure (publish more
+    /// only while connections keep up).
     std::size_t queued_bytes() const
     {
         std::lock_guard lock(state_->mtx);
-        std::size_t total = 0;
+        std::size_t total = state_->pending_bytes;
         for (const auto* m : state_->all)
             total += m->em->queued_bytes();
         return total;
+    }
+
+    /// How far the connection furthest behind is, in bytes queued or being written, plus
+    /// what was sent and not yet handed off: what a fast publisher watches, waiting while it
+    /// is over a high-water mark, so that no connection meets its bound. As of at most a
+    /// millisecond ago: asking every connection costs O(connections), so it is done once a
+    /// millisecond at most (and for free at each hand-off).
+    std::size_t backlog() const
+    {
+        auto& s = *state_;
+        const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+        if (now - s.furthest_at.load(std::memory_order_relaxed) > std::chrono::nanoseconds(std::chrono::milliseconds(1)).count()) {
+            std::lock_guard lock(s.mtx);
+            std::size_t most = 0;
+            for (const auto* m : s.all)
+                most = std::max(most, m->em->queued_bytes());
+            s.furthest_behind.store(most, std::memory_order_relaxed);
+            s.furthest_at.store(now, std::memory_order_relaxed);
+        }
+        return s.furthest_behind.load(std::memory_order_relaxed) + s.pending_size.load(std::memory_order_relaxed);
     }
 
     /// Live connections (a closed one counts until its close handler has run).
@@ -644,7 +689,7 @@ private:
                 return {};
             order.take();
             c.history.append({seq, *e.id, frame, now_if_aged()}, options, keep);
-            return {.connections = fan_out_locked(c, seq, frame, std::span(&frame, 1)), .id = std::move(*e.id)};
+            return {.connections = out_locked(c, seq, std::span(&frame, 1)), .id = std::move(*e.id)};
         }
 
         // As deliver_locked() for each of `events`, all or none, and queued to each
@@ -658,14 +703,12 @@ private:
             std::vector<std::string> ids;
             frames.reserve(events.size());
             ids.reserve(events.size());
-            std::string whole;
             const auto first = order.peek();
             for (const auto& given : events) {
                 event e = given;
                 auto frame = format_locked(e, first + frames.size(), ec);
                 if (!frame)
                     return {};
-                whole += *frame;
                 frames.push_back(std::move(frame));
                 ids.push_back(std::move(*e.id));
             }
@@ -674,8 +717,7 @@ private:
             const auto at = now_if_aged();
             for (std::size_t i = 0; i < frames.size(); ++i)
                 c.history.append({order.take(), ids[i], frames[i], at}, options, false);
-            const auto queued = fan_out_locked(c, first + frames.size() - 1, make_raw_frame(std::move(whole)), frames);
-            return {.connections = queued, .id = std::move(ids.back())};
+            return {.connections = out_locked(c, first, frames), .id = std::move(ids.back())};
         }
 
         std::chrono::steady_clock::time_point now_if_aged() const
@@ -683,26 +725,107 @@ private:
             return options.max_age.count() > 0 ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
         }
 
-        // Queues `whole` (the frames of positions last - n + 1 .. last) to each connection of
-        // `c`, tagged with the last position; frame by frame to one still fed its replay, or
-        // whose bound is smaller than the batch. Returns how many connections took it.
-        std::size_t fan_out_locked(channel& c, std::uint64_t last, const shared_frame& whole,
-                                   std::span<const shared_frame> frames)
+        // The frames of positions first, first + 1, ... sent to `c`: queued to its connections
+        // now, or, with a hand-off executor, left for the next hand-off (one posted if none
+        // is). Returns the connections they are (to be) queued to.
+        std::size_t out_locked(channel& c, std::uint64_t first, std::span<const shared_frame> frames)
+        {
+            const auto connections = (&c == &everyone ? all : c.members).size();
+            if (!hand_off_ex) {
+                if (frames.size() == 1)
+                    return fan_out_locked(c, frames.front(), frames, std::span(&first, 1));
+                std::vector<std::uint64_t> seqs(frames.size());
+                for (std::size_t i = 0; i < seqs.size(); ++i)
+                    seqs[i] = first + i;
+                return fan_out_locked(c, join(frames), frames, seqs);
+            }
+            if (connections == 0)
+                return 0;  // retained already; a channel without connections may be erased
+            std::size_t bytes = 0;
+            for (std::size_t i = 0; i < frames.size(); ++i) {
+                outbox.push_back({&c, first + i, frames[i]});
+                bytes += frames[i]->size();
+            }
+            pending_bytes += bytes;
+            pending_size.fetch_add(bytes, std::memory_order_relaxed);
+            if (!std::exchange(hand_off_posted, true))
+                asio::post(*hand_off_ex, [w = this->weak_from_this()] {
+                    if (auto st = w.lock()) {
+                        std::lock_guard lock(st->mtx);
+                        st->hand_off_locked();
+                    }
+                });
+            return connections;
+        }
+
+        static shared_frame join(std::span<const shared_frame> frames)
+        {
+            std::size_t size = 0;
+            for (const auto& f : frames)
+                size += f->size();
+            std::string whole;
+            whole.reserve(size);
+            for (const auto& f : frames)
+                whole += *f;
+            return make_raw_frame(std::move(whole));
+        }
+
+        // Queues what was sent since the last hand-off to the connections, in the order sent;
+        // each run of consecutive events of one channel as one frame per connection.
+        void hand_off_locked()
+        {
+            hand_off_posted = false;
+            if (outbox.empty())
+                return;
+            auto out = std::move(outbox);
+            outbox.clear();
+            pending_size.fetch_sub(pending_bytes, std::memory_order_relaxed);
+            pending_bytes = 0;
+            furthest = 0;
+            measured_all = false;
+            std::vector<shared_frame> run;
+            std::vector<std::uint64_t> seqs;
+            for (std::size_t i = 0; i < out.size();) {
+                auto* c = out[i].c;
+                run.clear();
+                seqs.clear();
+                for (; i < out.size() && out[i].c == c; ++i) {
+                    run.push_back(std::move(out[i].frame));
+                    seqs.push_back(out[i].seq);
+                }
+                fan_out_locked(*c, run.size() == 1 ? run.front() : join(run), run, seqs, true);
+            }
+            if (measured_all)
+                store_furthest(furthest);
+            out.clear();
+            if (outbox.capacity() < out.capacity())
+                outbox.swap(out);  // keep the capacity: the next hand-off is as large
+        }
+
+        // Queues `whole` (`frames`, of positions `seqs`, in order) to each connection of `c`,
+        // tagged with the last position; frame by frame to one still fed its replay, or whose
+        // bound is smaller than the batch. Returns how many connections took it.
+        // `measure`: note how far behind the connection furthest behind is (see backlog()).
+        std::size_t fan_out_locked(channel& c, const shared_frame& whole, std::span<const shared_frame> frames,
+                                   std::span<const std::uint64_t> seqs, bool measure = false)
         {
             std::size_t queued = 0;
-            const auto first = last + 1 - frames.size();
+            const auto last = seqs.back();
+            measured_all |= measure && &c == &everyone;
             for (auto* m : &c == &everyone ? all : c.members) {
                 error_code refused;  // the connection is ending: it leaves by its close handler
                 if (!m->backlog && (frames.size() == 1 || whole->size() <= m->em->max_queued_bytes())) {
                     m->em->enqueue(whole, last, refused);
                     queued += !refused;
+                    if (measure)
+                        furthest = std::max(furthest, m->em->queued_bytes());
                     continue;
                 }
                 for (std::size_t i = 0; i < frames.size() && !refused; ++i) {
                     if (m->backlog)
-                        refused = push_backlog_locked(*m, first + i, frames[i]) ? error_code() : errc::closed;
+                        refused = push_backlog_locked(*m, seqs[i], frames[i]) ? error_code() : errc::closed;
                     else
-                        m->em->enqueue(frames[i], first + i, refused);
+                        m->em->enqueue(frames[i], seqs[i], refused);
                 }
                 queued += !refused;
             }
@@ -746,6 +869,7 @@ private:
             {
                 std::lock_guard lock(mtx);
                 o->result = send_locked(key, std::move(e), o->ec);
+                hand_off_locked();
                 if (auto it = keys.find(key); !o->ec && it != keys.end())
                     for (auto* m : it->second.members)
                         if (auto half = m->em->max_queued_bytes() / 2; m->em->queued_bytes() > half) {
@@ -873,6 +997,7 @@ private:
         void detach(member* m)
         {
             std::lock_guard lock(mtx);
+            hand_off_locked();  // its channels may go with it
             // What it wrote, of what it was sent from its replay's start on, was delivered.
             const auto written = m->em->written_seq();
             m->for_each_channel([&](channel* c, std::uint64_t from) {
@@ -924,9 +1049,31 @@ private:
             }
         }
 
+        // Sent, not yet handed off (with a hand-off executor only).
+        struct outgoing {
+            channel* c;
+            std::uint64_t seq;
+            shared_frame frame;
+        };
+
         history_options options;
         history_order order;
         std::mutex mtx;
+        std::optional<asio::any_io_executor> hand_off_ex;
+        std::vector<outgoing> outbox;
+        std::size_t pending_bytes = 0;
+        bool hand_off_posted = false;
+        std::size_t furthest = 0;
+        bool measured_all = false;  // this hand-off reached every connection
+        std::atomic<std::size_t> pending_size{0};
+        mutable std::atomic<std::size_t> furthest_behind{0};
+        mutable std::atomic<std::chrono::steady_clock::rep> furthest_at{0};
+
+        void store_furthest(std::size_t bytes)
+        {
+            furthest_behind.store(bytes, std::memory_order_relaxed);
+            furthest_at.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+        }
         std::unordered_map<Key, channel> keys;
         channel everyone;
         std::vector<member*> all;
