@@ -337,6 +337,9 @@ struct registry_server_options {
     ssepp::history_options history{.id_epoch = "e"};
     ssepp::emitter_options emitter{};
     int threads = 1;
+    /// The registry hands events to connections on the server's io_context (basic_registry's
+    /// hand-off executor) instead of on the sending thread.
+    bool hand_off = false;
 };
 
 class registry_server {
@@ -354,10 +357,13 @@ public:
 
     explicit registry_server(options o = {})
         : opts_(std::move(o))
-        , reg_(std::in_place, opts_.history)
-        , srv_([this](asio::ip::tcp::socket s, std::string head) { on_request(std::move(s), head); },
-               opts_.threads)
+        , srv_(opts_.threads)
     {
+        if (opts_.hand_off)
+            reg_.emplace(srv_.io().get_executor(), opts_.history);
+        else
+            reg_.emplace(opts_.history);
+        srv_.serve([this](asio::ip::tcp::socket s, std::string head) { on_request(std::move(s), head); });
     }
 
     ~registry_server()
