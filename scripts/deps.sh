@@ -42,7 +42,8 @@ test_only=(
   clang-16 libfuzzer-16-dev
   # tests/sse_cat/driver.py and benchmarks/load_smoke.sh run python3 (also in the default set).
   python3
-  # The Boost.Asio flavour (SSEPP_ASIO=boost) and the Beast example, built and tested by CI.
+  # The Boost.Asio flavour (SSEPP_ASIO=boost: CI's sanitizer stage, the packaging tests
+  # ssepp.consumer_boost_*) and the Beast example.
   libboost1.81-dev
   # The deployment tests (label deploy): nginx as the HTTP/2 front, and a real Prometheus
   # text-format parser for /metrics.
