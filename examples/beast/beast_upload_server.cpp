@@ -55,12 +55,12 @@ using json = nlohmann::json;
 using response = http::response<http::string_body>;
 using request = http::request<http::string_body>;
 
-/// The TLS stream: Beast's, whose writes are flattened into one TLS record of up to 16 KiB
-/// (asio::ssl::stream writes the first buffer of a gather write only, so the head, the chunk
-/// framing and each event would be records of their own). ssepp's transport concept also
-/// wants a way to close it and the socket under it, which Beast's stream does not name:
-/// lowest_layer() gives the socket (the emitter cancels its watch on it before close_notify),
-/// close() closes it.
+/// The TLS stream: Beast's own (it flattens a gather write of up to 16 KiB into one TLS
+/// record), as a Beast server already has it. ssepp's transport concept also wants a way to
+/// close it, which beast::ssl_stream does not name: close() closes the socket under it, and
+/// lowest_layer() names that socket (the emitter cancels its watch on it before close_notify).
+/// (asio::ssl::stream<beast::tcp_stream> would be a transport as it is: its lowest_layer() is
+/// the socket.)
 class tls_stream : public beast::ssl_stream<beast::tcp_stream> {
 public:
     using beast::ssl_stream<beast::tcp_stream>::ssl_stream;
