@@ -209,7 +209,8 @@ private:
 };
 
 /// Broadcasts stamped events from its own thread: `rate` per second, or with "max" as fast as
-/// `backlog()` (unwritten bytes per subscriber, on average) stays under a high-water mark. With
+/// `backlog()` (unwritten bytes of the subscriber furthest behind, as baseline_server and
+/// ssepp's registry::backlog() measure it) stays under a high-water mark. With
 /// `publish_batch`, "max" hands over `batch` events at a time, as a publisher with events at
 /// hand would.
 class publisher {
@@ -248,7 +249,7 @@ private:
         constexpr std::size_t high_water = 256 * 1024;
         std::vector<std::string> events;
         for (std::uint64_t i = 0; i < limit_ && !st.stop_requested(); ++i) {
-            // Checking every subscriber is not free: do it once every 16 events.
+            // Checking may cost O(subscribers): do it once every 16 events.
             if (i % 16 == 0)
                 while (backlog_() > high_water && !st.stop_requested())
                     std::this_thread::sleep_for(std::chrono::microseconds(50));

@@ -32,8 +32,9 @@ int main(int argc, char** argv)
     fmt::print("fanout_server listening on http://{}:{}/events\n", o.host, front.port());
     std::fflush(stdout);
 
-    // At --rate max the publisher hands over 16 events at a time: the registry queues them to
-    // each subscriber as one frame (broadcast_batch), as an application with a burst at hand would.
+    // At --rate max the publisher hands over --batch events at a time (broadcast_batch), as an
+    // application with a burst at hand would; it waits while the subscriber furthest behind is
+    // over a high-water mark (backlog(): O(1) here, refreshed by every hand-off).
     std::vector<ssepp::event> batch;
     bench::publisher publisher(
         o, [&](std::string data) { subscribers.broadcast({.data = std::move(data)}); },

@@ -65,6 +65,7 @@ TEST_CASE("hand-off: send returns before any connection is queued; one hand-off 
     test::client c(h.srv.port(), target("k"));
     REQUIRE(h.emitters.wait(1));
     const auto em = h.emitters.at(0);
+    REQUIRE(test::eventually([&] { return em->queued_bytes() == 0; }));  // the head and retry hint are out
 
     for (int i = 1; i <= 3; ++i) {
         const auto r = test::send(*h.reg, "k", data(std::to_string(i)));

@@ -432,6 +432,11 @@ public:
         return total;
     }
 
+    /// Bytes sent and not yet handed off (always 0 without a hand-off executor). A publisher
+    /// that watches its connections' queues adds this: what the sender has outrun the hand-off
+    /// by reaches every connection at the next one.
+    std::size_t pending_bytes() const noexcept { return state_->pending_size.load(std::memory_order_relaxed); }
+
     /// How far the connection furthest behind is, in bytes queued or being written, plus
     /// what was sent and not yet handed off: what a fast publisher watches, waiting while it
     /// is over a high-water mark, so that no connection meets its bound. As of at most a
@@ -449,7 +454,7 @@ public:
             s.furthest_behind.store(most, std::memory_order_relaxed);
             s.furthest_at.store(now, std::memory_order_relaxed);
         }
-        return s.furthest_behind.load(std::memory_order_relaxed) + s.pending_size.load(std::memory_order_relaxed);
+        return s.furthest_behind.load(std::memory_order_relaxed) + pending_bytes();
     }
 
     /// Live connections (a closed one counts until its close handler has run).
