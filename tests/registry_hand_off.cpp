@@ -58,7 +58,7 @@ struct manual_hand_off {
 
 } // namespace
 
-TEST_CASE("hand-off: send returns before any connection is queued; one hand-off queues everything sent since, in order",
+TEST_CASE("hand-off: send returns before any connection is queued, one hand-off queues everything sent since, in order",
           "[registry][hand_off]")
 {
     manual_hand_off h;
@@ -109,7 +109,7 @@ TEST_CASE("hand-off: a connection under several keys gets its keys' events and t
     CHECK(both.events.back().id == "e-7");
 }
 
-TEST_CASE("hand-off: a connection attached while events are pending gets each once; an earlier one gets them first",
+TEST_CASE("hand-off: a connection attached while events are pending gets each once, an earlier one gets them first",
           "[registry][hand_off]")
 {
     manual_hand_off h;

@@ -6,6 +6,7 @@
 #ifndef SSEPP_EMITTER_HPP
 #define SSEPP_EMITTER_HPP
 
+#include <ssepp/close_reason.hpp>
 #include <ssepp/detail/liveness.hpp>
 #include <ssepp/detail/small_mutex.hpp>
 #include <ssepp/detail/waiters.hpp>
@@ -31,40 +32,6 @@
 #include <vector>
 
 namespace ssepp {
-
-/// Why a stream ended; each emitter reports exactly one.
-enum class close_reason : std::uint8_t {
-    /// complete() flushed the queue.
-    completed,
-    /// complete_with_error() flushed the queue; the close handlers get its error.
-    completed_with_error,
-    /// abort(): the queue was dropped.
-    aborted,
-    /// The peer closed or reset the connection, or a write failed because it left.
-    client_gone,
-    /// The lifetime expired (after the on_timeout() handlers, the queue is flushed), or a
-    /// write made no progress for emitter_options::write_timeout.
-    timeout,
-    /// The queue passed max_queued_bytes under overflow_policy::close.
-    overflow,
-    /// A write failed for another reason than the peer leaving (a TLS failure, say).
-    error,
-};
-
-/// The enumerator's name ("completed", "client_gone", ...), for logs and metrics labels.
-[[nodiscard]] constexpr std::string_view describe(close_reason r) noexcept
-{
-    switch (r) {
-    case close_reason::completed: return "completed";
-    case close_reason::completed_with_error: return "completed_with_error";
-    case close_reason::aborted: return "aborted";
-    case close_reason::client_gone: return "client_gone";
-    case close_reason::timeout: return "timeout";
-    case close_reason::overflow: return "overflow";
-    case close_reason::error: return "error";
-    }
-    return "unknown";
-}
 
 /// What happens when a slow consumer's queue passes its bound.
 enum class overflow_policy : std::uint8_t {
@@ -210,6 +177,8 @@ public:
     std::uint64_t written_seq() const noexcept { return written_seq_.load(std::memory_order_acquire); }
     /// Events dropped under overflow_policy::drop_oldest.
     std::uint64_t dropped() const;
+    /// Heartbeat comments queued so far.
+    std::uint32_t heartbeats() const;
     /// Body bytes the transport has taken so far.
     std::uint64_t bytes_written() const noexcept { return bytes_written_.load(std::memory_order_relaxed); }
 
@@ -274,6 +243,7 @@ private:
     bool finishing_ = false;    // the closing handshake is under way
     bool hint_queued_ = false;  // the retry hint is pending_'s first: drop_oldest keeps it
     std::uint32_t buf_pos_ = 0;  // the first of bufs_ not wholly written
+    std::uint32_t heartbeats_ = 0;
     // Only layered transports keep a read outstanding, and so a buffer for it.
     [[no_unique_address]] std::array<char, detail::is_plain_socket<Transport> ? 0 : 64> read_sink_{};
 };

@@ -33,6 +33,8 @@ enum class errc {
     overflow,
     /// A stream lifetime or write-stall timeout expired.
     timeout,
+    /// The registry's connection_limits refused another connection (overall or for a key).
+    too_many_connections,
 };
 
 namespace detail {
@@ -53,6 +55,7 @@ public:
         case errc::closed: return "connection closed";
         case errc::overflow: return "connection queue overflow (slow consumer)";
         case errc::timeout: return "timeout";
+        case errc::too_many_connections: return "too many connections";
         }
         return "unknown ssepp error";
     }

@@ -123,7 +123,7 @@ struct body_write_handler {
         // A chunk whose body is out is closed before the write completes: the stream may stay
         // idle for long after it, and the client must not wait for the CRLF meanwhile.
         if (!ec && body->chunk_left_ == 0 && body->crlf_left_ > 0) {
-            auto rest = asio::buffer(Body::crlf) + (2 - body->crlf_left_);
+            auto rest = Body::bytes(Body::crlf) + (2 - body->crlf_left_);
             return asio::async_write(body->next_, rest, std::move(*this));
         }
         handler(ec, written);
@@ -199,7 +199,7 @@ public:
         // A chunk is at most 4 GiB (its size line fits chunk_size_); the rest goes in the next.
         std::size_t offered = std::min<std::size_t>(asio::buffer_size(buffers), UINT32_MAX);
         if (chunked_) {
-            wire.push(asio::buffer(crlf) + (2 - crlf_left_));  // the end of the last chunk
+            wire.push(bytes(crlf) + (2 - crlf_left_));  // the end of the last chunk
             if (size_left_ == 0 && chunk_left_ == 0 && offered > 0) {
                 size_len_ = static_cast<std::uint8_t>(
                     fmt::format_to_n(chunk_size_.data(), chunk_size_.size(), "{:x}\r\n", offered).size);
@@ -218,7 +218,7 @@ public:
             wire_body += b.size();
         }
         if (chunked_ && chunk_left_ > 0 && wire_body == chunk_left_)
-            wire.push(asio::buffer(crlf));
+            wire.push(bytes(crlf));
         return next_.async_write_some(wire, detail::body_write_handler<http_body, std::decay_t<WriteHandler>>{
                                                 this, std::forward<WriteHandler>(handler), wire_head, wire_body});
     }
@@ -239,8 +239,8 @@ public:
         std::array<asio::const_buffer, 3> wire{asio::buffer(*head_) + head_pos_, asio::const_buffer(),
                                                asio::const_buffer()};
         if (chunked_) {
-            wire[1] = asio::buffer(crlf) + (2 - crlf_left_);
-            wire[2] = asio::buffer(last_chunk);
+            wire[1] = bytes(crlf) + (2 - crlf_left_);
+            wire[2] = bytes(last_chunk);
         }
         head_pos_ = static_cast<std::uint32_t>(head_->size());
         crlf_left_ = 0;
@@ -304,6 +304,9 @@ private:
         return body;
     }
 
+    // Not asio::buffer(string_view): Asio without std::string_view support
+    // (ASIO_DISABLE_STD_STRING_VIEW, which restinio's CMake target defines) has no such overload.
+    static asio::const_buffer bytes(std::string_view s) noexcept { return {s.data(), s.size()}; }
     static constexpr std::string_view crlf = "\r\n";
     static constexpr std::string_view last_chunk = "0\r\n\r\n";
 

@@ -11,6 +11,7 @@
 #include <ssepp/format.hpp>
 #include <ssepp/frame.hpp>
 #include <ssepp/history.hpp>
+#include <ssepp/metrics.hpp>
 
 #include <ssepp/detail/asio.hpp>
 
@@ -23,6 +24,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -85,6 +87,14 @@ struct send_result {
     std::string id{};
 };
 
+/// How many connections a registry takes (0: no limit). An attach() past a limit is refused
+/// with errc::too_many_connections, before the stream starts, so that the application can
+/// answer 503 with Retry-After instead (admits() tells it beforehand).
+struct connection_limits {
+    std::size_t max_connections = 0;
+    std::size_t max_connections_per_key = 0;
+};
+
 /// Connections keyed by `Key`, each connection under any number of keys, each key with any
 /// number of connections (a user with three tabs).
 ///
@@ -114,6 +124,22 @@ public:
     using key_type = Key;
     using emitter_type = Emitter;
     using emitter_ptr = std::shared_ptr<Emitter>;
+
+    /// What an operator watches, without the library logging: each hook is called after the
+    /// registry's lock is released, on the thread of what happened (attach()'s caller; a
+    /// closing connection's executor), with the keys of the connection.
+    struct hooks {
+        /// A connection was attached (and its replay queued).
+        std::function<void(std::span<const Key>, const attach_result&)> on_attach;
+        /// An attach whose client may have missed events (attach_result::gap).
+        std::function<void(std::span<const Key>, const attach_result&)> on_gap;
+        /// A connection left the registry: it ended for `reason` (and `ec`).
+        std::function<void(std::span<const Key>, close_reason, error_code)> on_detach;
+        /// A connection was closed for overflow (a slow consumer), before its on_detach.
+        std::function<void(std::span<const Key>)> on_overflow;
+        /// connection_limits refused an attach.
+        std::function<void(std::span<const Key>)> on_refused;
+    };
 
     /// @throws std::invalid_argument for an id_epoch with CR, LF or NUL.
     explicit basic_registry(history_options options = {})
@@ -151,6 +177,20 @@ public:
         return attach(std::span<const Key>(&key, 1), std::move(em), options);
     }
 
+    attach_result attach(const Key& key, emitter_ptr em, const attach_options& options, error_code& ec)
+    {
+        return attach(std::span<const Key>(&key, 1), std::move(em), options, ec);
+    }
+
+    /// As the overload with `ec`; throws std::system_error where that one sets `ec`.
+    attach_result attach(std::span<const Key> keys, emitter_ptr em, const attach_options& options = {})
+    {
+        error_code ec;
+        auto result = attach(keys, std::move(em), options, ec);
+        detail::throw_on_error(ec, "ssepp::basic_registry::attach");
+        return result;
+    }
+
     /// Adds `em` under every key of `keys` (a key given twice counts once), queues its replay
     /// (see attach_options), starts it, and from then on queues to it every event sent to one
     /// of its keys and every broadcast. It leaves the registry by itself when it closes.
@@ -162,16 +202,28 @@ public:
     /// connections, a history or a lingering finish: a key with none is forgotten, and its
     /// next connection is replayed every retained broadcast (a duplicate rather than a loss).
     ///
+    /// Errors: errc::too_many_connections when connection_limits refuse it: `em` is then
+    /// neither started nor attached (abort() it, or answer on its transport's socket).
     /// @throws std::invalid_argument when `em` cannot queue an event of
     /// history_options::max_event_bytes (its max_queued_bytes() is smaller).
-    attach_result attach(std::span<const Key> keys, emitter_ptr em, const attach_options& options = {})
+    attach_result attach(std::span<const Key> keys, emitter_ptr em, const attach_options& options, error_code& ec)
     {
         auto& s = *state_;
         if (em->max_queued_bytes() < s.options.max_event_bytes)
             throw std::invalid_argument("ssepp::basic_registry::attach: the emitter's max_queued_bytes is "
                                         "below history_options::max_event_bytes");
+        ec = {};
         attach_result result;
-        std::lock_guard lock(s.mtx);
+        std::unique_lock lock(s.mtx);
+        const auto h = s.hook_set;
+        if (!s.admits_locked(keys)) {
+            ++s.stats.connections_refused_total;
+            ec = errc::too_many_connections;
+            lock.unlock();
+            if (h && h->on_refused)
+                h->on_refused(keys);
+            return result;
+        }
         s.hand_off_locked();
         s.purge_locked();
         auto owned = std::make_unique<member>();
@@ -254,11 +306,60 @@ public:
             s.complete_locked(*m, true);
         m->index = static_cast<std::uint32_t>(s.all.size());
         s.all.push_back(owned.release());
-        e.on_close([w = std::weak_ptr<state>(state_), m](close_reason, error_code) {
+        e.on_close([w = std::weak_ptr<state>(state_), m](close_reason reason, error_code why) {
             if (auto st = w.lock())
-                st->detach(m);
+                st->detach(m, reason, why);
         });
+        ++s.stats.connections_total;
+        s.stats.replayed_events_total += result.replayed;
+        s.stats.gaps_total += result.gap;
+        lock.unlock();
+        if (h && h->on_attach)
+            h->on_attach(keys, result);
+        if (h && h->on_gap && result.gap)
+            h->on_gap(keys, result);
         return result;
+    }
+
+    /// Whether attach() would take one more connection under `keys` now (connection_limits).
+    bool admits(std::span<const Key> keys) const
+    {
+        std::lock_guard lock(state_->mtx);
+        return state_->admits_locked(keys);
+    }
+
+    bool admits(const Key& key) const { return admits(std::span<const Key>(&key, 1)); }
+
+    /// Limits later attaches; connections already attached stay.
+    void set_limits(connection_limits limits)
+    {
+        std::lock_guard lock(state_->mtx);
+        state_->limits = limits;
+    }
+
+    /// Replaces the hooks; a hook already running finishes with the old set.
+    void set_hooks(hooks h)
+    {
+        auto p = std::make_shared<const hooks>(std::move(h));
+        std::lock_guard lock(state_->mtx);
+        state_->hook_set = std::move(p);
+    }
+
+    /// A snapshot of the registry's counters and gauges (see ssepp::metrics); O(connections).
+    /// Bytes are counted as the transports take them, for open connections too.
+    ssepp::metrics metrics() const
+    {
+        auto& s = *state_;
+        std::lock_guard lock(s.mtx);
+        auto m = s.stats;
+        m.connections = s.all.size();
+        m.keys = s.keys.size();
+        m.queued_bytes = s.pending_bytes;
+        for (const auto* x : s.all) {
+            m.queued_bytes += x->em->queued_bytes();
+            s.add_totals(m, *x->em);
+        }
+        return m;
     }
 
     /// Sends `e` to every connection under `key`, and retains it in the key's history.
@@ -408,6 +509,24 @@ public:
         for (auto* m : it->second.members)
             s.complete_locked(*m, false);
         s.forget_locked(it);
+    }
+
+    /// Graceful shutdown: queues to each connection a `retry` drawn uniformly from
+    /// [retry_min, retry_max] and completes it, so that its client reconnects after that long
+    /// and a server's clients come back spread over the window, not all in the same second.
+    void complete_all(std::chrono::milliseconds retry_min, std::chrono::milliseconds retry_max)
+    {
+        auto& s = *state_;
+        std::minstd_rand random(std::random_device{}());
+        std::uniform_int_distribution<std::int64_t> pick(retry_min.count(), std::max(retry_min, retry_max).count());
+        std::lock_guard lock(s.mtx);
+        s.hand_off_locked();
+        for (auto* m : s.all) {
+            error_code ec;
+            if (auto frame = make_frame(event{.retry = std::chrono::milliseconds(pick(random))}, ec))
+                m->em->enqueue(std::move(frame), 0, ec);
+            s.complete_locked(*m, false);
+        }
     }
 
     /// Completes every connection (for shutdown); they leave as they close.
@@ -693,6 +812,7 @@ private:
             if (!frame)
                 return {};
             order.take();
+            ++stats.events_total;
             c.history.append({seq, *e.id, frame, now_if_aged()}, options, keep);
             return {.connections = out_locked(c, seq, std::span(&frame, 1)), .id = std::move(*e.id)};
         }
@@ -720,6 +840,7 @@ private:
             if (frames.empty())
                 return {};
             const auto at = now_if_aged();
+            stats.events_total += frames.size();
             for (std::size_t i = 0; i < frames.size(); ++i)
                 c.history.append({order.take(), ids[i], frames[i], at}, options, false);
             return {.connections = out_locked(c, first, frames), .id = std::move(ids.back())};
@@ -999,10 +1120,16 @@ private:
             return it;
         }
 
-        void detach(member* m)
+        void detach(member* m, close_reason reason, error_code why)
         {
-            std::lock_guard lock(mtx);
+            std::unique_lock lock(mtx);
             hand_off_locked();  // its channels may go with it
+            ++stats.closed_total[static_cast<std::size_t>(reason)];
+            add_totals(stats, *m->em);
+            const auto h = hook_set;
+            std::vector<Key> left;
+            if (h && (h->on_detach || (h->on_overflow && reason == close_reason::overflow)))
+                m->for_each_channel([&](channel* c, std::uint64_t) { left.push_back(*c->key); });
             // What it wrote, of what it was sent from its replay's start on, was delivered.
             const auto written = m->em->written_seq();
             m->for_each_channel([&](channel* c, std::uint64_t from) {
@@ -1021,6 +1148,34 @@ private:
             all[m->index]->index = m->index;
             all.pop_back();
             delete m;
+            lock.unlock();
+            if (h && h->on_overflow && reason == close_reason::overflow)
+                h->on_overflow(left);
+            if (h && h->on_detach)
+                h->on_detach(left, reason, why);
+        }
+
+        // Adds what `e` wrote, dropped and heartbeats it queued to `m`'s totals (for the
+        // emitters that count them).
+        static void add_totals(ssepp::metrics& m, const Emitter& e)
+        {
+            if constexpr (requires { e.bytes_written(); })
+                m.bytes_written_total += e.bytes_written();
+            if constexpr (requires { e.dropped(); })
+                m.dropped_events_total += e.dropped();
+            if constexpr (requires { e.heartbeats(); })
+                m.heartbeats_total += e.heartbeats();
+        }
+
+        bool admits_locked(std::span<const Key> ks) const
+        {
+            if (limits.max_connections && all.size() >= limits.max_connections)
+                return false;
+            if (limits.max_connections_per_key)
+                for (const auto& k : ks)
+                    if (auto it = keys.find(k); it != keys.end() && it->second.members.size() >= limits.max_connections_per_key)
+                        return false;
+            return true;
         }
 
         // Erases a key with no connections, no history and no finish to remember.
@@ -1065,6 +1220,9 @@ private:
         history_order order;
         std::mutex mtx;
         std::optional<asio::any_io_executor> hand_off_ex;
+        ssepp::metrics stats;  // the counters; gauges and live connections' totals are added by metrics()
+        connection_limits limits;
+        std::shared_ptr<const hooks> hook_set;
         std::vector<outgoing> outbox;
         std::size_t pending_bytes = 0;
         bool hand_off_posted = false;

@@ -4,6 +4,7 @@
 #ifndef SSEPP_SSEPP_HPP
 #define SSEPP_SSEPP_HPP
 
+#include <ssepp/close_reason.hpp>
 #include <ssepp/emitter.hpp>
 #include <ssepp/error.hpp>
 #include <ssepp/event.hpp>
@@ -11,6 +12,7 @@
 #include <ssepp/format.hpp>
 #include <ssepp/frame.hpp>
 #include <ssepp/history.hpp>
+#include <ssepp/metrics.hpp>
 #include <ssepp/parser.hpp>
 #include <ssepp/registry.hpp>
 #include <ssepp/request.hpp>

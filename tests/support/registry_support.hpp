@@ -377,6 +377,7 @@ public:
     /// Use only while the registry lives (before destroy_registry()).
     ssepp::registry& reg() { return *reg_; }
     asio::ip::port_type port() const { return srv_.port(); }
+    asio::io_context& io() { return srv_.io(); }
 
     /// Destroys the registry while the I/O threads run; later requests are dropped.
     void destroy_registry()
@@ -427,6 +428,14 @@ private:
         std::lock_guard lock(mtx_);
         if (!reg_)
             return;
+        // Past the registry's connection_limits: 503 with Retry-After, before any SSE byte.
+        if (!reg_->admits(std::span<const std::string>(c.keys))) {
+            static constexpr std::string_view refusal = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
+                                                        "Content-Length: 21\r\n\r\ntoo many connections\n";
+            ssepp::error_code ignored;
+            asio::write(s, asio::buffer(refusal.data(), refusal.size()), ignored);
+            return;
+        }
         auto em = ssepp::make_emitter(ssepp::http_body(std::move(s)), opts_.emitter);
         const auto index = conns_.size();
         em->on_close([this, index](ssepp::close_reason r, ssepp::error_code) {

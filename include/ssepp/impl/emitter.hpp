@@ -303,6 +303,13 @@ std::size_t basic_emitter<T>::queued_bytes() const
 }
 
 template <transport T>
+std::uint32_t basic_emitter<T>::heartbeats() const
+{
+    std::lock_guard lock(mtx_);
+    return heartbeats_;
+}
+
+template <transport T>
 std::uint64_t basic_emitter<T>::dropped() const
 {
     std::lock_guard lock(mtx_);
@@ -588,6 +595,7 @@ void basic_emitter<T>::heartbeat_due() noexcept
                 static const shared_frame comment = make_raw_frame(":\n\n");
                 error_code ec;
                 self->enqueue_locked(comment, 0, ec);
+                self->heartbeats_ += !ec;
             }
         });
 }
