@@ -132,4 +132,20 @@ if(SSEPP_ASIO STREQUAL "boost" OR Boost_FOUND)
     "-DCMAKE_PREFIX_PATH=${PROJECT_BINARY_DIR}/stage-boost"
     "-DSSEPP_EXPECTED_PREFIX=${PROJECT_BINARY_DIR}/stage-boost")
   set_tests_properties(ssepp.consumer_boost_find_package PROPERTIES FIXTURES_REQUIRED ssepp_stage_boost)
+  # ssepp[boost]: the port replayed with its boost feature, and consumer_boost against it.
+  if(SSEPP_INSTALL)
+    add_test(NAME ssepp.vcpkg_port_install_boost
+      COMMAND "${CMAKE_COMMAND}" "-DSOURCE_DIR=${PROJECT_SOURCE_DIR}"
+        "-DBUILD_DIR=${_ssepp_pkg}/vcpkg_boost/build" "-DPREFIX=${_ssepp_pkg}/vcpkg_boost/installed"
+        "-DGENERATOR=${CMAKE_GENERATOR}" "-DMAKE_PROGRAM=${CMAKE_MAKE_PROGRAM}"
+        "-DCXX_COMPILER=${CMAKE_CXX_COMPILER}" "-DFEATURES=boost"
+        -P "${CMAKE_CURRENT_LIST_DIR}/cmake/vcpkg_port_install.cmake")
+    set_tests_properties(ssepp.vcpkg_port_install_boost PROPERTIES
+      LABELS packaging FIXTURES_SETUP ssepp_vcpkg_boost)
+    ssepp_consumer_test(ssepp.consumer_boost_vcpkg
+      "${CMAKE_CURRENT_LIST_DIR}/consumer_boost" "${_ssepp_pkg}/consumer_boost_vcpkg"
+      "-DCMAKE_PREFIX_PATH=${_ssepp_pkg}/vcpkg_boost/installed"
+      "-DSSEPP_EXPECTED_PREFIX=${_ssepp_pkg}/vcpkg_boost/installed")
+    set_tests_properties(ssepp.consumer_boost_vcpkg PROPERTIES FIXTURES_REQUIRED ssepp_vcpkg_boost)
+  endif()
 endif()

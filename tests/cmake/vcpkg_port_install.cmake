@@ -57,6 +57,11 @@ if(portfile MATCHES "vcpkg_check_features\\(([^)]*)\\)")
     endif()
   endforeach()
 endif()
+# The boost feature picks the Asio flavour (a choice, not an ON/OFF option: outside
+# vcpkg_check_features, so set here as the portfile sets it).
+if("boost" IN_LIST FEATURES)
+  list(APPEND port_options -DSSEPP_ASIO=boost)
+endif()
 message(STATUS "Port options: ${port_options}")
 file(REMOVE_RECURSE "${BUILD_DIR}" "${PREFIX}")
 set(configure "${CMAKE_COMMAND}" -S "${SOURCE_DIR}" -B "${BUILD_DIR}" -G "${GENERATOR}"
