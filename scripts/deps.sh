@@ -48,6 +48,8 @@ test_only=(
   # The deployment tests (label deploy): nginx as the HTTP/2 front, and a real Prometheus
   # text-format parser for /metrics.
   nginx python3-prometheus-client
+  # tests/deploy makes its self-signed certificate with the openssl command.
+  openssl
 )
 bench_only=(
   # The peer the load tests compare against: nginx with the nchan module (Debian's nginx 1.22).
