@@ -1,6 +1,6 @@
 // examples/common/server_main.hpp
-// What every example server's main() shares: the --host/--port/--threads flags, and running
-// the io_context on that many threads.
+// What every example server's main() shares: the --host/--port/--threads flags, running the
+// io_context on that many threads, and the graceful shutdown's flags and bounded wait.
 #pragma once
 
 #include "common/cli.hpp"
@@ -9,7 +9,9 @@
 #include <asio/ip/tcp.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,6 +35,53 @@ struct server_flags {
 
     asio::ip::tcp::endpoint endpoint() const { return {asio::ip::make_address(host), port}; }
 };
+
+/// Graceful shutdown (SIGINT, SIGTERM): every event stream is told to come back after a
+/// `retry` drawn from [retry_min, retry_max], so that after a restart its clients return spread
+/// over that window instead of all in the same second, and is completed; the server exits once
+/// the streams closed, or after drain_timeout with what is left.
+struct shutdown_flags {
+    std::int64_t retry_min_ms = 1000;
+    std::int64_t retry_max_ms = 10000;
+    std::int64_t drain_timeout_ms = 5000;
+
+    cli& add_to(cli& c)
+    {
+        return c.flag("--shutdown-retry-min-ms", retry_min_ms, "on SIGINT/SIGTERM each stream is told to reconnect after a time drawn from min..max")
+            .flag("--shutdown-retry-max-ms", retry_max_ms, "(see --shutdown-retry-min-ms)")
+            .flag("--shutdown-drain-ms", drain_timeout_ms, "then how long the streams may take to close before the server exits anyway");
+    }
+
+    /// Why the values cannot be used, or empty.
+    std::string problem() const
+    {
+        if (retry_min_ms < 0 || retry_max_ms < retry_min_ms)
+            return "--shutdown-retry-min-ms and --shutdown-retry-max-ms need 0 <= min <= max";
+        if (drain_timeout_ms < 0)
+            return "--shutdown-drain-ms must not be negative";
+        return {};
+    }
+
+    std::chrono::milliseconds retry_min() const { return std::chrono::milliseconds(retry_min_ms); }
+    std::chrono::milliseconds retry_max() const { return std::chrono::milliseconds(retry_max_ms); }
+    std::chrono::milliseconds drain_timeout() const { return std::chrono::milliseconds(drain_timeout_ms); }
+};
+
+/// After the streams were completed (on a thread of its own, not one running `io`): waits until
+/// `open()` is 0 or `bound` passed; then, if streams are still open (clients that do not read
+/// what is left of theirs), stops `io`, which drops them. Whether they all closed in time.
+inline bool wait_drained(asio::io_context& io, const std::function<std::size_t()>& open, std::chrono::milliseconds bound)
+{
+    const auto deadline = std::chrono::steady_clock::now() + bound;
+    while (open() > 0) {
+        if (std::chrono::steady_clock::now() >= deadline) {
+            io.stop();
+            return false;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return true;
+}
 
 /// Raises the soft limit of open files to the hard one: the connections and event streams the
 /// servers' limits allow (512 + 1024 by default) need more descriptors than the usual soft limit

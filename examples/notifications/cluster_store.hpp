@@ -54,10 +54,12 @@ struct limits {
     /// is forgotten with it (and their admin role) after this long without activity. One for
     /// whom nothing is kept is forgotten as soon as their last session ends.
     std::chrono::milliseconds user_ttl{std::chrono::hours(24)};
-    /// Event streams open at once: in all (user streams and the ticker), per session, and of
-    /// the public ticker (which nobody has to log in for, so it may not take every place).
+    /// Event streams open at once (the registries' connection_limits): user streams in all,
+    /// per user (every tab of every session of theirs: behind HTTP/2 one browser may have
+    /// dozens, see deploy/README.md), and the public ticker's, which has a cap of its own
+    /// (nobody has to log in for it, so it takes no place from logged-in users).
     std::size_t max_streams = 1024;
-    std::size_t max_session_streams = 8;
+    std::size_t max_user_streams = 32;
     std::size_t max_ticker_streams = 256;
     /// A ticker stream whose writes make no progress for this long is closed: its client
     /// stopped reading (the ticker drops old ticks for a slow client, it does not wait).

@@ -4,9 +4,11 @@
 // lossy ticker. The HTTP contract is in README.md beside this file.
 #include "common/http.hpp"
 #include "common/http_flags.hpp"
+#include "common/metrics.hpp"
 #include "common/random_id.hpp"
 #include "common/server_main.hpp"
 #include "common/sqlite.hpp"
+#include "common/stream_limits.hpp"
 #include "common/stream_slots.hpp"
 #include "notifications/cluster_store.hpp"
 #include "notifications/page_html.hpp"
@@ -22,9 +24,11 @@
 #include <condition_variable>
 #include <deque>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <set>
+#include <span>
 #include <variant>
 
 using common::http::request;
@@ -45,9 +49,6 @@ using notifications::user_key;
 
 /// Seconds a client refused a stream for capacity is told to wait.
 constexpr int stream_retry_after_seconds = 5;
-
-/// The ticker's streams' own count among the stream places (sessions' are their tokens).
-constexpr std::string_view ticker_slot_key = "ticker";
 
 /// Largest order (as compact JSON): its order-created event must fit the registry's bound.
 constexpr std::size_t max_order_bytes = 32 * 1024;
@@ -120,9 +121,11 @@ response refuse(int status, std::string_view reason, std::chrono::milliseconds r
     return r;
 }
 
-/// Counters for /metrics, fed by the registries' results and the emitters' close reasons.
+/// The server's own counters for /metrics, beside the registries' (ssepp::metrics).
 struct metrics {
-    std::atomic<std::uint64_t> events_sent{0}, bytes_sent{0}, slow_consumer_closes{0}, stalled_closes{0}, replays_served{0};
+    std::atomic<std::uint64_t> deliveries{0};  // events queued to streams: one to three streams counts three
+    std::atomic<std::uint64_t> replays{0};     // streams that were replayed something when they opened
+    std::atomic<std::uint64_t> refused{0};     // streams refused 503 at a cap, before they were made
 };
 
 class notify_service {
@@ -138,6 +141,8 @@ public:
                 redis_url, limits_,
                 cluster_hooks{.end_session = [this](const std::string& token) { return end_node_session(token); },
                               .streaming_sessions = [this] { return streaming_sessions(); }});
+        users_.set_limits(user_stream_limits());
+        ticker_.set_limits({.max_connections = limits_.max_ticker_streams});
         common::sqlite::db db(db_path_);
         db.busy_timeout(std::chrono::seconds(5));  // nodes of a cluster may share the file, and start at once
         db.exec("PRAGMA journal_mode=WAL;"
@@ -177,7 +182,9 @@ public:
     }
 
     /// Ends every stream and the ticker (shutdown): then nothing is left for the io_context.
-    void shutdown()
+    /// Each stream is told to come back after a `retry` from [retry_min, retry_max], so that
+    /// its clients return spread over that window.
+    void shutdown(std::chrono::milliseconds retry_min, std::chrono::milliseconds retry_max)
     {
         // The ticker's timer lives on its strand: cancelling it from here could miss a tick
         // already due, which would re-arm it and keep io.run() going forever.
@@ -187,10 +194,16 @@ public:
         });
         std::lock_guard lock(life_mtx_);
         stopping_ = true;
-        users_.complete_all();
+        users_.complete_all(retry_min, retry_max);
         if (cluster_)
-            cluster_->local().complete_all();
-        ticker_.complete_all();
+            cluster_->local().complete_all(retry_min, retry_max);
+        ticker_.complete_all(retry_min, retry_max);
+    }
+
+    /// Event streams open now (the shutdown waits for them to close).
+    std::size_t open_streams() const
+    {
+        return users_.size() + ticker_.size() + (cluster_ ? cluster_->local().size() : 0);
     }
 
 private:
@@ -281,7 +294,7 @@ private:
             next_session_expiry_ = steady::time_point::max();
             for (auto it = sessions_.begin(); it != sessions_.end();) {
                 const auto due = it->second.last_used + limits_.session_idle;
-                const bool streaming = slots_.open(it->first) > 0;  // asked for or open
+                const bool streaming = streaming_.open(it->first) > 0;  // asked for or open
                 if (!streaming && due <= now) {
                     it = end_session_locked(it);
                     continue;
@@ -496,28 +509,29 @@ private:
         return r;
     }
 
-    /// `status` 503 for a stream refused at a limit.
-    static response no_stream(std::string reason)
+    ssepp::connection_limits user_stream_limits() const
     {
-        return refuse(503, reason, std::chrono::seconds(stream_retry_after_seconds));
+        return {.max_connections = limits_.max_streams, .max_connections_per_key = limits_.max_user_streams};
     }
 
-    /// A place for a stream under `key`: the session's token, or "" for the ticker's.
-    std::variant<common::stream_slots::slot, response> stream_place(const std::string& key, bool ticker)
+    /// The 503 for a user stream under `keys` that cannot be taken now (per user or in all), or
+    /// nothing; checked before the answer, so that a refusal is an HTTP answer, not a stream.
+    /// A cluster node's registry has no limits of its own (its attach() must not be refused:
+    /// README, Limits in a cluster), so it is checked from its counts.
+    std::optional<response> refuse_user_stream(const std::vector<std::string>& keys)
     {
-        // The ticker's own cap is a key of its own.
-        auto [slot, full] = slots_.take(ticker ? std::string(ticker_slot_key) : key,
-                                        ticker ? limits_.max_ticker_streams : limits_.max_session_streams);
-        if (!full)
-            return std::move(slot);
-        if (*full == common::stream_slots::full::total)
-            return no_stream(fmt::format("the server has {} event streams open, the most it may; try again later",
-                                         slots_.total()));
-        if (ticker)
-            return no_stream(fmt::format("the ticker has {} streams open, the most it may; try again later",
-                                         limits_.max_ticker_streams));
-        return no_stream(fmt::format("this session has {} event streams open, the most it may; close one "
-                                     "(another tab) or try again later", limits_.max_session_streams));
+        const auto& reg = cluster_ ? cluster_->local() : users_;
+        const auto span = std::span<const std::string>(keys);
+        const auto cap = common::full_cap(reg, span, user_stream_limits());
+        if (cap == common::stream_cap::none && reg.admits(span))
+            return std::nullopt;
+        ++metrics_.refused;
+        return common::stream_refused(
+            cap == common::stream_cap::key
+                ? fmt::format("this user has {} event streams open, the most they may; close one (another tab) or "
+                              "try again later", limits_.max_user_streams)
+                : fmt::format("the server has {} event streams open, the most it may; try again later", limits_.max_streams),
+            std::chrono::seconds(stream_retry_after_seconds));
     }
 
     // A stream carries only its session user's events (and, for admins, the order alerts):
@@ -531,11 +545,10 @@ private:
         if (s->admin)
             keys.emplace_back(admin_key(s->user));
         auto resume = ssepp::last_event_id(req.header("Last-Event-ID"), req.target);
-        // Taken before the answer: from now on the session has a stream and does not expire.
-        auto place = stream_place(s->token, false);
-        if (auto* refused = std::get_if<response>(&place))
+        if (auto refused = refuse_user_stream(keys))
             return std::move(*refused);
-        auto slot = std::get<common::stream_slots::slot>(std::move(place));
+        // Taken before the answer: from now on the session has a stream and does not expire.
+        auto slot = streaming_.take(s->token, std::numeric_limits<std::size_t>::max()).first;
         return common::http::take_socket{[this, keys = std::move(keys), resume, c = *s, slot](asio::ip::tcp::socket socket) {
             std::lock_guard lock(life_mtx_);
             if (stopping_)
@@ -548,8 +561,15 @@ private:
             if (!stream_opened(c.token, stream))
                 return;  // logged out meanwhile: the socket closes
             watch(*stream, c.token, slot);
-            auto r = users_.attach(keys, stream, {.last_event_id = resume, .otherwise = ssepp::replay::undelivered});
-            metrics_.replays_served += r.replayed ? 1 : 0;
+            std::error_code ec;
+            auto r = users_.attach(keys, stream, {.last_event_id = resume, .otherwise = ssepp::replay::undelivered}, ec);
+            if (ec) {
+                // Streams of other requests took the last places since the check: nothing was
+                // sent yet, the connection just closes (EventSource tries again).
+                stream->abort();
+                return;
+            }
+            metrics_.replays += r.replayed ? 1 : 0;
             std::lock_guard lock2(mtx_);
             // What waited for them was replayed to this stream.
             if (auto it = accounts_.find(c.user); it != accounts_.end()) {
@@ -846,11 +866,13 @@ private:
     // ticker_write_timeout (else it would hold its socket and its place forever).
     common::http::reply ticker(const request&)
     {
-        auto place = stream_place({}, true);
-        if (auto* refused = std::get_if<response>(&place))
-            return std::move(*refused);
-        auto slot = std::get<common::stream_slots::slot>(std::move(place));
-        return common::http::take_socket{[this, slot](asio::ip::tcp::socket socket) {
+        if (!ticker_.admits(std::string("ticker"))) {
+            ++metrics_.refused;
+            return common::stream_refused(fmt::format("the ticker has {} streams open, the most it may; try again later",
+                                                      limits_.max_ticker_streams),
+                                          std::chrono::seconds(stream_retry_after_seconds));
+        }
+        return common::http::take_socket{[this](asio::ip::tcp::socket socket) {
             std::lock_guard lock(life_mtx_);
             if (stopping_)
                 return;
@@ -862,8 +884,10 @@ private:
                                               {.write_timeout = limits_.ticker_write_timeout,
                                                .max_queued_bytes = 16 * 1024,
                                                .overflow = ssepp::overflow_policy::drop_oldest});
-            watch(*stream, {}, slot);
-            ticker_.attach("ticker", stream, {.otherwise = ssepp::replay::none});
+            std::error_code ec;
+            ticker_.attach("ticker", stream, {.otherwise = ssepp::replay::none}, ec);
+            if (ec)
+                stream->abort();  // the last place went meanwhile
         }};
     }
 
@@ -901,31 +925,36 @@ private:
             admins = admins_.size();
             exports = exports_running_;
         }
-        return response::text(200, fmt::format("open_streams {}\nevents_sent {}\nbytes_sent {}\nslow_consumer_closes {}\n"
-                                               "stalled_closes {}\nreplays_served {}\nsessions {}\nusers {}\nadmins {}\n"
-                                               "exports_running {}\nstream_places {}\n",
-                                               (cluster_ ? cluster_->local().size() : users_.size()) + ticker_.size(),
-                                               metrics_.events_sent.load(),
-                                               metrics_.bytes_sent.load(), metrics_.slow_consumer_closes.load(),
-                                               metrics_.stalled_closes.load(), metrics_.replays_served.load(), sessions,
-                                               users, admins, exports, slots_.open()));
+        // One exposition: the user streams' registry (a node's own, in a cluster) and the
+        // ticker's, added up, then this server's own counts.
+        auto m = users_.metrics();
+        if (cluster_)
+            common::add(m, cluster_->local().metrics());
+        const auto ticker = ticker_.metrics();
+        common::add(m, ticker);
+        m.connections_refused_total += metrics_.refused.load();  // refused before they were made
+        common::exposition out;
+        out.registry(m)
+            .gauge("notify_ticker_streams", "Open ticker streams (among ssepp_connections).", ticker.connections)
+            .counter("notify_deliveries_total", "Events queued to streams (an event to three streams counts three).",
+                     metrics_.deliveries.load())
+            .counter("notify_replays_total", "Streams that were replayed missed events when they opened.",
+                     metrics_.replays.load())
+            .gauge("notify_sessions", cluster_ ? "Sessions (the cluster's)." : "Sessions.", sessions)
+            .gauge("notify_users", cluster_ ? "Users kept (the cluster's)." : "Users kept.", users)
+            .gauge("notify_admins", cluster_ ? "Admins (the cluster's)." : "Admins.", admins)
+            .gauge("notify_exports_running", "Exports running or queued on this server.", exports);
+        return out.response();
     }
 
-    void count(const ssepp::send_result& r) { metrics_.events_sent += r.connections; }
+    void count(const ssepp::send_result& r) { metrics_.deliveries += r.connections; }
 
-    /// `token`: the session whose stream this is (empty for the ticker); `slot`: its place,
-    /// given back once the stream closed (when the handler goes).
+    /// A session's stream: `slot` (its mark in streaming_) is held until it closed, when the
+    /// session's idle time starts.
     void watch(ssepp::emitter& stream, std::string token, common::stream_slots::slot slot)
     {
-        stream.on_close([this, &stream, token = std::move(token), slot = std::move(slot)](ssepp::close_reason reason,
-                                                                                        std::error_code) {
-            metrics_.bytes_sent += stream.bytes_written();
-            if (reason == ssepp::close_reason::overflow)
-                ++metrics_.slow_consumer_closes;
-            if (reason == ssepp::close_reason::timeout)
-                ++metrics_.stalled_closes;
-            if (!token.empty())
-                stream_closed(token);
+        stream.on_close([this, token = std::move(token), slot = std::move(slot)](ssepp::close_reason, std::error_code) {
+            stream_closed(token);
         });
     }
 
@@ -988,7 +1017,7 @@ private:
                                  stream->abort();
                                  return;
                              }
-                             metrics_.replays_served += r.replayed ? 1 : 0;
+                             metrics_.replays += r.replayed ? 1 : 0;
                              {
                                  std::lock_guard lock(life_mtx_);
                                  if (stopping_) {  // attached after shutdown completed the others
@@ -1094,7 +1123,9 @@ private:
     std::map<std::string, export_job> exports_;
     std::size_t exports_running_ = 0;
     steady::time_point next_session_expiry_ = steady::time_point::max(); // no idle session is due before
-    common::stream_slots slots_{limits_.max_streams};  // event streams: sessions' (by token), the ticker's
+    // Sessions with a stream asked for or open (by token): they do not expire. No cap here:
+    // the registries' connection_limits are the caps.
+    common::stream_slots streaming_{std::numeric_limits<std::size_t>::max()};
     // As a node of a cluster (else empty): this node's streams by session token, and its
     // exports running by user.
     std::map<std::string, std::vector<std::weak_ptr<ssepp::emitter>>> node_streams_;
@@ -1111,6 +1142,7 @@ int main(int argc, char** argv)
 {
     common::server_flags server;
     common::http_flags front;
+    common::shutdown_flags stop;
     std::string db = "notify.db";
     std::string redis;
     int export_ms = 1500;
@@ -1131,12 +1163,18 @@ int main(int argc, char** argv)
         .flag("--max-user-exports", lim.max_user_exports, "exports running or queued per user (429 past it)")
         .flag("--session-idle-ms", session_idle_ms, "a session without a stream unused this long is gone")
         .flag("--user-ttl-ms", user_ttl_ms, "a user without a session, untouched this long, is forgotten with their notifications")
-        .flag("--max-streams", lim.max_streams, "event streams open at once, the ticker's included (503 past it)")
-        .flag("--max-session-streams", lim.max_session_streams, "event streams open at once per session (503 past it)")
-        .flag("--max-ticker-streams", lim.max_ticker_streams, "ticker streams open at once (503 past it)")
+        .flag("--max-streams", lim.max_streams, "user event streams open at once (0: no cap; 503 past it)")
+        .flag("--max-user-streams", lim.max_user_streams, "user event streams open at once per user, every tab of every session (0: no cap; 503 past it)")
+        .flag("--max-session-streams", lim.max_user_streams, "former name of --max-user-streams")
+        .flag("--max-ticker-streams", lim.max_ticker_streams, "ticker streams open at once (0: no cap; 503 past it)")
         .flag("--ticker-write-timeout-ms", ticker_write_timeout_ms, "a ticker stream whose writes stall this long is closed")
         .flag("--tick-ms", tick_ms, "how often the ticker ticks");
+    stop.add_to(args);
     front.add_to(args).parse(argc, argv);
+    if (const auto problem = stop.problem(); !problem.empty()) {
+        fmt::print(stderr, "notify_server: {}\n", problem);
+        return 2;
+    }
     lim.session_idle = std::chrono::milliseconds(session_idle_ms);
     lim.user_ttl = std::chrono::milliseconds(user_ttl_ms);
     lim.ticker_write_timeout = std::chrono::milliseconds(ticker_write_timeout_ms);
@@ -1155,11 +1193,18 @@ int main(int argc, char** argv)
         fmt::print("notify_server listening on http://{}:{}/\n", server.host, http.local_endpoint().port());
         std::fflush(stdout);
         asio::signal_set signals(io, SIGINT, SIGTERM);
+        std::thread stopper;
         signals.async_wait([&](std::error_code, int) {
             http.stop();
-            service.shutdown();
+            service.shutdown(stop.retry_min(), stop.retry_max());
+            // The streams have --shutdown-drain-ms to close (waited for off the I/O threads).
+            stopper = std::thread([&] {
+                common::wait_drained(io, [&] { return service.open_streams(); }, stop.drain_timeout());
+            });
         });
         common::run(io, server.threads);
+        if (stopper.joinable())
+            stopper.join();
     } catch (const std::exception& e) {
         fmt::print(stderr, "notify_server: {}\n", e.what());
         return 1;

@@ -4,11 +4,12 @@
 // The HTTP contract is in README.md beside this file.
 #include "common/http.hpp"
 #include "common/http_flags.hpp"
+#include "common/metrics.hpp"
 #include "common/multipart.hpp"
 #include "common/random_id.hpp"
 #include "common/server_main.hpp"
 #include "common/sqlite.hpp"
-#include "common/stream_slots.hpp"
+#include "common/stream_limits.hpp"
 #include "upload_progress/import.hpp"
 #include "upload_progress/page_html.hpp"
 
@@ -54,7 +55,8 @@ struct service_limits {
     /// those of the bodies arriving (counted as they arrive): past either, 503 with Retry-After.
     std::size_t max_queued_jobs = 16;
     std::size_t max_queued_bytes = std::size_t(256) << 20;
-    /// Event streams open at once, in all and per job: past either, 503 with Retry-After.
+    /// Event streams open at once, in all and per job (the registry's connection_limits):
+    /// past either, 503 with Retry-After. 16 per job: a few tabs and dashboards.
     std::size_t max_streams = 1024;
     std::size_t max_job_streams = 16;
     /// Finished jobs remembered; past it the oldest is forgotten (404), history and all.
@@ -204,13 +206,16 @@ class upload_service {
 public:
     upload_service(std::string db_path, service_limits limits)
         : db_path_(std::move(db_path)), limits_(limits),
-          streams_({.max_events = 5000, .max_bytes = 4 << 20, .finished_linger = limits.finished_linger}),
-          slots_(limits.max_streams)
+          streams_({.max_events = 5000, .max_bytes = 4 << 20, .finished_linger = limits.finished_linger})
     {
         limits_.finished_ttl = std::max(limits_.finished_ttl, limits_.finished_linger);
+        streams_.set_limits(stream_limits());
         common::sqlite::db db(db_path_);
         upload::ensure_schema(db);
     }
+
+    /// The HTTP front's open connections, for /metrics (set once, before the first request).
+    void set_http_connections(std::function<std::size_t()> count) { http_connections_ = std::move(count); }
 
     /// Slows every import down by pausing `pause` at each of its checkpoints (every 64 rows
     /// or so): to watch one, or to test what happens while one runs.
@@ -272,6 +277,8 @@ public:
             return accept_upload(req);
         if (req.method == "GET" && p == "/api/products")
             return list_products(req);
+        if (req.method == "GET" && p == "/metrics")
+            return show_metrics();
         if (req.method == "GET" && p.starts_with("/api/upload/")) {
             auto rest = std::string_view(p).substr(std::string_view("/api/upload/").size());
             if (rest.ends_with("/events"))
@@ -282,8 +289,10 @@ public:
     }
 
     // Lets running jobs end by themselves for `grace`, then cancels the rest (they end with
-    // `error: shutting down`), then completes every stream.
-    void shutdown(std::chrono::milliseconds grace)
+    // `error: shutting down`), then completes every stream that is left (in a cluster: the
+    // streams of jobs that other nodes run) with a `retry` from [retry_min, retry_max], so that
+    // their clients come back spread over that window.
+    void shutdown(std::chrono::milliseconds grace, std::chrono::milliseconds retry_min, std::chrono::milliseconds retry_max)
     {
         const auto deadline = std::chrono::steady_clock::now() + grace;
         while (running_ > 0 && std::chrono::steady_clock::now() < deadline)
@@ -293,10 +302,23 @@ public:
         std::lock_guard lock(life_mtx_);
         stopping_ = true;
 #if SSEPP_EXAMPLES_REDIS
-        if (cluster_)
-            cluster_->stop();  // completes the node's streams
+        if (cluster_) {
+            // The retries first: stopping the node completes what is left without one.
+            cluster_->node().local().complete_all(retry_min, retry_max);
+            cluster_->stop();
+        }
 #endif
-        streams_.complete_all();
+        streams_.complete_all(retry_min, retry_max);
+    }
+
+    /// Event streams open now (the shutdown waits for them to close).
+    std::size_t open_streams()
+    {
+#if SSEPP_EXAMPLES_REDIS
+        if (cluster_)
+            return cluster_->node().local().size() + streams_.size();
+#endif
+        return streams_.size();
     }
 
 private:
@@ -341,6 +363,7 @@ private:
         }
 #endif
         ++running_; // queued counts as running, for the shutdown grace
+        ++jobs_accepted_;
         // The body moves to the worker, and the CSV with it as an offset into it.
         const auto offset = static_cast<std::size_t>(csv.data() - req.body.data());
         auto body = std::make_shared<std::string>(std::move(req.body));
@@ -412,6 +435,7 @@ private:
             // reads the products when `complete` arrives finds the file free.
             pacer.stop();
             set_state(id, "completed");
+            ++jobs_completed_;
             end(id, {.event = "complete",
                      .data = json{{"rows", s.rows}, {"inserted", s.inserted}, {"updated", s.updated},
                                   {"errors", s.errors}, {"elapsed_ms", s.elapsed.count()},
@@ -420,6 +444,7 @@ private:
         } catch (const std::exception& e) {
             pacer.stop();
             set_state(id, "failed");
+            ++jobs_failed_;
             const std::string reason = cancel_ ? "shutting down" : lost() ? lost_reason() : e.what();
             end(id, {.event = "error", .data = json{{"reason", reason}}.dump()});
         }
@@ -533,18 +558,22 @@ private:
             if ((last && last->id == resume) || (streams_.finished(id) && streams_.last_id(id) == resume))
                 return response::empty(204);
         }
-        // A place for the stream, taken before the answer, given back when the stream closes
-        // (or at once if it never opens).
-        auto [slot, refused] = take_slot(id);
-        if (refused)
+        // Checked before the answer, so that a refusal is an HTTP answer (503), not a stream.
+        if (auto refused = refuse_stream(streams_, id))
             return std::move(*refused);
-        return common::http::take_socket{[this, id, resume, slot = std::move(slot)](asio::ip::tcp::socket socket) {
+        return common::http::take_socket{[this, id, resume](asio::ip::tcp::socket socket) {
             std::lock_guard lock(life_mtx_);
             if (stopping_)
                 return;  // shutdown already completed the streams: this one would stay open
             auto stream = ssepp::make_emitter(ssepp::http_body(std::move(socket)));
-            stream->on_close([slot](ssepp::close_reason, std::error_code) {});  // holds the place until then
-            const auto r = streams_.attach(id, stream, {.last_event_id = resume, .otherwise = ssepp::replay::all});
+            std::error_code ec;
+            const auto r = streams_.attach(id, stream, {.last_event_id = resume, .otherwise = ssepp::replay::all}, ec);
+            if (ec) {
+                // Streams of other requests took the last places since the check: nothing was
+                // sent yet, the connection just closes (EventSource tries again).
+                stream->abort();
+                return;
+            }
             if (r.finished)
                 return;
             // The job ended and its history lingered out (the registry forgot it): its outcome,
@@ -557,19 +586,56 @@ private:
         }};
     }
 
-    // Places for event streams, per job and in all; a 503 when there is none.
-    std::pair<std::shared_ptr<void>, std::optional<response>> take_slot(const std::string& id)
+    ssepp::connection_limits stream_limits() const
     {
-        auto [slot, full] = slots_.take(id, limits_.max_job_streams);
-        if (!full)
-            return {std::move(slot), std::nullopt};
-        auto r = response::error(503, *full == common::stream_slots::full::key
+        return {.max_connections = limits_.max_streams, .max_connections_per_key = limits_.max_job_streams};
+    }
+
+    // The 503 for a stream of job `id` that `reg` cannot take now (per job or in all), or
+    // nothing. A cluster node's registry has no limits of its own (its attach() must not be
+    // refused), so it is checked from its counts.
+    template <class Registry>
+    std::optional<response> refuse_stream(const Registry& reg, const std::string& id)
+    {
+        const auto keys = std::span<const std::string>(&id, 1);
+        const auto cap = common::full_cap(reg, keys, stream_limits());
+        if (cap == common::stream_cap::none && reg.admits(id))
+            return std::nullopt;
+        ++streams_refused_;
+        return common::stream_refused(cap == common::stream_cap::key
                                           ? fmt::format("this job has {} event streams open, the most it may; "
                                                         "close one or try again later", limits_.max_job_streams)
                                           : fmt::format("the server has {} event streams open, the most it may; "
-                                                        "try again later", slots_.total()));
-        r.headers.emplace_back("Retry-After", std::to_string(retry_after_seconds));
-        return {nullptr, std::move(r)};
+                                                        "try again later", limits_.max_streams),
+                                      std::chrono::seconds(retry_after_seconds));
+    }
+
+    response show_metrics()
+    {
+        auto m = streams_.metrics();
+#if SSEPP_EXAMPLES_REDIS
+        if (cluster_)
+            common::add(m, cluster_->node().local().metrics());
+#endif
+        m.connections_refused_total += streams_refused_;  // refused before they were made
+        std::size_t queued = 0, finished = 0;
+        {
+            std::lock_guard lock(mtx_);
+            queued = queued_jobs_;
+            finished = finished_.size();
+        }
+        common::exposition out;
+        out.registry(m)
+            .gauge("upload_jobs_queued", "Uploads accepted and not ended (waiting or importing).", queued)
+            .gauge("upload_jobs_finished", "Finished jobs remembered (status and outcome).", finished)
+            .gauge("upload_queued_bytes", "Bytes of uploads waiting, importing or arriving.",
+                   budget_->queued.load() + budget_->arriving.load())
+            .counter("upload_jobs_accepted_total", "Uploads accepted (202).", jobs_accepted_.load())
+            .family("upload_jobs_ended_total", "counter", "Jobs ended, by outcome.",
+                    {{R"(outcome="completed")", jobs_completed_.load()}, {R"(outcome="failed")", jobs_failed_.load()}})
+            .gauge("upload_http_connections", "HTTP connections open (event streams not included).",
+                   http_connections_ ? http_connections_() : 0);
+        return out.response();
     }
 
 #if SSEPP_EXAMPLES_REDIS
@@ -586,16 +652,14 @@ private:
         auto resume = ssepp::last_event_id(req.header("Last-Event-ID"), req.target);
         if (resume && rec->outcome && rec->outcome->id == resume)
             return response::empty(204);
-        auto [slot, refused] = take_slot(id);
-        if (refused)
+        // This node's caps; the node's registry has no limits set (see refuse_stream).
+        if (auto refused = refuse_stream(cluster_->node().local(), id))
             return std::move(*refused);
-        return common::http::take_socket{[this, id, resume, rec = std::move(*rec),
-                                          slot = std::move(slot)](asio::ip::tcp::socket socket) mutable {
+        return common::http::take_socket{[this, id, resume, rec = std::move(*rec)](asio::ip::tcp::socket socket) mutable {
             std::lock_guard lock(life_mtx_);
             if (stopping_)
                 return;
             auto stream = ssepp::make_emitter(ssepp::http_body(std::move(socket)));
-            stream->on_close([slot](ssepp::close_reason, std::error_code) {});
             cluster_->attach(id, std::move(stream), resume, std::move(rec));
         }};
     }
@@ -685,7 +749,9 @@ private:
     std::map<std::string, job> jobs_;
     std::size_t queued_jobs_ = 0;   // accepted and not ended
     std::shared_ptr<byte_budget> budget_ = std::make_shared<byte_budget>();
-    common::stream_slots slots_;
+    std::atomic<std::uint64_t> streams_refused_{0};  // 503 at a stream cap
+    std::atomic<std::uint64_t> jobs_accepted_{0}, jobs_completed_{0}, jobs_failed_{0};
+    std::function<std::size_t()> http_connections_;
     std::deque<std::pair<std::chrono::steady_clock::time_point, std::string>> finished_;  // in the order they ended
     // One import at a time: SQLite has one writer, and a second import would wait for the
     // first's lock (or fail with "database is locked") while looking "processing".
@@ -706,6 +772,7 @@ int main(int argc, char** argv)
 {
     common::server_flags server;
     common::http_flags front;
+    common::shutdown_flags stop;
     service_limits limits;
     std::string db = "upload.db";
     std::size_t max_upload_mb = 64;
@@ -723,15 +790,20 @@ int main(int argc, char** argv)
         .flag("--max-queued-jobs", limits.max_queued_jobs, "uploads waiting or running at once; past it: 503")
         .flag("--max-queued-mb", max_queued_mb, "MiB of uploads waiting or running at once; past it: 503")
         .flag("--max-finished-jobs", limits.max_finished_jobs, "finished jobs remembered; the oldest go first")
-        .flag("--max-streams", limits.max_streams, "event streams open at once; past it: 503")
-        .flag("--max-job-streams", limits.max_job_streams, "event streams open at once per job; past it: 503")
+        .flag("--max-streams", limits.max_streams, "event streams open at once (0: no cap); past it: 503")
+        .flag("--max-job-streams", limits.max_job_streams, "event streams open at once per job (0: no cap); past it: 503")
         .flag("--finished-linger-ms", linger_ms, "how long a finished job's event history stays for replay")
         .flag("--finished-ttl-ms", ttl_ms, "how long a finished job's status and outcome stay")
         .flag("--grace-ms", grace_ms, "on SIGINT/SIGTERM, how long running jobs may finish")
         .flag("--redis", redis_url, "redis://host:port[/db]: run as one node of a cluster (README: Running several nodes)")
         .flag("--redis-lease-ms", lease_ms, "with --redis: a job whose node is silent this long is declared lost")
         .flag("--import-pause-us", import_pause_us, "pause every 64 rows or so of an import (to watch or test one)");
+    stop.add_to(args);
     front.add_to(args).parse(argc, argv);
+    if (const auto problem = stop.problem(); !problem.empty()) {
+        fmt::print(stderr, "upload_server: {}\n", problem);
+        return 2;
+    }
     limits.max_upload_bytes = max_upload_mb << 20;
     limits.max_queued_bytes = max_queued_mb << 20;
     limits.finished_linger = std::chrono::milliseconds(linger_ms);
@@ -753,6 +825,7 @@ int main(int argc, char** argv)
         common::http::server http(
             io, server.endpoint(), [&](request& r) { return service.handle(r); },
             [&](const request& r, std::size_t& max_body) { return service.check(r, max_body); }, http_options);
+        service.set_http_connections([&http] { return http.connections(); });
 #if SSEPP_EXAMPLES_REDIS
         if (!redis_url.empty()) {
             char host[256] = {};
@@ -772,8 +845,10 @@ int main(int argc, char** argv)
         signals.async_wait([&](std::error_code, int) {
             http.stop();
             // Jobs finish off the I/O threads; the streams they feed keep flowing meanwhile.
+            // Then the streams are completed, and have --shutdown-drain-ms to close.
             stopper = std::thread([&] {
-                service.shutdown(std::chrono::milliseconds(grace_ms));
+                service.shutdown(std::chrono::milliseconds(grace_ms), stop.retry_min(), stop.retry_max());
+                common::wait_drained(io, [&] { return service.open_streams(); }, stop.drain_timeout());
             });
         });
 

@@ -2,6 +2,7 @@
 // a free port, two notify_server processes on free ports with --redis and one database file,
 // and no sticky sessions: a client logs in on one node and uses the other, over real sockets.
 #include "examples/support/http_client.hpp"
+#include "examples/support/metrics.hpp"
 #include "examples/support/notify_stderr.hpp"
 #include "examples/support/process.hpp"
 
@@ -84,10 +85,11 @@ struct node {
     std::uint64_t metric(const std::string& name) const
     {
         auto r = request(port, "GET", "/metrics");
-        const auto at = r.body.find(name + " ");
-        if (r.status != 200 || at == std::string::npos)
+        const auto samples = parse_samples(r.body);
+        const auto it = samples.find(name);
+        if (r.status != 200 || it == samples.end())
             throw std::runtime_error("no " + name + " in /metrics: " + r.body);
-        return std::stoull(r.body.substr(at + name.size() + 1));
+        return it->second;
     }
 };
 
@@ -396,7 +398,7 @@ TEST_CASE("notify cluster e2e: the caps on sessions and users are the cluster's,
     CHECK(r.status == 503);
     // Once u1 and u2 are idle past --session-idle-ms (their sessions are gone), u3 takes the place
     // of the least recently active one, u1, with what was kept for u1.
-    REQUIRE(test::eventually([&] { return c.a.metric("sessions") == 0; }, 5s, 50ms));
+    REQUIRE(test::eventually([&] { return c.a.metric("notify_sessions") == 0; }, 5s, 50ms));
     CHECK(c.b.events_status(u2) == 401);
     const auto u3 = c.b.login("u3");
     const auto u1_again = c.a.login("u1");  // makes room in turn (u2 is the least recent now)
@@ -415,11 +417,11 @@ TEST_CASE("notify cluster e2e: a session with a stream open on B stays while unu
     auto s = c.b.stream(kept);
     // bob's session goes after 600 ms without use; ann's stays while B holds her stream (B
     // renews it every 200 ms), though no request of hers comes.
-    REQUIRE(test::eventually([&] { return c.b.metric("sessions") == 1; }, 5s, 50ms));
+    REQUIRE(test::eventually([&] { return c.b.metric("notify_sessions") == 1; }, 5s, 50ms));
     CHECK(c.a.events_status(idle) == 401);
     CHECK(c.b.events_status(idle) == 401);
     std::this_thread::sleep_for(1500ms);  // 2.5 idle times without a request of ann's
-    CHECK(c.a.metric("sessions") == 1);
+    CHECK(c.a.metric("notify_sessions") == 1);
     CHECK_FALSE(s->eof());
     c.a.notify(kept, "ann", "still valid");  // a request of that session, on the other node
     REQUIRE(s->read_events(1));

@@ -3,6 +3,7 @@
 // orders to admins, exports, the lossy ticker and the metrics, over real sockets, with the
 // streams parsed by ssepp::parser.
 #include "examples/support/http_client.hpp"
+#include "examples/support/metrics.hpp"
 #include "examples/support/notify_stderr.hpp"
 #include "examples/support/process.hpp"
 
@@ -110,16 +111,7 @@ struct notify_server {
         auto r = request(port(), "GET", "/metrics");
         if (r.status != 200)
             throw std::runtime_error("metrics: " + std::to_string(r.status));
-        std::map<std::string, std::uint64_t> out;
-        std::size_t at = 0;
-        while (at < r.body.size()) {
-            auto eol = r.body.find('\n', at);
-            const auto line = r.body.substr(at, eol - at);
-            const auto sp = line.find(' ');
-            out[line.substr(0, sp)] = std::stoull(line.substr(sp + 1));
-            at = eol == std::string::npos ? r.body.size() : eol + 1;
-        }
-        return out;
+        return parse_samples(r.body);
     }
 
 private:
@@ -327,7 +319,7 @@ TEST_CASE("notify_server e2e: what is sent while a user is offline arrives on th
     REQUIRE(c->read_events(3));
     CHECK(c->events[2].data == "live");
     c->conn().close();
-    REQUIRE(test::eventually([&] { return s.metrics().at("open_streams") == 0; }, 5s, 5ms));
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_connections") == 0; }, 5s, 5ms));
     // Delivered ones are not sent again to a new connection without Last-Event-ID.
     send(s, "carol", "away again", "", 0);
     auto c2 = s.stream(carol);
@@ -347,7 +339,7 @@ TEST_CASE("notify_server e2e: a dropped connection resumes with Last-Event-ID, n
         ids.push_back(send(s, "dave", "n" + std::to_string(i), "", 1));
     REQUIRE(c->read_events(3));
     c->conn().reset();  // abruptly
-    REQUIRE(test::eventually([&] { return s.metrics().at("open_streams") == 0; }, 5s, 5ms));
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_connections") == 0; }, 5s, 5ms));
     for (int i = 3; i < 6; ++i)
         ids.push_back(send(s, "dave", "n" + std::to_string(i), "", 0));
 
@@ -364,7 +356,7 @@ TEST_CASE("notify_server e2e: a dropped connection resumes with Last-Event-ID, n
     ids.push_back(send(s, "dave", "n6", "", 1));
     REQUIRE(r->read_events(5));
     CHECK(r->events[4].data == "n6");
-    CHECK(s.metrics().at("replays_served") >= 1);
+    CHECK(s.metrics().at("notify_replays_total") >= 1);
 }
 
 TEST_CASE("notify_server e2e: an order is stored and every admin, only admins, get order-created", "[notify-e2e]")
@@ -496,7 +488,7 @@ TEST_CASE("notify_server e2e: DELETE /api/events closes all of the user's stream
     auto h1 = s.stream(hal);
     auto h2 = s.stream(s.login("hal", "admin"));
     auto i1 = s.stream(ivy);
-    REQUIRE(test::eventually([&] { return s.metrics().at("open_streams") == 3; }, 5s, 5ms));
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_connections") == 3; }, 5s, 5ms));
     auto r = s.post("/api/events", hal, "", "DELETE");
     REQUIRE(r.status == 200);
     CHECK(json::parse(r.body).at("closed") == 2);
@@ -505,7 +497,7 @@ TEST_CASE("notify_server e2e: DELETE /api/events closes all of the user's stream
     CHECK(!i1->eof());
     send(s, "ivy", "still here", "", 1);
     REQUIRE(i1->read_events(1));
-    CHECK(test::eventually([&] { return s.metrics().at("open_streams") == 1; }, 5s, 5ms));
+    CHECK(test::eventually([&] { return s.metrics().at("ssepp_connections") == 1; }, 5s, 5ms));
 }
 
 TEST_CASE("notify_server e2e: the ticker is public, a tick a second, and a stalled client stalls no one", "[notify-e2e]")
@@ -532,7 +524,7 @@ TEST_CASE("notify_server e2e: the ticker is public, a tick a second, and a stall
     CHECK(stalled.read_head() == 200);
     CHECK(stalled.read_events(1, 3s));
     CHECK(!stalled.eof());
-    CHECK(s.metrics().at("slow_consumer_closes") == 0);
+    CHECK(s.metrics().at("ssepp_closed_total{reason=\"overflow\"}") == 0);
 }
 
 TEST_CASE("notify_server e2e: /metrics counts streams, events, bytes, replays and slow-consumer closes",
@@ -540,19 +532,20 @@ TEST_CASE("notify_server e2e: /metrics counts streams, events, bytes, replays an
 {
     notify_server s;
     auto m0 = s.metrics();
-    for (const auto* k : {"open_streams", "events_sent", "bytes_sent", "slow_consumer_closes", "replays_served"})
+    for (const auto* k : {"ssepp_connections", "notify_deliveries_total", "ssepp_bytes_written_total",
+                          "ssepp_closed_total{reason=\"overflow\"}", "notify_replays_total"})
         CHECK(m0.contains(k));
-    CHECK(m0.at("open_streams") == 0);
+    CHECK(m0.at("ssepp_connections") == 0);
     const auto kim = s.login("kim");
     auto a = s.stream(kim);
     auto b = s.stream(kim);
-    REQUIRE(test::eventually([&] { return s.metrics().at("open_streams") == 2; }, 5s, 5ms));
-    const auto before = s.metrics().at("events_sent");
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_connections") == 2; }, 5s, 5ms));
+    const auto before = s.metrics().at("notify_deliveries_total");
     send(s, "kim", "x", "", 2);
-    CHECK(s.metrics().at("events_sent") >= before + 2);
+    CHECK(s.metrics().at("notify_deliveries_total") >= before + 2);
     REQUIRE(a->read_events(1));
     a->conn().close();
-    REQUIRE(test::eventually([&] { return s.metrics().at("bytes_sent") > m0.at("bytes_sent"); }, 5s, 5ms));
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_bytes_written_total") > m0.at("ssepp_bytes_written_total"); }, 5s, 5ms));
 
     // A user stream that stops reading while megabytes are sent to it is closed (its queue is
     // bounded); it can resume from history.
@@ -560,19 +553,19 @@ TEST_CASE("notify_server e2e: /metrics counts streams, events, bytes, replays an
     auto slow = s.stream(lee, {}, 4096);
     // (Each event under the registry's 64 KiB bound: 12 MiB at most, as before.)
     const std::string big(48 * 1024, 'z');
-    for (int i = 0; i < 256 && s.metrics().at("slow_consumer_closes") == 0; ++i)
+    for (int i = 0; i < 256 && s.metrics().at("ssepp_closed_total{reason=\"overflow\"}") == 0; ++i)
         send(s, "lee", big);
-    CHECK(test::eventually([&] { return s.metrics().at("slow_consumer_closes") == 1; }, 5s, 5ms));
+    CHECK(test::eventually([&] { return s.metrics().at("ssepp_closed_total{reason=\"overflow\"}") == 1; }, 5s, 5ms));
     REQUIRE(b->read_events(1));
     CHECK(b->nothing_for(100ms));  // kim's other stream is unaffected
     send(s, "kim", "y", "", 1);
     REQUIRE(b->read_events(2));
     // A replay counts.
-    const auto replays = s.metrics().at("replays_served");
+    const auto replays = s.metrics().at("notify_replays_total");
     auto again = s.stream(kim, {{"Last-Event-ID", b->events[0].id}});
     REQUIRE(again->read_events(1));
     CHECK(again->events[0].data == "y");
-    CHECK(s.metrics().at("replays_served") == replays + 1);
+    CHECK(s.metrics().at("notify_replays_total") == replays + 1);
 }
 
 TEST_CASE("notify_server e2e: SIGTERM ends every stream and exits 0", "[notify-e2e]")
@@ -616,8 +609,8 @@ TEST_CASE("notify_server e2e: csrf: a state-changing request that is not JSON is
     notify_server s;
     const auto ada = s.login("ada", "admin");
     auto stream = s.stream(ada);
-    REQUIRE(test::eventually([&] { return s.metrics().at("open_streams") == 1; }, 5s, 5ms));
-    const auto sessions = s.metrics().at("sessions");
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_connections") == 1; }, 5s, 5ms));
+    const auto sessions = s.metrics().at("notify_sessions");
     struct call {
         std::string method, target, body;
     };
@@ -642,9 +635,9 @@ TEST_CASE("notify_server e2e: csrf: a state-changing request that is not JSON is
     // Nothing happened: no session, no event, no order, no export, the stream still open.
     CHECK(stream->nothing_for(200ms));
     auto m = s.metrics();
-    CHECK(m.at("sessions") == sessions);
-    CHECK(m.at("exports_running") == 0);
-    CHECK(m.at("open_streams") == 1);
+    CHECK(m.at("notify_sessions") == sessions);
+    CHECK(m.at("notify_exports_running") == 0);
+    CHECK(m.at("ssepp_connections") == 1);
     {
         common::sqlite::db db(s.db.string(), SQLITE_OPEN_READONLY);
         common::sqlite::statement q(db, "SELECT count(*) FROM orders");
@@ -803,9 +796,9 @@ TEST_CASE("notify_server e2e: limits: sessions are capped (503), idle ones expir
     check_retry_after(full, 503, 5);
     CHECK(full.header("Set-Cookie") == std::nullopt);
     auto m = s.metrics();
-    CHECK(m.at("sessions") == 4);
-    CHECK(m.at("users") == 5);
-    CHECK(m.at("admins") == 1);
+    CHECK(m.at("notify_sessions") == 4);
+    CHECK(m.at("notify_users") == 5);
+    CHECK(m.at("notify_admins") == 1);
     e->conn().close();
     // One wait: bob's and ada's sessions (unused) and eve's (idle since her stream ended)
     // expire, alice's (the oldest, but with a stream) stays; the users with nothing kept for
@@ -813,7 +806,7 @@ TEST_CASE("notify_server e2e: limits: sessions are capped (503), idle ones expir
     REQUIRE(test::eventually(
         [&] {
             const auto now = s.metrics();
-            return now.at("sessions") == 1 && now.at("users") == 1 && now.at("admins") == 0;
+            return now.at("notify_sessions") == 1 && now.at("notify_users") == 1 && now.at("notify_admins") == 0;
         },
         15s, 20ms));
     for (const auto* gone : {&bob, &eve, &ada})
@@ -842,11 +835,11 @@ TEST_CASE("notify_server e2e: limits: users are capped (503) only while each has
     const auto alice = s.login("alice"); // user 2
     auto a = s.stream(alice);
     CHECK(s.notify("bob", {{"data", "for later"}}).status == 202);  // user 3: kept for bob
-    CHECK(s.metrics().at("users") == 3);
+    CHECK(s.metrics().at("notify_users") == 3);
     // At the cap, bob (no session, the least recently active such user) makes room, and what
     // waited for him goes. (A rule changed: this was 503 until bob's TTL, 24 h by default.)
     CHECK(s.notify("carol", {{"data", "x"}}).status == 202);
-    CHECK(s.metrics().at("users") == 3);
+    CHECK(s.metrics().at("notify_users") == 3);
     // When every user has a session: 503, until one of them goes.
     const auto carol = s.login("carol");
     check_retry_after(s.notify("dan", {{"data", "x"}}), 503, 1800);
@@ -860,14 +853,14 @@ TEST_CASE("notify_server e2e: limits: users are capped (503) only while each has
     auto out = s.post("/api/logout", carol);
     REQUIRE(out.status == 200);
     CHECK(out.header("Set-Cookie").value_or("").starts_with("session=;"));
-    CHECK(s.metrics().at("users") == 3);
+    CHECK(s.metrics().at("notify_users") == 3);
     check_refusal(s.post("/api/events", carol, "", "DELETE"), 401);
     // ...until a new user needs the place.
     const auto dan = s.login("dan");
-    CHECK(s.metrics().at("users") == 3);
+    CHECK(s.metrics().at("notify_users") == 3);
     // Nothing is kept for dan: he is forgotten as soon as his session ends.
     REQUIRE(s.post("/api/logout", dan).status == 200);
-    CHECK(s.metrics().at("users") == 2);
+    CHECK(s.metrics().at("notify_users") == 2);
     // What waited for bob went with him.
     auto b = s.stream(s.login("bob"));
     CHECK(b->nothing_for(200ms));
@@ -909,13 +902,13 @@ TEST_CASE("notify_server e2e: limits: 10,000 throwaway logins leave nothing behi
     }
     REQUIRE(ok == 10'000);
     auto m = s.metrics();
-    CHECK(m.at("users") == 0);
-    CHECK(m.at("sessions") == 0);
-    CHECK(m.at("admins") == 0);
+    CHECK(m.at("notify_users") == 0);
+    CHECK(m.at("notify_sessions") == 0);
+    CHECK(m.at("notify_admins") == 0);
     // A new user and a new admin get in.
     CHECK(s.login("newcomer").starts_with("session="));
     CHECK(s.login("new-admin", "admin").starts_with("session="));
-    CHECK(s.metrics().at("users") == 2);
+    CHECK(s.metrics().at("notify_users") == 2);
 }
 
 TEST_CASE("notify_server e2e: limits: admins are capped (503) only while each has an admin session, a forgotten admin "
@@ -931,30 +924,30 @@ TEST_CASE("notify_server e2e: limits: admins are capped (503) only while each ha
     const auto ann2 = s.login("ann", "admin");
     CHECK(ann2.starts_with("session="));
     CHECK(s.login("abe", "customer").starts_with("session="));
-    CHECK(s.metrics().at("admins") == 1);
+    CHECK(s.metrics().at("notify_admins") == 1);
     // Ann's admin sessions end, and with no order alert waiting for her she is no admin any
     // more: abe may be one. (It took her sessions' idle time and her user TTL.)
     REQUIRE(s.post("/api/logout", ann).status == 200);
-    CHECK(s.metrics().at("admins") == 1);
+    CHECK(s.metrics().at("notify_admins") == 1);
     REQUIRE(s.post("/api/logout", ann2).status == 200);
-    CHECK(s.metrics().at("admins") == 0);
+    CHECK(s.metrics().at("notify_admins") == 0);
     const auto abe = s.login("abe", "admin");
     auto abe_admin = s.stream(abe);
-    CHECK(s.metrics().at("admins") == 1);
+    CHECK(s.metrics().at("notify_admins") == 1);
     // Only abe gets order alerts now.
     CHECK(s.post("/api/orders", s.login("cleo"), R"({"customer":"cleo","items":[{"sku":"S","qty":1}]})").status == 201);
     REQUIRE(abe_admin->read_events(1));
     CHECK(abe_admin->events[0].type == "order-created");
     // Abe's stream ends, then an order comes: its alert waits for him...
     abe_admin->conn().close();
-    REQUIRE(test::eventually([&] { return s.metrics().at("open_streams") == 0; }, 5s, 5ms));
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_connections") == 0; }, 5s, 5ms));
     CHECK(s.post("/api/orders", s.login("cleo"), R"({"customer":"cleo","items":[{"sku":"T","qty":1}]})").status == 201);
     // ...so when his admin session ends he stays admin, without an admin session...
     REQUIRE(s.post("/api/logout", abe).status == 200);
-    CHECK(s.metrics().at("admins") == 1);
+    CHECK(s.metrics().at("notify_admins") == 1);
     // ...until a new admin needs the place.
     auto ann3 = s.stream(s.login("ann", "admin"));
-    CHECK(s.metrics().at("admins") == 1);
+    CHECK(s.metrics().at("notify_admins") == 1);
     // And abe's alert went with his role: as admin again he waits behind ann's live session.
     check_retry_after(request(s.port(), "POST", "/api/login", {{"Content-Type", "application/json"}},
                               R"({"user":"abe","role":"admin"})"),
@@ -973,7 +966,7 @@ TEST_CASE("notify_server e2e: limits: exports in flight per user (429) and in al
         check_retry_after(s.post("/api/exports", erin), 429, 60);
         CHECK(s.post("/api/exports", fay).status == 202);
         check_retry_after(s.post("/api/exports", gil), 503, 60);
-        CHECK(s.metrics().at("exports_running") == 2);
+        CHECK(s.metrics().at("notify_exports_running") == 2);
     }
     // Once erin's is done, she and gil may start one.
     notify_server s("0", {"--max-exports", "2", "--max-user-exports", "1"});
@@ -984,7 +977,7 @@ TEST_CASE("notify_server e2e: limits: exports in flight per user (429) and in al
     REQUIRE(es->read_events(1, 10s));
     CHECK(es->events[0].type == "export-ready");
     CHECK(s.post("/api/exports", gil).status == 202);
-    REQUIRE(test::eventually([&] { return s.metrics().at("exports_running") < 2; }, 10s, 10ms));
+    REQUIRE(test::eventually([&] { return s.metrics().at("notify_exports_running") < 2; }, 10s, 10ms));
     CHECK(s.post("/api/exports", erin).status == 202);
 }
 
@@ -1033,42 +1026,54 @@ void check_stream_refused(sse_client& c, const std::string& why)
 } // namespace
 
 // Issue 16 review, item 1: streams leave the front's count (--max-connections), so nothing
-// bounded them: per session, for the public ticker, or in all.
-TEST_CASE("notify_server e2e: limits: event streams are capped per session, for the ticker and in all (503 with a "
-          "reason), a closed stream frees its place, logout ends the session's streams",
+// bounded them: per user, for the public ticker, or in all. Issue 14: the caps are the
+// registries' connection_limits, checked before the answer.
+TEST_CASE("notify_server e2e: limits: event streams are capped per user (every session), for the ticker and in all "
+          "(503 with a reason), a closed stream frees its place, logout ends the session's streams",
           "[notify-e2e]")
 {
-    notify_server s("100", {"--max-streams", "4", "--max-session-streams", "2", "--max-ticker-streams", "1"});
+    notify_server s("100", {"--max-streams", "4", "--max-user-streams", "2", "--max-ticker-streams", "1"});
     auto t1 = try_stream(s, "/api/ticker");
     REQUIRE(t1->response.status == 200);
     auto t2 = try_stream(s, "/api/ticker");
     check_stream_refused(*t2, "the ticker has 1 streams open");
+    // The ticker has places of its own: the four user streams are all free.
     const auto alice = s.login("alice");
     auto a1 = try_stream(s, "/api/events", alice);
-    auto a2 = try_stream(s, "/api/events", alice);
     REQUIRE(a1->response.status == 200);
-    REQUIRE(a2->response.status == 200);
-    auto a3 = try_stream(s, "/api/events", alice);
-    check_stream_refused(*a3, "this session has 2 event streams open");
-    // Another session has places of its own, within the total.
+    // A second session of the same user shares the user's places (another browser, or a
+    // login more: the cap is the user's, whatever their sessions).
     const auto alice2 = s.login("alice");
     auto b1 = try_stream(s, "/api/events", alice2);
     REQUIRE(b1->response.status == 200);
+    auto a3 = try_stream(s, "/api/events", alice);
+    check_stream_refused(*a3, "this user has 2 event streams open");
+    auto b2 = try_stream(s, "/api/events", alice2);
+    check_stream_refused(*b2, "this user has 2 event streams open");
+    // Other users have places of their own, within the total.
     const auto bob = s.login("bob");
+    const auto cy = s.login("cy");
     auto bob1 = try_stream(s, "/api/events", bob);
-    check_stream_refused(*bob1, "the server has 4 event streams open");
-    CHECK(s.metrics().at("stream_places") == 4);
+    auto cy1 = try_stream(s, "/api/events", cy);
+    REQUIRE(bob1->response.status == 200);
+    REQUIRE(cy1->response.status == 200);
+    auto bob2 = try_stream(s, "/api/events", bob);
+    check_stream_refused(*bob2, "the server has 4 event streams open");
+    auto m = s.metrics();
+    CHECK(m.at("ssepp_connections") == 5);  // four user streams and the ticker's
+    CHECK(m.at("notify_ticker_streams") == 1);
+    CHECK(m.at("ssepp_connections_refused_total") == 4);
     // A stream that closes gives its place back.
-    a1->conn().close();
-    std::unique_ptr<sse_client> bob2;
-    REQUIRE(test::eventually([&] { return (bob2 = try_stream(s, "/api/events", bob))->response.status == 200; }, 10s,
+    bob1->conn().close();
+    std::unique_ptr<sse_client> bob3;
+    REQUIRE(test::eventually([&] { return (bob3 = try_stream(s, "/api/events", bob))->response.status == 200; }, 10s,
                              20ms));
     // Logout ends the session's streams, not those of the user's other sessions.
-    REQUIRE(s.post("/api/logout", alice).status == 200);
-    CHECK(a2->read_to_eof(5s));
+    REQUIRE(s.post("/api/logout", alice2).status == 200);
+    CHECK(b1->read_to_eof(5s));
     send(s, "alice", "to the other session", "", 1);
-    REQUIRE(b1->read_events(1));
-    CHECK(test::eventually([&] { return s.metrics().at("stream_places") == 3; }, 5s, 5ms));
+    REQUIRE(a1->read_events(1));
+    CHECK(test::eventually([&] { return s.metrics().at("ssepp_connections") == 4; }, 5s, 5ms));
 }
 
 TEST_CASE("notify_server e2e: a ticker client that stops reading is closed after --ticker-write-timeout-ms, the "
@@ -1084,16 +1089,16 @@ TEST_CASE("notify_server e2e: a ticker client that stops reading is closed after
     REQUIRE(test::eventually(
         [&] {
             t.read_until([] { return false; }, 20ms);
-            return s.metrics().at("stalled_closes") == 1;
+            return s.metrics().at("ssepp_closed_total{reason=\"timeout\"}") == 1;
         },
         30s, 1ms));
-    CHECK(s.metrics().at("open_streams") == 1);
+    CHECK(s.metrics().at("ssepp_connections") == 1);
     const auto seen = t.events.size();
     CHECK(t.read_events(seen + 10, 5s));
     CHECK(!t.eof());
     std::string rest;
     CHECK(stalled.conn().read_to_eof(rest, 10s));  // what the kernel held, then the end
-    CHECK(s.metrics().at("slow_consumer_closes") == 0);  // dropping ticks is no overflow
+    CHECK(s.metrics().at("ssepp_closed_total{reason=\"overflow\"}") == 0);  // dropping ticks is no overflow
 }
 
 // Issue 16 review, item 6: the front's limits as flags, as upload_server has them.

@@ -2,6 +2,7 @@
 // examples/upload_progress/README.md): the real binary on 127.0.0.1, port 0, a temp database;
 // uploads over real sockets, the job's event stream parsed with ssepp::parser, and the rows
 // checked in SQLite.
+#include "examples/support/metrics.hpp"
 #include "examples/support/upload_support.hpp"
 
 #include "catch.hpp"
@@ -1111,6 +1112,10 @@ TEST_CASE("upload_server e2e: event streams are capped per job (--max-job-stream
     REQUIRE(b1->response.status == 200);
     auto b2 = open(b);
     refused(*b2, "the server has 3 event streams open");
+    // The refusals count with the registry's own (issue 14).
+    const auto m = parse_samples(request(s.port(), "GET", "/metrics").body);
+    CHECK(m.at("ssepp_connections") == 3);
+    CHECK(m.at("ssepp_connections_refused_total") == 2);
     // A stream that closes gives its place back.
     a1->conn().close();
     std::unique_ptr<sse_client> b3;
