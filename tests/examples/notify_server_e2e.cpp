@@ -16,6 +16,7 @@
 
 #include <csignal>
 #include <map>
+#include <set>
 #include <thread>
 
 using namespace e2e;
@@ -580,6 +581,84 @@ TEST_CASE("notify_server e2e: SIGTERM ends every stream and exits 0", "[notify-e
     const auto code = s.proc.wait_exit(10s);
     REQUIRE(code.has_value());
     CHECK(*code == 0);
+}
+
+// Issue 14: a graceful shutdown spreads the clients' return. Each open stream, user streams and
+// the ticker's, is sent a retry drawn from the window, then ends with an orderly close.
+TEST_CASE("notify_server e2e: SIGTERM sends each stream a jittered retry within --shutdown-retry-min-ms..max-ms, "
+          "then ends it cleanly, and exits 0 within the bound",
+          "[notify-e2e]")
+{
+    notify_server s("100", {"--shutdown-retry-min-ms", "2000", "--shutdown-retry-max-ms", "4000"});
+    std::vector<std::unique_ptr<sse_client>> streams;
+    for (const auto* user : {"ann", "ben"}) {
+        const auto cookie = s.login(user);
+        for (int i = 0; i < 3; ++i)
+            streams.push_back(s.stream(cookie));
+    }
+    for (int i = 0; i < 2; ++i) {
+        streams.push_back(std::make_unique<sse_client>(s.port(), "/api/ticker"));
+        REQUIRE(streams.back()->read_head() == 200);
+    }
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_connections") == streams.size(); }, 5s, 5ms));
+    // Each stream's first bytes are the emitter's retry hint (5 s): read it, so that what
+    // comes after SIGTERM is told apart.
+    for (auto& c : streams)
+        REQUIRE(c->read_until([&] { return !c->retries.empty(); }, 5s));
+    const auto t0 = clock::now();
+    s.proc.signal(SIGTERM);
+    std::set<std::int64_t> values;
+    for (auto& c : streams) {
+        REQUIRE(c->read_to_eof(5s));
+        INFO(c->raw_);
+        CHECK(!c->conn().reset_by_peer());  // FIN, after everything: not a reset
+        CHECK(!c->parse_error);
+        REQUIRE(c->retries.size() == 2);
+        const auto r = c->retries.back().count();
+        CHECK(r >= 2000);
+        CHECK(r <= 4000);
+        values.insert(r);
+    }
+    // Drawn at random from 2,001 values: all eight equal would be a broken draw.
+    CHECK(values.size() > 1);
+    const auto code = s.proc.wait_exit(10s);
+    REQUIRE(code.has_value());
+    CHECK(*code == 0);
+    CHECK(clock::now() - t0 < 5s);
+}
+
+// Issue 14: the shutdown waits for the streams to close, but not for ever: a client that reads
+// nothing holds its stream (a write that makes no progress ends only after 30 s), and past
+// --shutdown-drain-ms the server exits anyway.
+TEST_CASE("notify_server e2e: a client that stops reading holds the shutdown up for --shutdown-drain-ms at most",
+          "[notify-e2e]")
+{
+    notify_server s("100", {"--shutdown-drain-ms", "500"});
+    const auto lee = s.login("lee");
+    auto stalled = s.stream(lee, {}, 4096);  // never reads again
+    // Fills what the kernel buffers for it (megabytes on loopback), then half its queue (whose
+    // bound, 1 MiB, would close it), and sees that it stays there: the stream is stuck.
+    const std::string big(48 * 1024, 'z');
+    const auto queued = [&] { return s.metrics().at("ssepp_queued_bytes"); };
+    bool stuck = false;
+    for (int i = 0; i < 256 && !stuck; ++i) {
+        send(s, "lee", big);
+        if (queued() >= 512 * 1024) {
+            std::this_thread::sleep_for(300ms);  // (a moment for a write that could go, to go)
+            stuck = queued() >= 512 * 1024;
+        }
+    }
+    REQUIRE(stuck);
+    REQUIRE(s.metrics().at("ssepp_connections") == 1);
+    const auto t0 = clock::now();
+    s.proc.signal(SIGTERM);
+    const auto code = s.proc.wait_exit(10s);
+    REQUIRE(code.has_value());
+    CHECK(*code == 0);
+    const auto took = clock::now() - t0;
+    CHECK(took >= 400ms);  // it waited for the stream...
+    CHECK(took < 5s);      // ...within the bound, not the write timeout's 30 s
+    CHECK(s.stderr_text().empty());
 }
 
 // Issue 16 item 5: the export worker wrote into the service's maps after they were destroyed

@@ -142,6 +142,7 @@ public:
             }
             if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
                 eof_ = true;
+                reset_by_peer_ = n < 0 && errno == ECONNRESET;
                 return true;
             }
             if (!wait(POLLIN, deadline))
@@ -150,6 +151,8 @@ public:
     }
 
     bool eof() const { return eof_; }
+    /// The end was a reset (RST), not an orderly close (FIN).
+    bool reset_by_peer() const { return reset_by_peer_; }
 
     /// Reads until the peer closes; false if it did not within `timeout`. Bytes go to `out`.
     bool read_to_eof(std::string& out, std::chrono::milliseconds timeout = 5s)
@@ -246,6 +249,7 @@ private:
 
     int fd_ = -1;
     bool eof_ = false;
+    bool reset_by_peer_ = false;
     std::string pending_;
 };
 
@@ -349,6 +353,7 @@ public:
     http_response response; // head only; body for a non-stream answer after read_to_eof()
     std::vector<event> events;
     std::vector<std::string> comments;
+    std::vector<std::chrono::milliseconds> retries;  // each valid retry: field, in order
     std::error_code parse_error;
     std::string raw_; // everything received
 
@@ -385,6 +390,7 @@ private:
                 c.events.push_back({std::string(m.type), std::string(m.data), std::string(m.last_event_id), at});
             }
             void on_comment(std::string_view s) { c.comments.emplace_back(s); }
+            void on_retry(std::chrono::milliseconds r) { c.retries.push_back(r); }
         };
         if (auto ec = parser_.feed(chunk, handler{*this, now}); ec && !parse_error)
             parse_error = ec;
