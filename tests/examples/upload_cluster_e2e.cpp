@@ -15,6 +15,7 @@
 #include <charconv>
 #include <csignal>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include <netinet/in.h>
@@ -437,6 +438,55 @@ TEST_CASE("upload cluster e2e: Redis links dropped mid-import: the events are ne
     CHECK(terminal.type == "complete");
     check_same(replay(a, id), seen);
     check_same(replay(b, id), seen);
+}
+
+// Issue 14: a node that stops (a rolling restart) tells its streams to come back spread over
+// --shutdown-retry-min-ms..max-ms; the import runs on in A, and a client comes back through
+// another node with Last-Event-ID and misses nothing.
+TEST_CASE("upload cluster e2e: SIGTERM on the node holding the streams sends each a jittered retry, ends them "
+          "cleanly and exits, and the clients resume on another node",
+          "[upload-e2e][cluster]")
+{
+    test::redis_server redis;
+    server a(node_flags(redis, {"--import-pause-us", "3000"}));
+    server b(node_flags(redis, {"--shutdown-retry-min-ms", "1000", "--shutdown-retry-max-ms", "3000"}));
+    const auto g = make_csv(30'000, 60);
+    const auto id = a.accepted(g.text);
+    const std::string path = "/api/upload/" + id + "/events";
+    std::vector<std::unique_ptr<sse_client>> streams;
+    for (int i = 0; i < 5; ++i) {
+        streams.push_back(std::make_unique<sse_client>(b.port(), path));
+        REQUIRE(streams.back()->read_head() == 200);
+    }
+    for (auto& c : streams)
+        REQUIRE(c->read_until([&] { return count(c->events, {"progress"}) >= 2; }, 30s));
+    const auto t0 = clock::now();
+    b.proc.signal(SIGTERM);
+    std::set<std::int64_t> values;
+    for (auto& c : streams) {
+        REQUIRE(c->read_to_eof(10s));
+        CHECK(!c->conn().reset_by_peer());
+        CHECK(!c->parse_error);
+        REQUIRE(terminals(c->events) == 0);  // the import goes on in A
+        REQUIRE(c->retries.size() == 2);     // the emitter's hint (5 s), then the shutdown's
+        const auto r = c->retries.back().count();
+        CHECK(r >= 1000);
+        CHECK(r <= 3000);
+        values.insert(r);
+    }
+    CHECK(values.size() > 1);  // five draws from 2,001 values, all equal: a broken draw
+    const auto code = b.proc.wait_exit(10s);
+    REQUIRE(code.has_value());
+    CHECK(*code == 0);
+    CHECK(clock::now() - t0 < 10s);
+    // One client comes back on A where it was: the rest of the job, nothing twice.
+    auto& first = *streams.front();
+    auto seen = first.events;
+    sse_client again(a.port(), path, {{"Last-Event-ID", seen.back().id}});
+    REQUIRE(again.read_head() == 200);
+    REQUIRE(again.read_to_eof(60s));
+    seen.insert(seen.end(), again.events.begin(), again.events.end());
+    CHECK(check_stream(seen, g).type == "complete");
 }
 
 TEST_CASE("upload cluster e2e: the node running an import dies: the client on another node gets one terminal error "
