@@ -52,8 +52,10 @@ struct emitter_options {
     std::chrono::milliseconds write_timeout = std::chrono::seconds(30);
     /// Bound on bytes queued or being written for this connection. Under
     /// overflow_policy::drop_oldest the newest event is always kept, so the queue may pass the
-    /// bound by at most that one event while a write is stuck.
+    /// bound by at most that one event while a write is stuck. At most max_bound (1 GiB).
     std::size_t max_queued_bytes = std::size_t(1) << 20;
+    /// The largest max_queued_bytes.
+    static constexpr std::size_t max_bound = std::size_t(1) << 30;
     overflow_policy overflow = overflow_policy::close;
 };
 
@@ -223,9 +225,6 @@ private:
     std::vector<queued> pending_;           // queued, not yet being written
     std::vector<asio::const_buffer> bufs_;  // the batch being written, consumed as written
     std::vector<queued> owners_;            // what each of bufs_ points into
-    std::size_t pending_bytes_ = 0;
-    std::size_t inflight_bytes_ = 0;        // bytes of the batch not yet written
-    std::size_t max_queued_bytes_;
     std::uint64_t enqueued_ = 0;            // bytes ever queued: async_flush's positions
     std::uint64_t settled_ = 0;             // of those, bytes written or dropped, in order
     detail::close_node* handlers_ = nullptr;  // most recent first
@@ -244,6 +243,11 @@ private:
     bool hint_queued_ = false;  // the retry hint is pending_'s first: drop_oldest keeps it
     std::uint32_t buf_pos_ = 0;  // the first of bufs_ not wholly written
     std::uint32_t heartbeats_ = 0;
+    // 32 bits, as the bound is at most max_bound: queued and in flight are each at most the
+    // bound plus one frame. Every byte of an idle stream counts, thousands at a time.
+    std::uint32_t pending_bytes_ = 0;
+    std::uint32_t inflight_bytes_ = 0;  // bytes of the batch not yet written
+    std::uint32_t max_queued_bytes_;
     // Only layered transports keep a read outstanding, and so a buffer for it.
     [[no_unique_address]] std::array<char, detail::is_plain_socket<Transport> ? 0 : 64> read_sink_{};
 };

@@ -240,7 +240,10 @@ public:
             reserve_one(c->members);
             channels.push_back(c);
         }
-        m->more.reserve(channels.size() > 2 ? channels.size() - 2 : 0);
+        if (channels.size() > 2) {
+            m->more = std::make_unique<typename member::channels>();
+            m->more->reserve(channels.size() - 2);
+        }
         if (s.options.max_age.count() > 0)
             for (auto* c : channels)
                 c->history.expire(std::chrono::steady_clock::now(), s.options);
@@ -737,12 +740,14 @@ private:
     // One per attached connection, with the position after which it was sent everything of
     // each channel (the replay's start): what it wrote then proves what was delivered. Its
     // keys' channels are stable: a channel with members stays in the map. The first is held
-    // inline, as most connections have one key.
+    // inline, as most connections have one key; the others only when there are (8 bytes, not
+    // an empty vector's 24: thousands of idle connections each have one).
     struct member {
+        using channels = std::vector<std::pair<channel*, std::uint64_t>>;
         emitter_ptr em;
         channel* first = nullptr;
         std::uint64_t first_after = 0;
-        std::vector<std::pair<channel*, std::uint64_t>> more;
+        std::unique_ptr<channels> more;
         std::uint64_t after_broadcasts = 0;
         std::unique_ptr<pending_feed> backlog;
         std::uint32_t index = 0;       // in state::all
@@ -753,7 +758,7 @@ private:
         void add(channel* c, std::uint64_t after)
         {
             if (first)
-                more.emplace_back(c, after);
+                more->emplace_back(c, after);  // reserved by attach()
             else
                 first = c, first_after = after;
         }
@@ -761,9 +766,10 @@ private:
         {
             if (c == first)
                 return first_after;
-            for (const auto& [ch, a] : more)
-                if (ch == c)
-                    return a;
+            if (more)
+                for (const auto& [ch, a] : *more)
+                    if (ch == c)
+                        return a;
             return 0;
         }
         template <class F>
@@ -771,8 +777,9 @@ private:
         {
             if (first)
                 f(first, first_after);
-            for (const auto& [c, a] : more)
-                f(c, a);
+            if (more)
+                for (const auto& [c, a] : *more)
+                    f(c, a);
         }
     };
 

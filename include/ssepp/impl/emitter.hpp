@@ -43,9 +43,11 @@ template <transport T>
 basic_emitter<T>::basic_emitter(T transport, const emitter_options& options)
     : detail::liveness(options.heartbeat, options.lifetime, options.write_timeout)
     , transport_(std::move(transport))
-    , max_queued_bytes_(options.max_queued_bytes)
     , policy_(options.overflow)
+    , max_queued_bytes_(static_cast<std::uint32_t>(options.max_queued_bytes))
 {
+    if (options.max_queued_bytes > emitter_options::max_bound)
+        throw std::invalid_argument("ssepp::basic_emitter: max_queued_bytes above emitter_options::max_bound");
     error_code ec;
     auto hint = retry_frame(options.retry_hint);
     hint_queued_ = hint != nullptr;
@@ -121,7 +123,7 @@ void basic_emitter<T>::enqueue_locked(shared_frame frame, std::uint64_t seq, err
         ec = errc::event_too_large;
         return;
     }
-    pending_bytes_ += size;
+    pending_bytes_ += static_cast<std::uint32_t>(size);  // size <= the bound
     enqueued_ += size;
     pending_.push_back({std::move(frame), seq});
     if (pending_bytes_ + inflight_bytes_ > max_queued_bytes_) {
@@ -445,7 +447,7 @@ void basic_emitter<T>::account_written_locked(std::size_t n)
 {
     bytes_written_.fetch_add(n, std::memory_order_relaxed);
     settled_ += n;
-    inflight_bytes_ -= std::min(n, inflight_bytes_);
+    inflight_bytes_ -= static_cast<std::uint32_t>(std::min<std::size_t>(n, inflight_bytes_));
     while (n > 0 && buf_pos_ < bufs_.size()) {
         auto& b = bufs_[buf_pos_];
         if (n < b.size()) {
@@ -476,7 +478,7 @@ void basic_emitter<T>::drop_oldest_locked()
         bytes += pending_[from + n++].frame->size();
     const auto first = pending_.begin() + static_cast<std::ptrdiff_t>(from);
     pending_.erase(first, first + static_cast<std::ptrdiff_t>(n));
-    pending_bytes_ -= bytes;
+    pending_bytes_ -= static_cast<std::uint32_t>(bytes);
     dropped_ += n;
     // The dropped frames came after the batch in flight: they settle once it is written.
     if (buf_pos_ == bufs_.size()) {
