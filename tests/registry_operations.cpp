@@ -95,7 +95,8 @@ TEST_CASE("registry metrics: the Prometheus text has HELP and TYPE for each fami
     m.bytes_written_total = 1234567890123;
     m.closed_total[static_cast<std::size_t>(ssepp::close_reason::overflow)] = 2;
     const auto text = ssepp::format_prometheus(m, "sse");
-    CHECK(text.find("# HELP sse_connections Open event streams.\n# TYPE sse_connections gauge\nsse_connections 3\n") !=
+    CHECK(text.find("# HELP sse_open_connections Open event streams.\n# TYPE sse_open_connections gauge\n"
+                    "sse_open_connections 3\n") !=
           std::string::npos);
     CHECK(text.find("# TYPE sse_events_total counter\nsse_events_total 42\n") != std::string::npos);
     CHECK(text.find("sse_bytes_written_total 1234567890123\n") != std::string::npos);
@@ -216,6 +217,7 @@ TEST_CASE("registry limits: past max_connections or max_connections_per_key the 
     test::send(reg, "a", data("hello"));
     REQUIRE(a4.read_events(1));
     CHECK(a4.head.starts_with("HTTP/1.1 200"));
+    CHECK(reg.metrics().connections_refused_total == 2);  // the server's refuse() after admits()
 }
 
 TEST_CASE("registry shutdown: complete_all(min, max) sends each client its own retry in the window, then ends the stream",

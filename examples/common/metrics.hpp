@@ -24,7 +24,7 @@ namespace common {
 inline constexpr std::string_view prometheus_content_type = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Adds `m` to `into`, field by field: a server with several registries (or a cluster node's
-/// registry beside its own) shows them as one, so that `ssepp_connections` is every stream.
+/// registry beside its own) shows them as one, so that `ssepp_open_connections` is every stream.
 inline void add(ssepp::metrics& into, const ssepp::metrics& m)
 {
     into.connections += m.connections;

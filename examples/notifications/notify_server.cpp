@@ -935,7 +935,7 @@ private:
         m.connections_refused_total += metrics_.refused.load();  // refused before they were made
         common::exposition out;
         out.registry(m)
-            .gauge("notify_ticker_streams", "Open ticker streams (among ssepp_connections).", ticker.connections)
+            .gauge("notify_ticker_streams", "Open ticker streams (among ssepp_open_connections).", ticker.connections)
             .counter("notify_deliveries_total", "Events queued to streams (an event to three streams counts three).",
                      metrics_.deliveries.load())
             .counter("notify_replays_total", "Streams that were replayed missed events when they opened.",

@@ -48,7 +48,9 @@ inline void format_prometheus(std::string& out, const metrics& m, std::string_vi
         family(name, type, help);
         fmt::format_to(it, "{}_{} {}\n", prefix, name, v);
     };
-    one("connections", "gauge", "Open event streams.", m.connections);
+    // Not "<prefix>_connections": a gauge of that name and the counter connections_total
+    // would be one family to a Prometheus parser.
+    one("open_connections", "gauge", "Open event streams.", m.connections);
     one("keys", "gauge", "Keys held: with connections, a history or a lingering finish.", m.keys);
     one("queued_bytes", "gauge", "Bytes queued or being written, over all connections.", m.queued_bytes);
     one("connections_total", "counter", "Event streams attached.", m.connections_total);

@@ -333,6 +333,21 @@ public:
 
     bool admits(const Key& key) const { return admits(std::span<const Key>(&key, 1)); }
 
+    /// Records a refusal the application answered itself after admits() said no (a 503
+    /// before making the emitter): counted in metrics().connections_refused_total, and
+    /// hooks::on_refused called, as for a refused attach().
+    void refuse(std::span<const Key> keys)
+    {
+        std::unique_lock lock(state_->mtx);
+        ++state_->stats.connections_refused_total;
+        const auto h = state_->hook_set;
+        lock.unlock();
+        if (h && h->on_refused)
+            h->on_refused(keys);
+    }
+
+    void refuse(const Key& key) { refuse(std::span<const Key>(&key, 1)); }
+
     /// Limits later attaches; connections already attached stay.
     void set_limits(connection_limits limits)
     {

@@ -65,7 +65,7 @@ run('browser notifications', 90000, async ({ cleanup }) => {
   await logIn(admin, server.url, 'alice', 'admin');
   await logIn(customer, server.url, 'bob', 'customer');
   // Both pages' EventSources are connected.
-  await eventually(async () => (await metrics(server.url)).open_streams === 2, 5000, 'two open streams');
+  await eventually(async () => (await metrics(server.url)).ssepp_open_connections === 2, 5000, 'two open streams');
 
   // Another site, in the customer's browser, tries to order for bob with a form (text/plain
   // shaped like JSON, the classic trick): the browser sends it without the session cookie, and

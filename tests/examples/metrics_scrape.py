@@ -207,7 +207,7 @@ def bytes_grow_while_open(server, stream, more_events):
                > value(before, "ssepp_bytes_written_total"),
                5, "bytes_written_total to grow while the stream is open")
     after = server.scrape()
-    check(value(after, "ssepp_connections") == value(before, "ssepp_connections") >= 1,
+    check(value(after, "ssepp_open_connections") == value(before, "ssepp_open_connections") >= 1,
           "the stream is still open while its bytes are counted")
     check(value(after, "ssepp_closed_total", reason="client_gone") == value(before, "ssepp_closed_total", reason="client_gone"),
           "no stream closed meanwhile")
@@ -220,7 +220,7 @@ def client_leaves(server, stream, before, nudge=lambda: None):
         nudge()
         m = server.scrape()
         return (value(m, "ssepp_closed_total", reason="client_gone") == value(before, "ssepp_closed_total", reason="client_gone") + 1
-                and value(m, "ssepp_connections") == value(before, "ssepp_connections") - 1)
+                and value(m, "ssepp_open_connections") == value(before, "ssepp_open_connections") - 1)
     eventually(gone, 15, 'closed_total{reason="client_gone"} + 1 and one connection less after the client left')
 
 
@@ -229,7 +229,7 @@ def scenario_upload(binary):
     s = Server(binary, ["--import-pause-us", "5000"])
     try:
         m0 = s.scrape()
-        check(value(m0, "ssepp_connections") == 0, "no stream at first")
+        check(value(m0, "ssepp_open_connections") == 0, "no stream at first")
         check(value(m0, "upload_jobs_accepted_total") == 0, "no job at first")
         csv = "sku,name,price,quantity\n" + "".join("SKU-%05d,item %d,%d.50,%d\n" % (i, i, i % 90, i % 7)
                                                     for i in range(20000))
@@ -238,7 +238,7 @@ def scenario_upload(binary):
         job = json.loads(body)["transaction_id"]
         stream = Stream(s.port, "/api/upload/%s/events" % job)
         check(stream.status == 200, "the job's stream opens")
-        eventually(lambda: value(s.scrape(), "ssepp_connections") == 1, 5, "connections gauge at 1")
+        eventually(lambda: value(s.scrape(), "ssepp_open_connections") == 1, 5, "connections gauge at 1")
         stream.read_events(2)
         m1 = s.scrape()
         check(value(m1, "upload_jobs_accepted_total") == 1, "upload_jobs_accepted_total counts the job")
@@ -253,7 +253,7 @@ def scenario_upload(binary):
                    'upload_jobs_ended_total{outcome="completed"} after the import')
         m2 = s.scrape()
         check(value(m2, "upload_jobs_queued") == 0, "no job queued once it ended")
-        check(value(m2, "ssepp_connections") == 0, "no stream left")
+        check(value(m2, "ssepp_open_connections") == 0, "no stream left")
     finally:
         s.stop()
 
@@ -262,7 +262,7 @@ def scenario_notify(binary):
     s = Server(binary, ["--export-ms", "100"])
     try:
         m0 = s.scrape()
-        check(value(m0, "ssepp_connections") == 0, "no stream at first")
+        check(value(m0, "ssepp_open_connections") == 0, "no stream at first")
         r, _ = s.request("POST", "/api/login", json.dumps({"user": "kim", "role": "customer"}),
                          {"Content-Type": "application/json"})
         check(r.status == 200, "login")
@@ -276,7 +276,7 @@ def scenario_notify(binary):
 
         stream = Stream(s.port, "/api/events", {"Cookie": cookie})
         check(stream.status == 200, "kim's stream opens")
-        eventually(lambda: value(s.scrape(), "ssepp_connections") == 1, 5, "connections gauge at 1")
+        eventually(lambda: value(s.scrape(), "ssepp_open_connections") == 1, 5, "connections gauge at 1")
         before = s.scrape()
         for i in range(3):
             notify("hello %d" % i)
@@ -290,9 +290,9 @@ def scenario_notify(binary):
         bytes_grow_while_open(s, stream, lambda: notify("one more"))
         ticker = Stream(s.port, "/api/ticker")
         eventually(lambda: value(s.scrape(), "notify_ticker_streams") == 1, 5, "notify_ticker_streams at 1")
-        check(value(s.scrape(), "ssepp_connections") == 2, "ssepp_connections counts user and ticker streams")
+        check(value(s.scrape(), "ssepp_open_connections") == 2, "ssepp_open_connections counts user and ticker streams")
         ticker.close()
-        eventually(lambda: value(s.scrape(), "ssepp_connections") == 1, 15, "the ticker stream to go")
+        eventually(lambda: value(s.scrape(), "ssepp_open_connections") == 1, 15, "the ticker stream to go")
         # A user stream's client that leaves is seen by the vanished-client watch, or at the
         # next write (nudged by a notification).
         client_leaves(s, stream, s.scrape())

@@ -320,7 +320,7 @@ TEST_CASE("notify_server e2e: what is sent while a user is offline arrives on th
     REQUIRE(c->read_events(3));
     CHECK(c->events[2].data == "live");
     c->conn().close();
-    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_connections") == 0; }, 5s, 5ms));
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_open_connections") == 0; }, 5s, 5ms));
     // Delivered ones are not sent again to a new connection without Last-Event-ID.
     send(s, "carol", "away again", "", 0);
     auto c2 = s.stream(carol);
@@ -340,7 +340,7 @@ TEST_CASE("notify_server e2e: a dropped connection resumes with Last-Event-ID, n
         ids.push_back(send(s, "dave", "n" + std::to_string(i), "", 1));
     REQUIRE(c->read_events(3));
     c->conn().reset();  // abruptly
-    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_connections") == 0; }, 5s, 5ms));
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_open_connections") == 0; }, 5s, 5ms));
     for (int i = 3; i < 6; ++i)
         ids.push_back(send(s, "dave", "n" + std::to_string(i), "", 0));
 
@@ -489,7 +489,7 @@ TEST_CASE("notify_server e2e: DELETE /api/events closes all of the user's stream
     auto h1 = s.stream(hal);
     auto h2 = s.stream(s.login("hal", "admin"));
     auto i1 = s.stream(ivy);
-    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_connections") == 3; }, 5s, 5ms));
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_open_connections") == 3; }, 5s, 5ms));
     auto r = s.post("/api/events", hal, "", "DELETE");
     REQUIRE(r.status == 200);
     CHECK(json::parse(r.body).at("closed") == 2);
@@ -498,7 +498,7 @@ TEST_CASE("notify_server e2e: DELETE /api/events closes all of the user's stream
     CHECK(!i1->eof());
     send(s, "ivy", "still here", "", 1);
     REQUIRE(i1->read_events(1));
-    CHECK(test::eventually([&] { return s.metrics().at("ssepp_connections") == 1; }, 5s, 5ms));
+    CHECK(test::eventually([&] { return s.metrics().at("ssepp_open_connections") == 1; }, 5s, 5ms));
 }
 
 TEST_CASE("notify_server e2e: the ticker is public, a tick a second, and a stalled client stalls no one", "[notify-e2e]")
@@ -533,14 +533,14 @@ TEST_CASE("notify_server e2e: /metrics counts streams, events, bytes, replays an
 {
     notify_server s;
     auto m0 = s.metrics();
-    for (const auto* k : {"ssepp_connections", "notify_deliveries_total", "ssepp_bytes_written_total",
+    for (const auto* k : {"ssepp_open_connections", "notify_deliveries_total", "ssepp_bytes_written_total",
                           "ssepp_closed_total{reason=\"overflow\"}", "notify_replays_total"})
         CHECK(m0.contains(k));
-    CHECK(m0.at("ssepp_connections") == 0);
+    CHECK(m0.at("ssepp_open_connections") == 0);
     const auto kim = s.login("kim");
     auto a = s.stream(kim);
     auto b = s.stream(kim);
-    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_connections") == 2; }, 5s, 5ms));
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_open_connections") == 2; }, 5s, 5ms));
     const auto before = s.metrics().at("notify_deliveries_total");
     send(s, "kim", "x", "", 2);
     CHECK(s.metrics().at("notify_deliveries_total") >= before + 2);
@@ -600,7 +600,7 @@ TEST_CASE("notify_server e2e: SIGTERM sends each stream a jittered retry within 
         streams.push_back(std::make_unique<sse_client>(s.port(), "/api/ticker"));
         REQUIRE(streams.back()->read_head() == 200);
     }
-    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_connections") == streams.size(); }, 5s, 5ms));
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_open_connections") == streams.size(); }, 5s, 5ms));
     // Each stream's first bytes are the emitter's retry hint (5 s): read it, so that what
     // comes after SIGTERM is told apart.
     for (auto& c : streams)
@@ -649,7 +649,7 @@ TEST_CASE("notify_server e2e: a client that stops reading holds the shutdown up 
         }
     }
     REQUIRE(stuck);
-    REQUIRE(s.metrics().at("ssepp_connections") == 1);
+    REQUIRE(s.metrics().at("ssepp_open_connections") == 1);
     const auto t0 = clock::now();
     s.proc.signal(SIGTERM);
     const auto code = s.proc.wait_exit(10s);
@@ -688,7 +688,7 @@ TEST_CASE("notify_server e2e: csrf: a state-changing request that is not JSON is
     notify_server s;
     const auto ada = s.login("ada", "admin");
     auto stream = s.stream(ada);
-    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_connections") == 1; }, 5s, 5ms));
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_open_connections") == 1; }, 5s, 5ms));
     const auto sessions = s.metrics().at("notify_sessions");
     struct call {
         std::string method, target, body;
@@ -716,7 +716,7 @@ TEST_CASE("notify_server e2e: csrf: a state-changing request that is not JSON is
     auto m = s.metrics();
     CHECK(m.at("notify_sessions") == sessions);
     CHECK(m.at("notify_exports_running") == 0);
-    CHECK(m.at("ssepp_connections") == 1);
+    CHECK(m.at("ssepp_open_connections") == 1);
     {
         common::sqlite::db db(s.db.string(), SQLITE_OPEN_READONLY);
         common::sqlite::statement q(db, "SELECT count(*) FROM orders");
@@ -1019,7 +1019,7 @@ TEST_CASE("notify_server e2e: limits: admins are capped (503) only while each ha
     CHECK(abe_admin->events[0].type == "order-created");
     // Abe's stream ends, then an order comes: its alert waits for him...
     abe_admin->conn().close();
-    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_connections") == 0; }, 5s, 5ms));
+    REQUIRE(test::eventually([&] { return s.metrics().at("ssepp_open_connections") == 0; }, 5s, 5ms));
     CHECK(s.post("/api/orders", s.login("cleo"), R"({"customer":"cleo","items":[{"sku":"T","qty":1}]})").status == 201);
     // ...so when his admin session ends he stays admin, without an admin session...
     REQUIRE(s.post("/api/logout", abe).status == 200);
@@ -1139,7 +1139,7 @@ TEST_CASE("notify_server e2e: limits: event streams are capped per user (every s
     auto bob2 = try_stream(s, "/api/events", bob);
     check_stream_refused(*bob2, "the server has 4 event streams open");
     auto m = s.metrics();
-    CHECK(m.at("ssepp_connections") == 5);  // four user streams and the ticker's
+    CHECK(m.at("ssepp_open_connections") == 5);  // four user streams and the ticker's
     CHECK(m.at("notify_ticker_streams") == 1);
     CHECK(m.at("ssepp_connections_refused_total") == 4);
     // A stream that closes gives its place back.
@@ -1152,7 +1152,7 @@ TEST_CASE("notify_server e2e: limits: event streams are capped per user (every s
     CHECK(b1->read_to_eof(5s));
     send(s, "alice", "to the other session", "", 1);
     REQUIRE(a1->read_events(1));
-    CHECK(test::eventually([&] { return s.metrics().at("ssepp_connections") == 4; }, 5s, 5ms));
+    CHECK(test::eventually([&] { return s.metrics().at("ssepp_open_connections") == 4; }, 5s, 5ms));
 }
 
 TEST_CASE("notify_server e2e: a ticker client that stops reading is closed after --ticker-write-timeout-ms, the "
@@ -1171,7 +1171,7 @@ TEST_CASE("notify_server e2e: a ticker client that stops reading is closed after
             return s.metrics().at("ssepp_closed_total{reason=\"timeout\"}") == 1;
         },
         30s, 1ms));
-    CHECK(s.metrics().at("ssepp_connections") == 1);
+    CHECK(s.metrics().at("ssepp_open_connections") == 1);
     const auto seen = t.events.size();
     CHECK(t.read_events(seen + 10, 5s));
     CHECK(!t.eof());

@@ -1114,7 +1114,7 @@ TEST_CASE("upload_server e2e: event streams are capped per job (--max-job-stream
     refused(*b2, "the server has 3 event streams open");
     // The refusals count with the registry's own (issue 14).
     const auto m = parse_samples(request(s.port(), "GET", "/metrics").body);
-    CHECK(m.at("ssepp_connections") == 3);
+    CHECK(m.at("ssepp_open_connections") == 3);
     CHECK(m.at("ssepp_connections_refused_total") == 2);
     // A stream that closes gives its place back.
     a1->conn().close();

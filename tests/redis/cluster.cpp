@@ -159,6 +159,24 @@ TEST_CASE("cluster: a send on any node reaches every node's streams once, in one
     }
 }
 
+TEST_CASE("cluster: the local registry's connection limits refuse an attach with an error, nothing attached",
+          "[cluster]")
+{
+    test::redis_server server;
+    site a(server, {});
+    REQUIRE(test::eventually([&] { return a.ready(); }));
+    a.node().local().set_limits({.max_connections_per_key = 1});
+    test::client first(a.port(), "/events?key=user"), live(a.port(), "/events?key=user"),
+        resumed(a.port(), "/events?key=user&undelivered=1");  // live events only, and through the streams
+    REQUIRE(test::eventually([&] { return a.results().size() == 3; }));
+    std::size_t refused = 0;
+    for (const auto& [ec, r] : a.results())
+        refused += ec == ssepp::errc::too_many_connections;
+    CHECK(refused == 2);
+    CHECK(a.node().local().size("user") == 1);
+    CHECK(a.node().local().metrics().connections_refused_total == 2);
+}
+
 TEST_CASE("cluster: a client resumes on another node, even one that joined later", "[cluster]")
 {
     const auto mode = GENERATE(redis::delivery::broadcast, redis::delivery::targeted);

@@ -434,6 +434,7 @@ private:
                                                         "Content-Length: 21\r\n\r\ntoo many connections\n";
             ssepp::error_code ignored;
             asio::write(s, asio::buffer(refusal.data(), refusal.size()), ignored);
+            reg_->refuse(std::span<const std::string>(c.keys));
             return;
         }
         auto em = ssepp::make_emitter(ssepp::http_body(std::move(s)), opts_.emitter);

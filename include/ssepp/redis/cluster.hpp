@@ -347,7 +347,8 @@ public:
     /// (replay::all), or what no connection of each key wrote yet (replay::undelivered: the
     /// nodes record in Redis what their connections wrote as those close), then live events.
     /// What this node's own copy lacks is read from the streams. A Redis failure completes with
-    /// its error and nothing attached.
+    /// its error and nothing attached, as does errc::too_many_connections when the local
+    /// registry's connection_limits (local().set_limits()) refuse it (`em` not started).
     template <class CompletionToken>
     auto async_attach(std::vector<std::string> keys, emitter_ptr em, attach_options options, CompletionToken&& token)
     {
@@ -746,9 +747,11 @@ private:
         });
         if (present && (options.last_event_id ? keys.size() == 1 && is_retained_locally(keys[0], *options.last_event_id)
                                               : options.otherwise == replay::none)) {
-            auto result = local_.attach(keys, em, options);
-            watch(*em, keys);
-            complete(std::move(handler), {}, result);
+            error_code ec;  // the local registry's connection_limits
+            auto result = local_.attach(keys, em, options, ec);
+            if (!ec)
+                watch(*em, keys);
+            complete(std::move(handler), ec, result);
             return;
         }
         // Read each key's stream (and, for replay::undelivered, its mark) in one transaction:
@@ -801,9 +804,11 @@ private:
                     read->trimmed[i] = trimmed_before(r[at++]);
                     read->streams[i] = self->decode_range(read->keys[i], r[at++]);
                 }
-                auto result = self->attach_read_done(*read, em, options);
-                self->watch(*em, read->keys);
-                self->complete(std::move(handler), {}, result);
+                // ec is clear here; it takes the local registry's refusal, if any.
+                auto result = self->attach_read_done(*read, em, options, ec);
+                if (!ec)
+                    self->watch(*em, read->keys);
+                self->complete(std::move(handler), ec, result);
                 self->settle();
             });
     }
@@ -811,7 +816,7 @@ private:
     // The reads are in: this node's copy catches up with them, in one order with what the
     // bus held from before their instant; then the attach; what the bus held from after it
     // follows (settle()), live to the new connection too.
-    attach_result attach_read_done(attach_read& read, const emitter_ptr& em, const attach_options& options)
+    attach_result attach_read_done(attach_read& read, const emitter_ptr& em, const attach_options& options, error_code& ec)
     {
         present_.insert(read.keys.begin(), read.keys.end());
         // A key the registry forgot (a finished key after its linger) is copied afresh, its
@@ -834,7 +839,7 @@ private:
         for (auto& m : now)
             if (present_.contains(m.key) || fetching_.contains(m.key))
                 apply(std::move(m));
-        return attach_from(read, em, options);
+        return attach_from(read, em, options, ec);
     }
 
     // From XINFO STREAM: when the stream has trimmed entries (entries-added is more than its
@@ -880,7 +885,7 @@ private:
         return first ? stream_id::parse(*first) : std::nullopt;
     }
 
-    attach_result attach_from(attach_read& read, const emitter_ptr& em, const attach_options& options)
+    attach_result attach_from(attach_read& read, const emitter_ptr& em, const attach_options& options, error_code& ec)
     {
         const auto& keys = read.keys;
         // This node's copy has caught up with the reads (attach_read_done()).
@@ -893,7 +898,7 @@ private:
         // the local registry does it.
         if (options.last_event_id ? keys.size() == 1 && is_retained_locally(keys[0], *options.last_event_id)
                                   : options.otherwise == replay::none)
-            return local_.attach(keys, em, options);
+            return local_.attach(keys, em, options, ec);
 
         // Where the client starts, per key, and whether what it needs is still there (a start
         // before a trimmed stream's first entry may have lost something).
@@ -954,7 +959,9 @@ private:
             if (auto f = make_frame(e, ec))
                 local.prefix.push_back(std::move(f));
         }
-        auto result = local_.attach(keys, em, local);
+        auto result = local_.attach(keys, em, local, ec);
+        if (ec)
+            return result;
         result.replayed += prefix.size();
         result.resumed = resumed;
         result.gap = gap || result.gap;
