@@ -35,24 +35,8 @@ struct beast_server {
 
     explicit beast_server(std::vector<std::string> extra = {}, bool with_tls = false)
         : tls(with_tls ? std::optional(test::self_signed::make()) : std::nullopt),
-          proc(start(e2e::example_binary("beast_upload_server", "SSEPP_BEAST_UPLOAD_SERVER"), args(std::move(extra)),
-                     with_tls))
+          proc(e2e::example_binary("beast_upload_server", "SSEPP_BEAST_UPLOAD_SERVER"), args(std::move(extra)))
     {
-    }
-
-    // server_process reads an http:// URL line only, and the server prints https:// when it
-    // serves TLS: bash rewrites that line's scheme on its way (a process substitution, so bash
-    // execs the server itself, and server_process's pid, signals and exit code are the
-    // server's; sed ends with the server's output). Drop this once server_process reads
-    // https:// lines too.
-    static e2e::server_process start(const e2e::fs::path& binary, std::vector<std::string> args, bool tls)
-    {
-        if (!tls)
-            return e2e::server_process(binary, std::move(args));
-        std::vector<std::string> a{"-c", "exec > >(exec sed -u '1s#https://#http://#'); exec \"$0\" \"$@\"",
-                                   binary.string()};
-        a.insert(a.end(), args.begin(), args.end());
-        return e2e::server_process("/bin/bash", std::move(a));
     }
 
     std::uint16_t port() const { return proc.port(); }

@@ -180,7 +180,9 @@ private:
             line.append(buf, static_cast<std::size_t>(n));
         }
         line.resize(line.find('\n'));
-        const auto at = line.find("http://");
+        auto at = line.find("http://");
+        if (at == std::string::npos)
+            at = line.find("https://");
         if (at == std::string::npos)
             throw std::runtime_error("no URL in the server's first line: " + line);
         url_ = line.substr(at);
