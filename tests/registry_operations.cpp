@@ -121,6 +121,13 @@ TEST_CASE("registry metrics: the Prometheus text has HELP and TYPE for each fami
         ++samples;
     }
     CHECK(samples == 11 + ssepp::close_reason_count);
+
+    // Two registries shown as one.
+    auto sum = m;
+    sum += m;
+    CHECK(sum.connections == 6);
+    CHECK(sum.bytes_written_total == 2 * m.bytes_written_total);
+    CHECK(sum.closed_total[static_cast<std::size_t>(ssepp::close_reason::overflow)] == 4);
 }
 
 TEST_CASE("registry hooks: attach, gap, detach with its reason, overflow and refusals, outside the lock",

@@ -23,25 +23,6 @@ namespace common {
 /// The content type of the Prometheus text format.
 inline constexpr std::string_view prometheus_content_type = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Adds `m` to `into`, field by field: a server with several registries (or a cluster node's
-/// registry beside its own) shows them as one, so that `ssepp_open_connections` is every stream.
-inline void add(ssepp::metrics& into, const ssepp::metrics& m)
-{
-    into.connections += m.connections;
-    into.keys += m.keys;
-    into.queued_bytes += m.queued_bytes;
-    into.connections_total += m.connections_total;
-    into.connections_refused_total += m.connections_refused_total;
-    into.events_total += m.events_total;
-    into.replayed_events_total += m.replayed_events_total;
-    into.gaps_total += m.gaps_total;
-    into.bytes_written_total += m.bytes_written_total;
-    into.dropped_events_total += m.dropped_events_total;
-    into.heartbeats_total += m.heartbeats_total;
-    for (std::size_t i = 0; i < m.closed_total.size(); ++i)
-        into.closed_total[i] += m.closed_total[i];
-}
-
 /// A Prometheus text exposition being written: the library's families, then the server's own.
 class exposition {
 public:

@@ -929,9 +929,9 @@ private:
         // ticker's, added up, then this server's own counts.
         auto m = users_.metrics();
         if (cluster_)
-            common::add(m, cluster_->local().metrics());
+            m += cluster_->local().metrics();
         const auto ticker = ticker_.metrics();
-        common::add(m, ticker);
+        m += ticker;
         m.connections_refused_total += metrics_.refused.load();  // refused before they were made
         common::exposition out;
         out.registry(m)

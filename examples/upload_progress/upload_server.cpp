@@ -615,7 +615,7 @@ private:
         auto m = streams_.metrics();
 #if SSEPP_EXAMPLES_REDIS
         if (cluster_)
-            common::add(m, cluster_->node().local().metrics());
+            m += cluster_->node().local().metrics();
 #endif
         m.connections_refused_total += streams_refused_;  // refused before they were made
         std::size_t queued = 0, finished = 0;

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <iterator>
 #include <string>
@@ -34,6 +35,26 @@ struct metrics {
     /// Connections that ended, by close_reason (indexed by its value).
     std::array<std::uint64_t, close_reason_count> closed_total{};
 };
+
+/// Adds `b` to `a`, field by field: several registries (a server's, a cluster node's local
+/// one) exposed as one.
+inline metrics& operator+=(metrics& a, const metrics& b) noexcept
+{
+    a.connections += b.connections;
+    a.keys += b.keys;
+    a.queued_bytes += b.queued_bytes;
+    a.connections_total += b.connections_total;
+    a.connections_refused_total += b.connections_refused_total;
+    a.events_total += b.events_total;
+    a.replayed_events_total += b.replayed_events_total;
+    a.gaps_total += b.gaps_total;
+    a.bytes_written_total += b.bytes_written_total;
+    a.dropped_events_total += b.dropped_events_total;
+    a.heartbeats_total += b.heartbeats_total;
+    for (std::size_t i = 0; i < close_reason_count; ++i)
+        a.closed_total[i] += b.closed_total[i];
+    return a;
+}
 
 /// Appends `m` in the Prometheus text format (version 0.0.4: serve it as
 /// `text/plain; version=0.0.4`), each family with its `# HELP` and `# TYPE` line, names
