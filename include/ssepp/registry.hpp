@@ -182,7 +182,7 @@ public:
         return attach(std::span<const Key>(&key, 1), std::move(em), options, ec);
     }
 
-    /// As the overload with `ec`; throws std::system_error where that one sets `ec`.
+    /// As the overload with `ec`; throws system_error where that one sets `ec`.
     attach_result attach(std::span<const Key> keys, emitter_ptr em, const attach_options& options = {})
     {
         error_code ec;
