@@ -125,7 +125,6 @@ response refuse(int status, std::string_view reason, std::chrono::milliseconds r
 struct metrics {
     std::atomic<std::uint64_t> deliveries{0};  // events queued to streams: one to three streams counts three
     std::atomic<std::uint64_t> replays{0};     // streams that were replayed something when they opened
-    std::atomic<std::uint64_t> refused{0};     // streams refused 503 at a cap, before they were made
 };
 
 class notify_service {
@@ -520,12 +519,12 @@ private:
     /// README, Limits in a cluster), so it is checked from its counts.
     std::optional<response> refuse_user_stream(const std::vector<std::string>& keys)
     {
-        const auto& reg = cluster_ ? cluster_->local() : users_;
+        auto& reg = cluster_ ? cluster_->local() : users_;
         const auto span = std::span<const std::string>(keys);
         const auto cap = common::full_cap(reg, span, user_stream_limits());
         if (cap == common::stream_cap::none && reg.admits(span))
             return std::nullopt;
-        ++metrics_.refused;
+        reg.refuse(span);  // counted in ssepp_connections_refused_total
         return common::stream_refused(
             cap == common::stream_cap::key
                 ? fmt::format("this user has {} event streams open, the most they may; close one (another tab) or "
@@ -866,8 +865,8 @@ private:
     // ticker_write_timeout (else it would hold its socket and its place forever).
     common::http::reply ticker(const request&)
     {
-        if (!ticker_.admits(std::string("ticker"))) {
-            ++metrics_.refused;
+        if (const std::string key = "ticker"; !ticker_.admits(key)) {
+            ticker_.refuse(key);
             return common::stream_refused(fmt::format("the ticker has {} streams open, the most it may; try again later",
                                                       limits_.max_ticker_streams),
                                           std::chrono::seconds(stream_retry_after_seconds));
@@ -932,7 +931,6 @@ private:
             m += cluster_->local().metrics();
         const auto ticker = ticker_.metrics();
         m += ticker;
-        m.connections_refused_total += metrics_.refused.load();  // refused before they were made
         common::exposition out;
         out.registry(m)
             .gauge("notify_ticker_streams", "Open ticker streams (among ssepp_open_connections).", ticker.connections)

@@ -595,13 +595,13 @@ private:
     // nothing. A cluster node's registry has no limits of its own (its attach() must not be
     // refused), so it is checked from its counts.
     template <class Registry>
-    std::optional<response> refuse_stream(const Registry& reg, const std::string& id)
+    std::optional<response> refuse_stream(Registry& reg, const std::string& id)
     {
         const auto keys = std::span<const std::string>(&id, 1);
         const auto cap = common::full_cap(reg, keys, stream_limits());
         if (cap == common::stream_cap::none && reg.admits(id))
             return std::nullopt;
-        ++streams_refused_;
+        reg.refuse(id);  // counted in ssepp_connections_refused_total
         return common::stream_refused(cap == common::stream_cap::key
                                           ? fmt::format("this job has {} event streams open, the most it may; "
                                                         "close one or try again later", limits_.max_job_streams)
@@ -617,7 +617,6 @@ private:
         if (cluster_)
             m += cluster_->node().local().metrics();
 #endif
-        m.connections_refused_total += streams_refused_;  // refused before they were made
         std::size_t queued = 0, finished = 0;
         {
             std::lock_guard lock(mtx_);
@@ -749,7 +748,6 @@ private:
     std::map<std::string, job> jobs_;
     std::size_t queued_jobs_ = 0;   // accepted and not ended
     std::shared_ptr<byte_budget> budget_ = std::make_shared<byte_budget>();
-    std::atomic<std::uint64_t> streams_refused_{0};  // 503 at a stream cap
     std::atomic<std::uint64_t> jobs_accepted_{0}, jobs_completed_{0}, jobs_failed_{0};
     std::function<std::size_t()> http_connections_;
     std::deque<std::pair<std::chrono::steady_clock::time_point, std::string>> finished_;  // in the order they ended
